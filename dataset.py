@@ -1,0 +1,405 @@
+"""PASCAL VOC 2012 segmentation: download, joint transforms, loaders, colours, synthetic data.
+
+    python dataset.py --download --data-root data         # fetch (md5-checked) and extract VOC
+    python dataset.py --data-root data                    # check the layout, count the images
+    python dataset.py --fake-voc data_fake --num-images 8 # tiny SYNTHETIC tree in VOC layout
+
+The data root holds VOCdevkit/VOC2012/{JPEGImages, SegmentationClass, ImageSets/Segmentation},
+which torchvision.datasets.VOCSegmentation reads; nothing here re-implements it.
+"""
+
+import argparse
+import hashlib
+import http.client
+import math
+import os
+import tarfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import tv_tensors
+from torchvision.datasets import VOCSegmentation
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
+
+from metrics import IGNORE_INDEX, NUM_CLASSES, model_logits
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+VOC_SUBDIR = Path("VOCdevkit", "VOC2012")
+VOC_ARCHIVE = "VOCtrainval_11-May-2012.tar"
+VOC_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"  # the md5 torchvision's VOCSegmentation checks
+# Tried in order; the same archive everywhere, so the md5 decides, whichever host served it.
+# The Oxford host is often down, hence the mirrors. Add yours here.
+VOC_MIRRORS = [
+    "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/" + VOC_ARCHIVE,
+    "https://host.robots.ox.ac.uk/pascal/VOC/voc2012/" + VOC_ARCHIVE,
+    "http://d2l-data.s3-accelerate.amazonaws.com/" + VOC_ARCHIVE,  # the d2l.ai book's mirror
+    "https://pjreddie.com/media/files/" + VOC_ARCHIVE,  # the YOLO author's mirror
+]
+SYNTHETIC_MARKER = "SYNTHETIC.txt"  # written by --fake-voc; scripts label their outputs with it
+
+
+# ----------------------------------------------------------------------------- colours
+
+
+def voc_palette() -> list:
+    """The VOC colour map as a flat [r0, g0, b0, r1, ...] list of 256 colours.
+
+    For k = 0..7, bit (7 - k) of (r, g, b) is bit (3k, 3k + 1, 3k + 2) of the class id:
+    1 -> (128, 0, 0), 15 (person) -> (192, 128, 128), 255 (void) -> (224, 224, 192).
+    """
+    palette = []
+    for c in range(256):
+        r = g = b = 0
+        for k in range(8):
+            r |= (c >> (3 * k) & 1) << (7 - k)
+            g |= (c >> (3 * k + 1) & 1) << (7 - k)
+            b |= (c >> (3 * k + 2) & 1) << (7 - k)
+        palette += [r, g, b]
+    return palette
+
+
+def colorize(mask: np.ndarray) -> Image.Image:
+    """An h x w class-id array as an RGB image in VOC colours."""
+    image = Image.fromarray(mask.astype(np.uint8), mode="P")
+    image.putpalette(voc_palette())
+    return image.convert("RGB")
+
+
+def overlay_panel(image: Image.Image, target: np.ndarray, pred: np.ndarray,
+                  alpha: float = 0.6) -> Image.Image:
+    """Side by side: image | ground truth blended on it | prediction blended on it."""
+    image = image.convert("RGB")
+    gt = Image.blend(image, colorize(target), alpha)
+    pr = Image.blend(image, colorize(pred), alpha)
+    panel = Image.new("RGB", (3 * image.width, image.height))
+    for i, part in enumerate((image, gt, pr)):
+        panel.paste(part, (i * image.width, 0))
+    return panel
+
+
+def save_overlays(model: torch.nn.Module, dataset: Dataset, per_image_miou: list, count: int,
+                  out_dir: str | Path, prefix: str, device: torch.device) -> list:
+    """Overlay panels of the `count` best and `count` worst images by per-image mIoU, as
+    <out_dir>/<prefix>_{best,worst}<rank>_<image id>.png. Returns the paths written."""
+    ranked = [i for _, i in sorted((-m, i) for i, m in enumerate(per_image_miou)
+                             if not math.isnan(m))]
+    best = ranked[:count]
+    worst = [i for i in ranked[::-1][:count] if i not in best]  # disjoint on small splits
+    picks = [("best", i) for i in best] + [("worst", i) for i in worst]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths, rank = [], {"best": 0, "worst": 0}
+    model.eval()
+    for kind, index in picks:
+        image, mask = dataset[index]
+        with torch.inference_mode():
+            logits = model_logits(model, image[None].to(device))
+            logits = torch.nn.functional.interpolate(logits, size=mask.shape[-2:], mode="bilinear",
+                                                     align_corners=False)
+        source = image_path(dataset, index)
+        rank[kind] += 1
+        path = out_dir / f"{prefix}_{kind}{rank[kind]}_{source.stem}.png"
+        panel = overlay_panel(Image.open(source), mask.numpy(), logits.argmax(1)[0].cpu().numpy())
+        panel.save(path)
+        paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def to_tv_tensors(image: Image.Image, mask: Image.Image) -> tuple:
+    """PIL pair -> (tv_tensors.Image uint8 3 x H x W, tv_tensors.Mask uint8 H x W).
+
+    Wrapping the mask as a Mask is what makes every v2 geometric transform use
+    nearest-neighbour on it and leave the void label 255 intact.
+    """
+    return v2.functional.to_image(image), tv_tensors.Mask(torch.from_numpy(np.array(mask)))
+
+
+def train_transforms(crop_size: int) -> v2.Compose:
+    """Random scale (shorter side 0.5x to 2x the crop, as torchvision's reference recipe),
+    random crop padded with 0 / 255 when the image is smaller, flip, ImageNet normalisation."""
+    return v2.Compose([
+        to_tv_tensors,
+        v2.RandomResize(crop_size // 2, 2 * crop_size),
+        v2.RandomCrop(crop_size, pad_if_needed=True,
+                      fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),  # images only; masks stay uint8
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])  # fmt: skip
+
+
+class EvalTransform:
+    """No random op. The mask keeps its original size; the image is optionally resized so its
+    shorter side is `resize` (what torchvision's segmentation weights expect) and normalised."""
+
+    def __init__(self, resize: int | None = None):
+        self.resize = resize
+
+    def __call__(self, image: Image.Image, mask: Image.Image) -> tuple:
+        image, mask = to_tv_tensors(image, mask)
+        if self.resize is not None:
+            image = TF.resize(image, self.resize, antialias=True)
+        image = TF.normalize(TF.to_dtype(image, torch.float32, scale=True), IMAGENET_MEAN,
+                             IMAGENET_STD)
+        return image, mask
+
+
+def collate_eval(batch: list) -> tuple:
+    """Batch images of different sizes for evaluation.
+
+    Returns (images N x 3 x H x W, zero-padded at the bottom and right to the largest image,
+    masks as a list at their original sizes, [(h, w)] of each image before padding). Zero is
+    the mean colour after normalisation. evaluate() crops the padding off the logits, so padded
+    pixels never reach the metric, but they can still shift predictions near the bottom/right
+    edge through the receptive field: published numbers use batch size 1.
+    """
+    sizes = [tuple(image.shape[-2:]) for image, _ in batch]
+    h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    images = torch.zeros(len(batch), 3, h, w)
+    for i, (image, _) in enumerate(batch):
+        images[i, :, : image.shape[-2], : image.shape[-1]] = image
+    return images, [torch.as_tensor(mask) for _, mask in batch], sizes
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def missing_data_message(data_root: str | Path, what: str) -> str:
+    root = Path(data_root)
+    return (
+        f"PASCAL VOC 2012 not found: {what}.\n"
+        f"Expected layout: {root / VOC_SUBDIR}/{{JPEGImages, SegmentationClass, "
+        f"ImageSets/Segmentation/{{train,val}}.txt}}\n"
+        f"Get it with:  python dataset.py --download --data-root {root}   (about 2 GB, md5-checked)\n"
+        f"or put a downloaded {VOC_ARCHIVE} into {root}/ and run that same command to verify "
+        f"and extract it."
+    )
+
+
+def check_voc(data_root: str | Path, split: str) -> None:
+    """Stop with the layout and the download instructions when a split is not on disk."""
+    voc = Path(data_root) / VOC_SUBDIR
+    for path in (voc / "ImageSets" / "Segmentation" / f"{split}.txt", voc / "JPEGImages",
+                 voc / "SegmentationClass"):
+        if not path.exists():
+            raise SystemExit("error: " + missing_data_message(data_root, f"no {path}"))
+
+
+def is_synthetic(data_root: str | Path) -> bool:
+    return (Path(data_root) / VOC_SUBDIR / SYNTHETIC_MARKER).exists()
+
+
+def voc_dataset(data_root: str | Path, split: str, transforms, limit: int | None = None) -> Dataset:
+    """VOC 2012 `split` ("train" 1,464 or "val" 1,449 images), optionally its first `limit`."""
+    check_voc(data_root, split)
+    dataset = VOCSegmentation(str(data_root), year="2012", image_set=split, transforms=transforms)
+    return Subset(dataset, range(min(limit, len(dataset)))) if limit else dataset
+
+
+def eval_loader(data_root: str | Path, split: str, batch_size: int = 1, num_workers: int = 2,
+                resize: int | None = None, limit: int | None = None) -> DataLoader:
+    dataset = voc_dataset(data_root, split, EvalTransform(resize), limit)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate_eval, pin_memory=torch.cuda.is_available())
+
+
+def image_path(dataset: Dataset, index: int) -> Path:
+    """The JPEG file behind dataset[index], through any Subset."""
+    while isinstance(dataset, Subset):
+        dataset, index = dataset.dataset, dataset.indices[index]
+    return Path(dataset.images[index])
+
+
+# ----------------------------------------------------------------------------- download
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, timeout: float = 30) -> None:
+    """Download url to dest, resuming a partial dest with an HTTP Range request.
+
+    A server that ignores Range answers 200 with the whole file: we then restart from zero.
+    """
+    offset = dest.stat().st_size if dest.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416:  # nothing left to fetch: the partial file is already complete
+            return
+        raise
+    with response:
+        if response.status != 206:
+            offset = 0
+        total = response.headers.get("Content-Length")
+        total = int(total) + offset if total is not None else None
+        with open(dest, "ab" if offset else "wb") as f, tqdm(
+            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=dest.name, dynamic_ncols=True,
+        ) as bar:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                f.write(block)
+                bar.update(len(block))
+
+
+def fetch_archive(urls: list, dest: Path, md5: str) -> None:
+    """Try each mirror in turn until one yields a file with the right md5, saved at dest.
+
+    A broken transfer keeps dest + ".part" so the next try resumes it; a file with the wrong
+    md5 is deleted, so nothing corrupt is left behind.
+    """
+    part = dest.with_name(dest.name + ".part")
+    errors = []
+    for url in urls:
+        print(f"downloading {url}")
+        try:
+            download(url, part)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            errors.append(f"{url}: {e}")
+            continue
+        got = md5sum(part)
+        if got == md5:
+            part.replace(dest)
+            return
+        part.unlink()
+        errors.append(f"{url}: md5 mismatch (got {got}, expected {md5}); partial file deleted")
+    raise SystemExit(
+        f"error: could not download {dest.name} from any mirror:\n  " + "\n  ".join(errors)
+        + f"\nDownload it by hand, put it at {dest}, and run the same command again."
+    )
+
+
+def safe_extract(archive: Path, dest: Path) -> None:
+    """Extract a tar archive, refusing it whole if any member could land outside dest
+    (absolute path, '..', link or device), before a single file is written."""
+    dest = Path(dest).resolve()
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        for m in members:
+            inside = (dest / m.name).resolve().is_relative_to(dest)
+            if os.path.isabs(m.name) or ".." in Path(m.name).parts or not inside:
+                raise SystemExit(f"error: refusing {archive}: member {m.name!r} escapes {dest}")
+            if not (m.isfile() or m.isdir()):
+                raise SystemExit(f"error: refusing {archive}: member {m.name!r} is not a file")
+        # The "data" filter (Python >= 3.10.12) repeats these checks inside tarfile itself.
+        extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        for m in tqdm(members, desc=f"extracting {archive.name}", unit="file", dynamic_ncols=True):
+            tar.extract(m, dest, **extra)
+
+
+def download_voc(data_root: str | Path, mirrors: list = VOC_MIRRORS, md5: str = VOC_MD5) -> None:
+    """Get VOCtrainval_11-May-2012.tar into data_root (unless it is already there), check its
+    md5 and extract it to data_root/VOCdevkit/VOC2012."""
+    root = Path(data_root)
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / VOC_ARCHIVE
+    if archive.exists():
+        print(f"found {archive}, checking its md5")
+        if md5sum(archive) != md5:
+            raise SystemExit(f"error: {archive} has the wrong md5 (expected {md5}); delete it "
+                             "and run again to download it")
+    else:
+        fetch_archive(mirrors, archive, md5)
+    safe_extract(archive, root)
+    print(f"VOC 2012 ready under {root / VOC_SUBDIR}")
+
+
+# ----------------------------------------------------------------------------- synthetic data
+
+
+def fake_sample(rng: np.random.Generator) -> tuple:
+    """One SYNTHETIC image and its label map: 1-3 ellipses of random classes, each drawn in
+    its class colour plus noise on a grey background, with a 255 band on every object edge,
+    as VOC's annotations have. Returns (RGB uint8 h x w x 3, uint8 h x w)."""
+    h, w = rng.integers(48, 97, size=2)
+    mask = np.zeros((h, w), np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    for cls in rng.integers(1, NUM_CLASSES, size=rng.integers(1, 4)):
+        cy, cx = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w
+        ry, rx = rng.uniform(0.15, 0.35) * h, rng.uniform(0.15, 0.35) * w
+        mask[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1] = cls
+    palette = np.array(voc_palette(), np.float32).reshape(256, 3)
+    colours = np.where(mask[..., None] > 0, palette[mask], 128.0)
+    image = np.clip(colours + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+    padded = np.pad(mask, 1, mode="edge")
+    edge = np.zeros_like(mask, bool)
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        edge |= padded[dy : dy + h, dx : dx + w] != mask
+    mask[edge] = IGNORE_INDEX
+    return image, mask
+
+
+def make_fake_voc(data_root: str | Path, num_images: int = 8, seed: int = 0) -> Path:
+    """Write a SYNTHETIC dataset in exact VOC layout under data_root/VOCdevkit/VOC2012:
+    JPEGImages/*.jpg, SegmentationClass/*.png (palette PNGs), ImageSets/Segmentation/
+    {train,val}.txt (first half train, rest val) and a SYNTHETIC.txt marker."""
+    voc = Path(data_root) / VOC_SUBDIR
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ids = [f"fake_{i:06d}" for i in range(num_images)]
+    for name in ids:
+        image, mask = fake_sample(rng)
+        Image.fromarray(image).save(voc / "JPEGImages" / f"{name}.jpg", quality=95)
+        label = Image.fromarray(mask, mode="P")
+        label.putpalette(voc_palette())
+        label.save(voc / "SegmentationClass" / f"{name}.png")
+    n_train = math.ceil(num_images / 2)
+    for split, names in (("train", ids[:n_train]), ("val", ids[n_train:])):
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    (voc / SYNTHETIC_MARKER).write_text("SYNTHETIC data made by `dataset.py --fake-voc`; "
+                                        "no number measured on it is a VOC result.\n")
+    return voc
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: list | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data-root", default="data", help="folder holding VOCdevkit/ (default: data)")
+    p.add_argument("--download", action="store_true",
+                   help="download (or verify a manually placed archive) and extract VOC 2012")
+    p.add_argument("--fake-voc", metavar="DIR",
+                   help="write a SYNTHETIC dataset in VOC layout under DIR and exit")
+    p.add_argument("--num-images", type=int, default=8,
+                   help="images in the synthetic dataset (default: 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset (default: 0)")
+    args = p.parse_args(argv)
+    if args.num_images < 2:
+        p.error("--num-images must be at least 2 (one train and one val image)")
+    return args
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.fake_voc:
+        voc = make_fake_voc(args.fake_voc, args.num_images, args.seed)
+        print(f"wrote a SYNTHETIC dataset of {args.num_images} images in VOC layout at {voc}")
+        return
+    if args.download:
+        download_voc(args.data_root)
+    for split in ("train", "val"):
+        n = len(voc_dataset(args.data_root, split, transforms=None))
+        print(f"{split}: {n} images{' (SYNTHETIC)' if is_synthetic(args.data_root) else ''}")
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,207 @@
+"""Segmentation metrics, evaluation loop and speed measurement, shared by every script.
+
+    from metrics import ConfusionMatrix, evaluate, ms_per_image
+
+mIoU is computed from one confusion matrix accumulated over the whole split (the VOC
+protocol), not as a mean of per-image scores.
+"""
+
+import datetime
+import json
+import math
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+NUM_CLASSES = len(VOC_CLASSES)
+IGNORE_INDEX = 255
+
+
+class ConfusionMatrix:
+    """Counts of (true class, predicted class) pixel pairs; rows are ground truth.
+
+    With tp_c = mat[c, c], gt_c = sum of row c and pred_c = sum of column c:
+        IoU_c      = tp_c / (gt_c + pred_c - tp_c)   (NaN when the class is in neither)
+        mIoU       = mean of IoU_c over the classes that are not NaN
+        pixel_acc  = sum_c tp_c / sum_c gt_c
+        mean_acc   = mean over classes with gt_c > 0 of tp_c / gt_c
+    Pixels whose target is `ignore_index` are skipped entirely.
+    """
+
+    def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX):
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add integer tensors of the same (any) shape: predicted and true class per pixel."""
+        if pred.shape != target.shape:
+            raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+        keep = target != self.ignore_index
+        n = self.num_classes
+        pairs = target[keep].long() * n + pred[keep].long()
+        self.mat += torch.bincount(pairs, minlength=n * n).reshape(n, n).cpu()
+
+    def compute(self) -> dict:
+        h = self.mat.double()
+        tp, gt, pred = h.diag(), h.sum(1), h.sum(0)
+        union = gt + pred - tp
+        iou = torch.where(union > 0, tp / union.clamp(min=1), torch.nan)
+        acc = torch.where(gt > 0, tp / gt.clamp(min=1), torch.nan)
+        return {
+            "miou": _nanmean(iou),
+            "iou": iou.tolist(),
+            "pixel_acc": (tp.sum() / h.sum()).item() if h.sum() > 0 else math.nan,
+            "mean_acc": _nanmean(acc),
+        }
+
+
+def _nanmean(x: torch.Tensor) -> float:
+    return x.nanmean().item() if not x.isnan().all() else math.nan
+
+
+def format_iou_table(iou: list, class_names: tuple = VOC_CLASSES) -> str:
+    """Render per-class IoU (fractions, NaN for absent classes) as an aligned text table."""
+    width = max(len(name) for name in class_names)
+    lines = [f"{'class':<{width}}  IoU (%)"]
+    for name, value in zip(class_names, iou):
+        lines.append(f"{name:<{width}}  {'-' if math.isnan(value) else f'{100 * value:6.2f}'}")
+    return "\n".join(lines)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader, device: torch.device, desc: str = "eval") -> dict:
+    """Run `model` over an evaluation loader (dataset.collate_eval) and score it.
+
+    Each batch is (images N x 3 x H x W zero-padded at the bottom/right, masks as a list of
+    h_i x w_i label maps, image sizes before padding). The logits of image i are cropped to its
+    unpadded size and upsampled bilinearly to its label's size, so every image is scored at its
+    original label resolution and padded pixels never reach the metric.
+
+    Returns ConfusionMatrix.compute() plus `loss` (pixel cross-entropy, 255 ignored, mean over
+    images) and `per_image_miou` (in loader order, to pick the best and worst overlays).
+    """
+    model.eval()
+    cm = ConfusionMatrix()
+    losses, per_image = [], []
+    for images, masks, sizes in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        logits = model_logits(model, images.to(device, non_blocking=True))
+        for i, (mask, (h, w)) in enumerate(zip(masks, sizes)):
+            target = mask.to(device).long()[None]
+            out = F.interpolate(logits[i : i + 1, :, :h, :w], size=target.shape[-2:],
+                                mode="bilinear", align_corners=False).float()
+            if (target != IGNORE_INDEX).any():
+                losses.append(F.cross_entropy(out, target, ignore_index=IGNORE_INDEX).item())
+            pred = out.argmax(1)
+            cm.update(pred, target)
+            single = ConfusionMatrix()
+            single.update(pred, target)
+            per_image.append(single.compute()["miou"])
+    result = cm.compute()
+    result["loss"] = statistics.fmean(losses) if losses else math.nan
+    result["per_image_miou"] = per_image
+    return result
+
+
+def model_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """N x C x H x W logits; torchvision's segmentation models return them as {"out": ...}."""
+    out = model(images)
+    return out["out"] if isinstance(out, dict) else out
+
+
+@torch.inference_mode()
+def ms_per_image(model: nn.Module, device: torch.device, size: int = 520, runs: int = 20,
+                 warmup: int = 3) -> float:
+    """Median wall time in ms of one forward pass on a 1 x 3 x size x size input.
+
+    Warm-up runs come first (cuDNN autotuning, allocator); on CUDA each run is bracketed by
+    torch.cuda.synchronize(), because kernel launches are asynchronous.
+    """
+    model.eval()
+    x = torch.randn(1, 3, size, size, device=device)
+    times = []
+    for i in range(warmup + runs):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        model_logits(model, x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's or the CPU's model name, for saying where a time was measured."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return f"{names[0]} ({torch.get_num_threads()} threads)"
+    except (OSError, IndexError):
+        return platform.processor() or platform.machine()
+
+
+def measure(model: nn.Module, loader, device: torch.device, size: int = 520,
+            runs: int = 20) -> dict:
+    """evaluate() plus everything the report needs next to the mIoU: parameters, ms/image on a
+    1 x 3 x size x size input, the device, torch's version and the date."""
+    result = evaluate(model, loader, device)
+    result.update(
+        params=count_params(model),
+        ms_per_image=ms_per_image(model, device, size, runs),
+        input_size=size,
+        device=str(device),
+        device_name=device_name(device),
+        torch=torch.__version__,
+        num_images=len(loader.dataset),
+        date=datetime.date.today().isoformat(),
+    )
+    return result
+
+
+def format_report(result: dict, title: str) -> str:
+    """Per-class IoU table and the summary lines printed by test.py and test_pretrained.py."""
+    synthetic = " -- SYNTHETIC data, not a VOC result" if result.get("synthetic") else ""
+    return "\n".join([
+        f"== {title}{synthetic}",
+        format_iou_table(result["iou"]),
+        f"mIoU            {100 * result['miou']:.2f} %  ({result['num_images']} images, "
+        f"split {result.get('split', '?')})",
+        f"pixel accuracy  {100 * result['pixel_acc']:.2f} %",
+        f"parameters      {result['params']:,d}",
+        f"ms/image        {result['ms_per_image']:.1f}  (batch 1, {result['input_size']}x"
+        f"{result['input_size']}, {result['device_name']})",
+    ])  # fmt: skip
+
+
+def write_json(obj: dict, path: str | Path) -> None:
+    """JSON with NaN written as null (NaN is not JSON)."""
+
+    def clean(x):
+        if isinstance(x, float) and math.isnan(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        return [clean(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(clean(obj), indent=2) + "\n")

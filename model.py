@@ -1,0 +1,234 @@
+"""The compact student (MobileNetV3-Small + ASPP + skip decoder), the FCN-ResNet50 teacher,
+and the checkpoint and device helpers every script shares.
+
+    from model import build_student, build_teacher, teacher_features
+    python model.py   # prints the student layer by layer with parameter counts
+
+Student, after DeepLabV3+ (Chen et al., 2018) on a MobileNetV3-Small encoder (Howard et al.,
+2019), with the last stage dilated so the deepest features stay at output stride 16:
+
+    x (3, H, W)
+    low  = encoder[0:2]   16 ch, stride 4   \\
+    mid  = encoder[2:4]   24 ch, stride 8    } the taps that feature distillation reads
+    high = encoder[4:12]  96 ch, stride 16  /  (torchvision's MobileNetV3-Small, dilated=True)
+    ASPP(high): 1x1 | 3x3 separable at rates 6, 12, 18 | image pooling -> 128 ch (Chen et al., 2017)
+    decoder: upsample to stride 4, concat with low projected to 32 ch, 1x1 -> 64, 3x3 separable
+    dropout 0.5, 1x1 classifier -> 21 ch, bilinear upsampling to (H, W)
+
+The handout's tap numbers are approximate; the ones above are read off torchvision's network
+and a test checks them with a real forward pass.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import MobileNet_V3_Small_Weights, mobilenet_v3_small
+from torchvision.models.segmentation import FCN_ResNet50_Weights, fcn_resnet50
+
+from metrics import NUM_CLASSES, count_params
+
+# name: (channels, stride) as measured on torchvision's MobileNetV3-Small with dilated=True.
+STUDENT_TAPS = {"low": (16, 4), "mid": (24, 8), "high": (96, 16)}
+# name: (ResNet-50 layer, channels, stride) in torchvision's FCN-ResNet50 (layers 3-4 dilated).
+TEACHER_TAPS = {"low": ("layer1", 256, 4), "mid": ("layer2", 512, 8), "high": ("layer4", 2048, 8)}
+TEACHER_WEIGHTS = FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1
+TEACHER_RESIZE = 520  # shorter side that TEACHER_WEIGHTS.transforms() resizes images to
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1,
+                 groups: int = 1) -> nn.Sequential:
+    padding = dilation * (kernel // 2)
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+def separable(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
+    """Depthwise 3x3 then pointwise 1x1: about 9x fewer weights and FLOPs than a dense 3x3,
+    which is what keeps the ASPP and the decoder small next to the encoder (DeepLabV3+)."""
+    return nn.Sequential(conv_bn_relu(cin, cin, 3, dilation, groups=cin), conv_bn_relu(cin, cout))
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: N x cin x h x w -> N x cout x h x w."""
+
+    def __init__(self, cin: int, cout: int, rates: tuple = (6, 12, 18)):
+        super().__init__()
+        self.branches = nn.ModuleList([conv_bn_relu(cin, cout)])
+        self.branches.extend(separable(cin, cout, rate) for rate in rates)
+        # No BatchNorm after global pooling: a 1 x 1 map in a batch of 1 has no statistics.
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1), nn.ReLU())
+        self.project = conv_bn_relu(cout * (len(rates) + 2), cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(x).expand(-1, -1, *x.shape[-2:])
+        return self.project(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
+
+
+class Student(nn.Module):
+    def __init__(self, num_classes: int = NUM_CLASSES, encoder: nn.Sequential | None = None):
+        super().__init__()
+        encoder = encoder if encoder is not None else mobilenet_v3_small(dilated=True).features
+        self.low, self.mid = encoder[0:2], encoder[2:4]
+        # encoder[12], the 96 -> 576 expansion, exists for ImageNet's classifier; the ASPP's own
+        # 1x1 convolutions do that job here, for 56 k fewer parameters.
+        self.high = encoder[4:12]
+        self.aspp = ASPP(STUDENT_TAPS["high"][0], 128)
+        self.skip = conv_bn_relu(STUDENT_TAPS["low"][0], 32)
+        # Stride 4 holds the largest maps of the head: reducing 160 -> 64 channels with a 1x1
+        # before the only 3x3 keeps the depthwise work there small (it dominated CPU time).
+        self.decoder = nn.Sequential(conv_bn_relu(128 + 32, 64), separable(64, 64))
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(64, num_classes, 1))
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        """x: N x 3 x H x W (any H, W) -> logits N x num_classes x H x W, and with
+        return_features also {"low", "mid", "high"} encoder maps (see STUDENT_TAPS)."""
+        low = self.low(x)
+        mid = self.mid(low)
+        high = self.high(mid)
+        y = F.interpolate(self.aspp(high), size=low.shape[-2:], mode="bilinear",
+                          align_corners=False)
+        y = self.classifier(self.decoder(torch.cat([y, self.skip(low)], dim=1)))
+        logits = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return (logits, {"low": low, "mid": mid, "high": high}) if return_features else logits
+
+
+def torchvision_download(builder, weights, flag_hint: str, **kwargs) -> nn.Module:
+    """builder(weights=weights) with a one-line error instead of a traceback when offline."""
+    try:
+        return builder(weights=weights, **kwargs)
+    except OSError as e:  # urllib's URLError, refused connections and timeouts are OSErrors
+        raise SystemExit(f"error: could not download torchvision weights {weights} ({e}); "
+                         f"offline, use {flag_hint}") from None
+
+
+def build_student(num_classes: int = NUM_CLASSES, pretrained_backbone: bool = False) -> Student:
+    """The student; pretrained_backbone loads torchvision's ImageNet MobileNetV3-Small weights
+    (downloaded to the torch hub cache on first use)."""
+    encoder = None
+    if pretrained_backbone:
+        encoder = torchvision_download(mobilenet_v3_small, MobileNet_V3_Small_Weights.IMAGENET1K_V1,
+                                       "--no-pretrained-backbone", dilated=True).features
+    return Student(num_classes, encoder)
+
+
+def build_teacher(weights: str = "default", flag: str = "--weights") -> nn.Module:
+    """torchvision's FCN-ResNet50, frozen: eval mode, no gradients, no auxiliary head.
+
+    weights: "default" (COCO_WITH_VOC_LABELS_V1, downloaded to the torch hub cache), a path to
+    a state dict, or "none" (random, for offline smoke tests; downloads nothing at all).
+    The auxiliary FCN head on layer3 only serves training, so it is dropped: it would cost
+    time at inference and its 2.4 M parameters would inflate the count.
+    """
+    if weights == "default":
+        model = torchvision_download(fcn_resnet50, TEACHER_WEIGHTS, f"{flag} PATH or {flag} none")
+        model.aux_classifier = None
+    else:
+        model = fcn_resnet50(weights=None, weights_backbone=None, num_classes=NUM_CLASSES,
+                             aux_loss=False)
+        if weights != "none":
+            state = load_file(weights, "teacher weights")
+            state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
+            try:
+                model.load_state_dict(state)
+            except RuntimeError:
+                raise SystemExit(f"error: {weights} is not an FCN-ResNet50 state dict") from None
+    return model.eval().requires_grad_(False)
+
+
+def teacher_features(teacher: nn.Module, x: torch.Tensor) -> tuple:
+    """The teacher's forward pass written out, so its intermediate maps come out with it.
+
+    x: N x 3 x H x W -> (logits N x 21 x H x W, {"low", "mid", "high"} per TEACHER_TAPS);
+    the logits equal teacher(x)["out"], which a test checks.
+    """
+    b = teacher.backbone
+    low = b.layer1(b.maxpool(b.relu(b.bn1(b.conv1(x)))))
+    mid = b.layer2(low)
+    high = b.layer4(b.layer3(mid))
+    logits = F.interpolate(teacher.classifier(high), size=x.shape[-2:], mode="bilinear",
+                           align_corners=False)
+    return logits, {"low": low, "mid": mid, "high": high}
+
+
+# ----------------------------------------------------------------------------- files, devices
+
+
+def load_file(path: str | Path, what: str) -> dict:
+    """torch.load(weights_only=True) with a one-line error for a missing or unreadable file."""
+    if not Path(path).is_file():
+        raise SystemExit(f"error: {what} {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and unpickler errors have no common base class
+        raise SystemExit(f"error: cannot read {what} {path}: corrupt or not a PyTorch file "
+                         f"({type(e).__name__})") from None
+    if not isinstance(obj, dict):
+        raise SystemExit(f"error: {what} {path} holds a {type(obj).__name__}, not a dict")
+    return obj
+
+
+def save_file(obj: dict, path: str | Path) -> None:
+    """torch.save to a temporary file then rename: a crash never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_student(path: str | Path) -> tuple:
+    """(student in eval mode, checkpoint dict) from a checkpoint written by train.py."""
+    ckpt = load_file(path, "checkpoint")
+    if not isinstance(ckpt.get("model"), dict):
+        raise SystemExit(f"error: {path} is not a checkpoint of train.py (no 'model' entry)")
+    student = build_student()
+    try:
+        student.load_state_dict(ckpt["model"])
+    except RuntimeError:
+        raise SystemExit(f"error: {path} holds a different architecture than model.py's "
+                         "student") from None
+    return student.eval(), ckpt
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """--device value -> torch.device; None means cuda when available, else cpu."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"error: unknown device {name!r} (try cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda asked for, but PyTorch sees no CUDA GPU here")
+    return device
+
+
+def describe_layers(model: nn.Module, size: int = 520) -> list:
+    """[(name, module type, output shape C x H x W, parameters)] for each top-level block of
+    the student (each encoder block separately), measured on a 1 x 3 x size x size input."""
+    rows, hooks = [], []
+    for name, module in model.named_modules():
+        top = name.count(".") == 0 and name not in ("", "low", "mid", "high")
+        block = name.count(".") == 1 and name.split(".")[0] in ("low", "mid", "high")
+        if top or block:
+            hooks.append(module.register_forward_hook(
+                lambda m, _, out, name=name: rows.append(
+                    (name, type(m).__name__, tuple(out.shape[1:]), count_params(m)))))
+    with torch.inference_mode():
+        model.eval()(torch.zeros(1, 3, size, size))
+    for hook in hooks:
+        hook.remove()
+    return rows
+
+
+if __name__ == "__main__":
+    student = build_student()
+    for name, kind, shape, params in describe_layers(student):
+        print(f"{name:14s} {kind:22s} {str(shape):18s} {params:>9,d}")
+    print(f"total parameters: {count_params(student):,d}")

@@ -1,0 +1,172 @@
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dataset import train_transforms, voc_dataset
+from distill import (build_adapters, cosine_distance, feature_kd_loss, response_kd_loss,
+                     training_loss)
+from model import build_student, build_teacher, teacher_features
+
+
+def hand_response_loss(zs, zt, y, alpha, beta, tau):
+    """The lab's formula, one pixel at a time, in float64 numpy."""
+    zs, zt, y = zs.double().numpy(), zt.double().numpy(), y.numpy()
+    ce, soft, count = 0.0, 0.0, 0
+    n, c, h, w = zs.shape
+    for i in range(n):
+        for r in range(h):
+            for k in range(w):
+                if y[i, r, k] == 255:
+                    continue
+                s, t = zs[i, :, r, k], zt[i, :, r, k]
+                log_p = s - np.log(np.exp(s).sum())
+                log_p_tau = s / tau - np.log(np.exp(s / tau).sum())
+                p_t_tau = np.exp(t / tau) / np.exp(t / tau).sum()
+                ce += -log_p[y[i, r, k]]
+                soft += -(p_t_tau * log_p_tau).sum()
+                count += 1
+    ce, soft = ce / count, tau**2 * soft / count
+    return alpha * ce + beta * soft, ce, soft
+
+
+@pytest.fixture
+def logits():
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(2, 5, 3, 4, generator=g) * 3, torch.randn(2, 5, 3, 4, generator=g) * 3
+    y = torch.randint(0, 5, (2, 3, 4), generator=g)
+    y[0, 0, :] = 255
+    y[1, 2, 1] = 255
+    return zs, zt, y
+
+
+@pytest.mark.parametrize("alpha, beta, tau", [(1.0, 1.0, 1.0), (0.3, 0.7, 4.0), (0.5, 2.0, 2.5)])
+def test_response_loss_equals_the_hand_computation(logits, alpha, beta, tau):
+    loss, terms = response_kd_loss(*logits, alpha=alpha, beta=beta, tau=tau)
+    total, ce, soft = hand_response_loss(*logits, alpha, beta, tau)
+    assert loss.item() == pytest.approx(total, rel=1e-5)
+    assert terms["ce"].item() == pytest.approx(ce, rel=1e-5)
+    assert terms["soft"].item() == pytest.approx(soft, rel=1e-5)
+
+
+def test_soft_term_carries_the_tau_squared_factor(logits):
+    zs, zt, y = logits
+    for tau in (1.0, 3.0):
+        _, terms = response_kd_loss(zs, zt, y, alpha=0.0, beta=1.0, tau=tau)
+        p_t = torch.softmax(zt / tau, 1)
+        cross_entropy = -(p_t * torch.log_softmax(zs / tau, 1)).sum(1)[y != 255].mean()
+        assert terms["soft"].item() == pytest.approx(tau**2 * cross_entropy.item(), rel=1e-5)
+
+
+def test_soft_gradient_vanishes_when_student_equals_teacher(logits):
+    _, zt, y = logits
+    zs = zt.clone().requires_grad_(True)
+    loss, _ = response_kd_loss(zs, zt, y, alpha=0.0, beta=1.0, tau=4.0)
+    loss.backward()
+    assert zs.grad.abs().max() < 1e-6
+    zs_other = (zt + torch.randn_like(zt)).requires_grad_(True)
+    response_kd_loss(zs_other, zt, y, alpha=0.0, beta=1.0, tau=4.0)[0].backward()
+    assert zs_other.grad.abs().max() > 1e-3  # and it does not vanish otherwise
+
+
+def test_ignored_pixels_do_not_move_the_loss(logits):
+    zs, zt, y = logits
+    before = response_kd_loss(zs, zt, y, 1.0, 1.0, 2.0)[0]
+    zs2, zt2 = zs.clone(), zt.clone()
+    zs2[0, :, 0, :] += 100  # row 0 of image 0 is all 255
+    zt2[0, :, 0, :] -= 100
+    assert response_kd_loss(zs2, zt2, y, 1.0, 1.0, 2.0)[0].item() == pytest.approx(before.item())
+
+
+def test_teacher_logits_are_resized_to_the_student_size(logits):
+    zs, zt, y = logits
+    small_teacher = zt[:, :, ::3, ::2]
+    loss, _ = response_kd_loss(zs, small_teacher, y, 1.0, 1.0, 2.0)
+    assert math.isfinite(loss.item())
+
+
+def test_cosine_distance_properties():
+    g = torch.Generator().manual_seed(0)
+    f, other = torch.randn(2, 8, 5, 6, generator=g), torch.randn(2, 8, 5, 6, generator=g)
+    assert cosine_distance(f, f).item() == pytest.approx(0.0, abs=1e-6)
+    assert cosine_distance(f, -f).item() == pytest.approx(2.0, abs=1e-6)
+    d = cosine_distance(f, other).item()
+    assert cosine_distance(3.5 * f, other).item() == pytest.approx(d, rel=1e-5)
+    assert cosine_distance(f, 0.01 * other).item() == pytest.approx(d, rel=1e-5)
+    assert 0.5 < d < 1.5  # unrelated random maps sit near 1
+
+
+@pytest.fixture(scope="module")
+def batch(fake_voc):
+    torch.manual_seed(0)
+    data = voc_dataset(fake_voc, "train", train_transforms(64))
+    images, masks = zip(*(data[i] for i in range(4)))
+    return torch.stack(images), torch.stack(masks).long()
+
+
+@pytest.mark.parametrize("kd", ["response", "feature", "both"])
+def test_a_kd_step_trains_student_and_adapters_and_leaves_the_teacher_bit_identical(batch, kd):
+    torch.manual_seed(0)
+    student, teacher, adapters = build_student().train(), build_teacher("none"), build_adapters()
+    teacher_before = copy.deepcopy(teacher.state_dict())  # parameters and BatchNorm buffers
+    student_before = copy.deepcopy(student.state_dict())
+    adapters_before = copy.deepcopy(adapters.state_dict())
+    optimizer = torch.optim.SGD([*student.parameters(), *adapters.parameters()], lr=0.1)
+    loss, terms = training_loss(student, *batch, kd=kd, teacher=teacher, adapters=adapters)
+    loss.backward()
+    optimizer.step()
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_before.items())
+    assert any(not torch.equal(v, student.state_dict()[k]) for k, v in student_before.items())
+    if kd != "response":
+        assert {"ce", "feat", "feat_low", "feat_mid", "feat_high"} <= set(terms)
+        assert all(not torch.equal(v, adapters.state_dict()[k])
+                   for k, v in adapters_before.items() if k.endswith("weight"))
+    if kd != "feature":
+        assert {"ce", "soft"} <= set(terms)
+
+
+def agreement(student, teacher, images) -> float:
+    """Pixels where the student's and the teacher's argmax agree. The student stays in train
+    mode (its BatchNorm running statistics lag behind 40 steps) with a fixed dropout draw."""
+    torch.manual_seed(123)
+    with torch.no_grad():
+        same = student(images).argmax(1) == teacher_features(teacher, images)[0].argmax(1)
+    return same.float().mean().item()
+
+
+def test_the_soft_term_alone_teaches_the_teachers_answers(batch):
+    """Against a fixed random teacher on SYNTHETIC images: says nothing about VOC."""
+    torch.manual_seed(1)
+    images, masks = batch
+    student, teacher = build_student().train(), build_teacher("none")
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+    start = agreement(student, teacher, images)
+    for _ in range(40):
+        loss, _ = training_loss(student, images, masks, kd="response", teacher=teacher,
+                                alpha=0.0, beta=1.0, tau=1.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert agreement(student, teacher, images) > start + 0.2
+
+
+def test_the_feature_term_alone_lowers_the_cosine_distance(batch):
+    torch.manual_seed(2)
+    images, _ = batch
+    student, teacher, adapters = build_student().train(), build_teacher("none"), build_adapters()
+    optimizer = torch.optim.Adam([*student.parameters(), *adapters.parameters()], lr=1e-3)
+    with torch.no_grad():
+        _, teacher_feats = teacher_features(teacher, images)
+
+    def distance():
+        return feature_kd_loss(student(images, return_features=True)[1], teacher_feats, adapters)[0]
+
+    start = distance().item()
+    for _ in range(30):
+        loss = distance()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert distance().item() < 0.7 * start

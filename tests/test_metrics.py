@@ -1,0 +1,105 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from dataset import collate_eval
+from metrics import VOC_CLASSES, ConfusionMatrix, evaluate, format_iou_table, write_json
+
+# target 255 pixel is ignored whatever its prediction; class 3 is absent from both.
+TARGET = torch.tensor([[0, 0, 1], [1, 2, 255]])
+PRED = torch.tensor([[0, 1, 1], [2, 2, 0]])
+
+
+def test_hand_computed_case_with_ignored_pixel_and_absent_class():
+    cm = ConfusionMatrix(num_classes=4)
+    cm.update(PRED, TARGET)
+    expected = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
+    assert torch.equal(cm.mat, expected)
+    r = cm.compute()
+    # IoU_c = tp / (gt + pred - tp): 1/(2+1-1), 1/(2+2-1), 1/(1+2-1), absent
+    assert r["iou"][:3] == pytest.approx([1 / 2, 1 / 3, 1 / 2])
+    assert math.isnan(r["iou"][3])
+    assert r["miou"] == pytest.approx(4 / 9)
+    assert r["pixel_acc"] == pytest.approx(3 / 5)
+    assert r["mean_acc"] == pytest.approx((1 / 2 + 1 / 2 + 1) / 3)
+
+
+def test_class_only_in_prediction_counts_as_zero_iou():
+    cm = ConfusionMatrix(num_classes=3)
+    cm.update(torch.tensor([0, 2]), torch.tensor([0, 0]))
+    r = cm.compute()
+    assert r["iou"][0] == pytest.approx(1 / 2) and r["iou"][2] == 0.0
+    assert math.isnan(r["iou"][1])
+    assert r["miou"] == pytest.approx(1 / 4)
+
+
+def test_perfect_prediction_scores_one():
+    target = torch.randint(0, 21, (2, 5, 7))
+    target[0, 0, :3] = 255
+    cm = ConfusionMatrix()
+    cm.update(target.clone(), target)
+    r = cm.compute()
+    assert r["miou"] == 1.0 and r["pixel_acc"] == 1.0 and r["mean_acc"] == 1.0
+
+
+def test_all_wrong_prediction_scores_zero():
+    target = torch.tensor([[0, 1], [1, 0]])
+    cm = ConfusionMatrix(num_classes=2)
+    cm.update(1 - target, target)
+    r = cm.compute()
+    assert r["iou"] == [0.0, 0.0] and r["miou"] == 0.0 and r["pixel_acc"] == 0.0
+
+
+def test_accumulated_updates_equal_one_update_over_everything():
+    g = torch.Generator().manual_seed(0)
+    preds = [torch.randint(0, 21, (3, 8, 9), generator=g) for _ in range(4)]
+    targets = [torch.randint(0, 22, (3, 8, 9), generator=g) for _ in range(4)]
+    targets = [torch.where(t == 21, 255, t) for t in targets]
+    parts, whole = ConfusionMatrix(), ConfusionMatrix()
+    for p, t in zip(preds, targets):
+        parts.update(p, t)
+    whole.update(torch.cat(preds), torch.cat(targets))
+    assert torch.equal(parts.mat, whole.mat)
+    assert parts.mat.sum() == sum((t != 255).sum() for t in targets)
+
+
+def test_shape_mismatch_is_refused():
+    with pytest.raises(ValueError):
+        ConfusionMatrix().update(torch.zeros(2, 3), torch.zeros(3, 2))
+
+
+def test_iou_table_names_every_class_and_marks_absent_ones():
+    iou = [0.5] * 20 + [math.nan]
+    table = format_iou_table(iou)
+    assert all(name in table for name in VOC_CLASSES)
+    assert "50.00" in table and table.splitlines()[-1].split() == ["tvmonitor", "-"]
+
+
+class PixelwiseModel(nn.Module):
+    """A 1x1 convolution: each pixel's logits depend on that pixel only."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 21, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_padded_batches_score_exactly_like_batch_of_one():
+    g = torch.Generator().manual_seed(1)
+    samples = [(torch.randn(3, h, w, generator=g), torch.randint(0, 21, (h, w), generator=g))
+               for h, w in ((5, 7), (9, 4), (6, 6))]
+    model = PixelwiseModel()
+    one = evaluate(model, [collate_eval([s]) for s in samples], torch.device("cpu"))
+    padded = evaluate(model, [collate_eval(samples)], torch.device("cpu"))
+    assert one["miou"] == padded["miou"] and one["per_image_miou"] == padded["per_image_miou"]
+    assert one["loss"] == pytest.approx(padded["loss"])
+
+
+def test_json_writes_nan_as_null(tmp_path):
+    write_json({"iou": [0.5, math.nan]}, tmp_path / "r.json")
+    assert (tmp_path / "r.json").read_text().split() == ['{', '"iou":', '[', '0.5,', 'null', ']', '}']

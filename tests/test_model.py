@@ -1,0 +1,135 @@
+import socket
+
+import pytest
+import torch
+
+from metrics import count_params
+from model import (STUDENT_TAPS, TEACHER_RESIZE, TEACHER_TAPS, TEACHER_WEIGHTS, build_student,
+                   build_teacher, describe_layers, load_student, save_file, teacher_features)
+
+
+@pytest.fixture(scope="module")
+def student():
+    torch.manual_seed(0)
+    return build_student().eval()
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(0)
+    return build_teacher("none")
+
+
+@pytest.mark.parametrize("h, w", [(64, 64), (65, 97), (33, 17), (101, 50)])
+def test_student_logits_have_the_input_size_for_any_size(student, h, w):
+    with torch.inference_mode():
+        assert student(torch.randn(2, 3, h, w)).shape == (2, 21, h, w)
+
+
+def test_student_taps_have_the_documented_channels_and_strides(student):
+    with torch.inference_mode():
+        _, feats = student(torch.randn(1, 3, 320, 320), return_features=True)
+    assert set(feats) == set(STUDENT_TAPS)
+    for name, (channels, stride) in STUDENT_TAPS.items():
+        assert feats[name].shape == (1, channels, 320 // stride, 320 // stride)
+
+
+def test_teacher_taps_have_the_documented_channels_and_strides(teacher):
+    with torch.inference_mode():
+        _, feats = teacher_features(teacher, torch.randn(1, 3, 64, 64))
+    for name, (_, channels, stride) in TEACHER_TAPS.items():
+        assert feats[name].shape == (1, channels, 64 // stride, 64 // stride)
+
+
+def test_student_parameters_are_within_the_target(student):
+    assert count_params(student) <= 1_200_000
+    assert sum(row[3] for row in describe_layers(student, size=64)) == count_params(student)
+
+
+def test_teacher_features_logits_equal_the_teacher_output(teacher):
+    x = torch.randn(1, 3, 72, 88)
+    with torch.inference_mode():
+        logits, _ = teacher_features(teacher, x)
+        assert torch.allclose(logits, teacher(x)["out"])
+
+
+def test_teacher_is_frozen_and_has_no_auxiliary_head(teacher):
+    assert not teacher.training and teacher.aux_classifier is None
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_teacher_resize_is_the_one_its_weights_document():
+    assert TEACHER_WEIGHTS.transforms().resize_size == [TEACHER_RESIZE]
+
+
+def test_random_models_touch_no_network(monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    build_student(pretrained_backbone=False)
+    build_teacher("none")
+
+
+def offline(monkeypatch):
+    """A machine without network: connections fail with an OSError, as they really do."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def test_pretrained_backbone_offline_names_the_flag_to_turn_it_off(monkeypatch):
+    offline(monkeypatch)
+    with pytest.raises(SystemExit) as e:
+        build_student(pretrained_backbone=True)
+    assert "--no-pretrained-backbone" in str(e.value)
+
+
+def test_default_teacher_offline_names_the_alternatives(monkeypatch):
+    offline(monkeypatch)
+    with pytest.raises(SystemExit) as e:
+        build_teacher("default", flag="--teacher-weights")
+    assert "--teacher-weights none" in str(e.value)
+
+
+def test_teacher_loads_a_local_state_dict_with_or_without_aux_head(tmp_path, teacher):
+    from torchvision.models.segmentation import fcn_resnet50
+
+    full = fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
+    torch.save(full.state_dict(), tmp_path / "fcn.pth")
+    loaded = build_teacher(str(tmp_path / "fcn.pth"))
+    assert torch.equal(loaded.classifier[4].weight, full.classifier[4].weight)
+    torch.save({"something": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(SystemExit, match="not an FCN-ResNet50"):
+        build_teacher(str(tmp_path / "other.pth"))
+
+
+def test_checkpoints_are_written_atomically_and_load_back(tmp_path, student):
+    save_file({"model": student.state_dict(), "args": {"kd": "none"}}, tmp_path / "s.pth")
+    assert [p.name for p in tmp_path.iterdir()] == ["s.pth"]  # no temporary file left
+    loaded, ckpt = load_student(tmp_path / "s.pth")
+    assert ckpt["args"] == {"kd": "none"}
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
+                                                 student.state_dict().values()))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not a checkpoint", "corrupt or not a PyTorch file"),
+    ({"model": {"fc.weight": torch.zeros(2)}}, "different architecture"),
+    ({"weights": 1}, "not a checkpoint of train.py"),
+    ([1, 2, 3], "holds a list"),
+])  # fmt: skip
+def test_bad_checkpoints_give_a_one_line_error(tmp_path, content, message):
+    path = tmp_path / "bad.pth"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(SystemExit) as e:
+        load_student(path)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(SystemExit, match="does not exist"):
+        load_student(tmp_path / "missing.pth")
