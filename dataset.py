@@ -1,14 +1,18 @@
-"""PASCAL VOC 2012 segmentation: download, joint transforms, loaders, colours, synthetic data.
+"""PASCAL VOC 2012 segmentation (and SBD): download, joint transforms, loaders, colours,
+synthetic data.
 
-    python dataset.py --download --data-root data         # fetch (md5-checked) and extract VOC
-    python dataset.py --data-root data                    # check the layout, count the images
-    python dataset.py --fake-voc data_fake --num-images 8 # tiny SYNTHETIC tree in VOC layout
+    python dataset.py --download --data-root data          # fetch (md5-checked), extract VOC
+    python dataset.py --download sbd --data-root data      # the same for SBD (train_aug)
+    python dataset.py --data-root data                     # check the layout, count the images
+    python dataset.py --fake-voc data_fake --num-images 8  # tiny SYNTHETIC tree in VOC layout
 
-The data root holds VOCdevkit/VOC2012/{JPEGImages, SegmentationClass, ImageSets/Segmentation},
-which torchvision.datasets.VOCSegmentation reads; nothing here re-implements it.
+The data root holds VOCdevkit/VOC2012/ (read by torchvision.datasets.VOCSegmentation) and,
+for --train-set train_aug, benchmark_RELEASE/dataset/ (read by torchvision.datasets.SBDataset);
+nothing here re-implements them.
 """
 
 import argparse
+import dataclasses
 import hashlib
 import http.client
 import math
@@ -20,30 +24,65 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset
+from PIL import Image, ImageDraw
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torchvision import tv_tensors
-from torchvision.datasets import VOCSegmentation
+from torchvision.datasets import SBDataset, VOCSegmentation
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from metrics import IGNORE_INDEX, NUM_CLASSES, model_logits
+from metrics import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES, model_logits, number
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-VOC_SUBDIR = Path("VOCdevkit", "VOC2012")
-VOC_ARCHIVE = "VOCtrainval_11-May-2012.tar"
-VOC_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"  # the md5 torchvision's VOCSegmentation checks
-# Tried in order; the same archive everywhere, so the md5 decides, whichever host served it.
-# The Oxford host is often down, hence the mirrors. Add yours here.
-VOC_MIRRORS = [
-    "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/" + VOC_ARCHIVE,
-    "https://host.robots.ox.ac.uk/pascal/VOC/voc2012/" + VOC_ARCHIVE,
-    "http://d2l-data.s3-accelerate.amazonaws.com/" + VOC_ARCHIVE,  # the d2l.ai book's mirror
-    "https://pjreddie.com/media/files/" + VOC_ARCHIVE,  # the YOLO author's mirror
-]
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A dataset archive: where it unpacks under the data root and where to get it.
+    The mirrors are tried in order; the md5 decides, whichever host served the file."""
+
+    name: str
+    subdir: Path  # what the archive unpacks to, under the data root
+    layout: str  # what the scripts need inside subdir, for the error message
+    archive: str
+    md5: str
+    mirrors: tuple
+    flag: str  # the dataset.py flag that downloads it
+
+
+VOC = Source(
+    name="PASCAL VOC 2012",
+    subdir=Path("VOCdevkit", "VOC2012"),
+    layout="{JPEGImages, SegmentationClass, ImageSets/Segmentation/{train,val}.txt}",
+    archive="VOCtrainval_11-May-2012.tar",
+    md5="6cd6e144f989b92b3379bac3b3de84fd",  # the md5 torchvision's VOCSegmentation checks
+    # The Oxford host is often down, hence the mirrors. Add yours here.
+    mirrors=(
+        "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+        "https://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+        "http://d2l-data.s3-accelerate.amazonaws.com/VOCtrainval_11-May-2012.tar",  # d2l.ai
+        "https://pjreddie.com/media/files/VOCtrainval_11-May-2012.tar",  # the YOLO author's
+    ),
+    flag="--download",
+)
+# Semantic Boundaries Dataset (Hariharan et al., 2011, "Semantic contours from inverse
+# detectors"): 11,355 VOC 2011 images with full segmentation labels in .mat files.
+SBD = Source(
+    name="SBD (Semantic Boundaries Dataset)",
+    subdir=Path("benchmark_RELEASE", "dataset"),
+    layout="{img/*.jpg, cls/*.mat, train.txt, val.txt}",
+    archive="benchmark.tgz",
+    md5="82b4d87ceb2ed10f6038a1cba92111cb",  # the md5 torchvision's SBDataset checks
+    mirrors=(
+        "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/"
+        "benchmark.tgz",
+        "http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/"
+        "benchmark.tgz",
+    ),
+    flag="--download sbd",
+)
 SYNTHETIC_MARKER = "SYNTHETIC.txt"  # written by --fake-voc; scripts label their outputs with it
 
 
@@ -74,24 +113,56 @@ def colorize(mask: np.ndarray) -> Image.Image:
     return image.convert("RGB")
 
 
-def overlay_panel(image: Image.Image, target: np.ndarray, pred: np.ndarray,
-                  alpha: float = 0.6) -> Image.Image:
-    """Side by side: image | ground truth blended on it | prediction blended on it."""
-    image = image.convert("RGB")
-    gt = Image.blend(image, colorize(target), alpha)
-    pr = Image.blend(image, colorize(pred), alpha)
-    panel = Image.new("RGB", (3 * image.width, image.height))
-    for i, part in enumerate((image, gt, pr)):
-        panel.paste(part, (i * image.width, 0))
+def side_by_side(parts: list) -> Image.Image:
+    """Images pasted left to right on a white canvas as tall as the tallest."""
+    panel = Image.new("RGB", (sum(p.width for p in parts), max(p.height for p in parts)), "white")
+    x = 0
+    for part in parts:
+        panel.paste(part, (x, 0))
+        x += part.width
     return panel
 
 
-def save_overlays(model: torch.nn.Module, dataset: Dataset, per_image_miou: list, count: int,
-                  out_dir: str | Path, prefix: str, device: torch.device) -> list:
+def overlay_panel(
+    image: Image.Image, target: np.ndarray, pred: np.ndarray, alpha: float = 0.6
+) -> Image.Image:
+    """Side by side: image | ground truth blended on it | prediction blended on it."""
+    image = image.convert("RGB")
+    return side_by_side(
+        [
+            image,
+            Image.blend(image, colorize(target), alpha),
+            Image.blend(image, colorize(pred), alpha),
+        ]
+    )
+
+
+def legend(classes: list) -> Image.Image:
+    """A column of VOC colour swatches with the names of `classes` (class ids)."""
+    palette, row = voc_palette(), 16
+    image = Image.new("RGB", (150, row * len(classes) + 4), "white")
+    draw = ImageDraw.Draw(image)
+    for i, c in enumerate(classes):
+        y = 2 + i * row
+        draw.rectangle([4, y, 4 + 12, y + 12], fill=tuple(palette[3 * c : 3 * c + 3]))
+        draw.text((22, y), VOC_CLASSES[c], fill="black")
+    return image
+
+
+def save_overlays(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    per_image_miou: list,
+    count: int,
+    out_dir: str | Path,
+    prefix: str,
+    device: torch.device,
+) -> list:
     """Overlay panels of the `count` best and `count` worst images by per-image mIoU, as
     <out_dir>/<prefix>_{best,worst}<rank>_<image id>.png. Returns the paths written."""
-    ranked = [i for _, i in sorted((-m, i) for i, m in enumerate(per_image_miou)
-                             if not math.isnan(m))]
+    ranked = [
+        i for _, i in sorted((-m, i) for i, m in enumerate(per_image_miou) if not math.isnan(m))
+    ]
     best = ranked[:count]
     worst = [i for i in ranked[::-1][:count] if i not in best]  # disjoint on small splits
     picks = [("best", i) for i in best] + [("worst", i) for i in worst]
@@ -103,8 +174,9 @@ def save_overlays(model: torch.nn.Module, dataset: Dataset, per_image_miou: list
         image, mask = dataset[index]
         with torch.inference_mode():
             logits = model_logits(model, image[None].to(device))
-            logits = torch.nn.functional.interpolate(logits, size=mask.shape[-2:], mode="bilinear",
-                                                     align_corners=False)
+            logits = torch.nn.functional.interpolate(
+                logits, size=mask.shape[-2:], mode="bilinear", align_corners=False
+            )
         source = image_path(dataset, index)
         rank[kind] += 1
         path = out_dir / f"{prefix}_{kind}{rank[kind]}_{source.stem}.png"
@@ -151,9 +223,12 @@ class EvalTransform:
         image, mask = to_tv_tensors(image, mask)
         if self.resize is not None:
             image = TF.resize(image, self.resize, antialias=True)
-        image = TF.normalize(TF.to_dtype(image, torch.float32, scale=True), IMAGENET_MEAN,
-                             IMAGENET_STD)
-        return image, mask
+        return normalize(image), mask
+
+
+def normalize(image: torch.Tensor) -> torch.Tensor:
+    """uint8 3 x H x W -> float, ImageNet mean and std (the encoders' pretraining statistics)."""
+    return TF.normalize(TF.to_dtype(image, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
 
 
 def collate_eval(batch: list) -> tuple:
@@ -176,49 +251,99 @@ def collate_eval(batch: list) -> tuple:
 # ----------------------------------------------------------------------------- datasets
 
 
-def missing_data_message(data_root: str | Path, what: str) -> str:
+def check_present(source: Source, data_root: str | Path, needed: list) -> None:
+    """Stop with the layout and the ways to get `source` when a needed path is missing."""
     root = Path(data_root)
-    return (
-        f"PASCAL VOC 2012 not found: {what}.\n"
-        f"Expected layout: {root / VOC_SUBDIR}/{{JPEGImages, SegmentationClass, "
-        f"ImageSets/Segmentation/{{train,val}}.txt}}\n"
-        f"Get it with:  python dataset.py --download --data-root {root}   (about 2 GB, md5-checked)\n"
-        f"or put a downloaded {VOC_ARCHIVE} into {root}/ and run that same command to verify "
-        f"and extract it."
-    )
-
-
-def check_voc(data_root: str | Path, split: str) -> None:
-    """Stop with the layout and the download instructions when a split is not on disk."""
-    voc = Path(data_root) / VOC_SUBDIR
-    for path in (voc / "ImageSets" / "Segmentation" / f"{split}.txt", voc / "JPEGImages",
-                 voc / "SegmentationClass"):
-        if not path.exists():
-            raise SystemExit("error: " + missing_data_message(data_root, f"no {path}"))
+    for name in needed:
+        if not (root / source.subdir / name).exists():
+            raise SystemExit(
+                f"error: {source.name} not found: no {root / source.subdir / name}.\n"
+                f"Expected layout: {root / source.subdir}/{source.layout}\n"
+                f"Get it with: python dataset.py {source.flag} --data-root {root}  (md5-checked)\n"
+                f"or put a downloaded {source.archive} into {root}/ and run that same command to "
+                "verify and extract it."
+            )
 
 
 def is_synthetic(data_root: str | Path) -> bool:
-    return (Path(data_root) / VOC_SUBDIR / SYNTHETIC_MARKER).exists()
+    return (Path(data_root) / VOC.subdir / SYNTHETIC_MARKER).exists()
+
+
+def first(dataset: Dataset, limit: int | None) -> Dataset:
+    return Subset(dataset, range(min(limit, len(dataset)))) if limit else dataset
 
 
 def voc_dataset(data_root: str | Path, split: str, transforms, limit: int | None = None) -> Dataset:
     """VOC 2012 `split` ("train" 1,464 or "val" 1,449 images), optionally its first `limit`."""
-    check_voc(data_root, split)
+    check_present(VOC, data_root, [f"ImageSets/Segmentation/{split}.txt", "JPEGImages",
+                                   "SegmentationClass"])  # fmt: skip
     dataset = VOCSegmentation(str(data_root), year="2012", image_set=split, transforms=transforms)
-    return Subset(dataset, range(min(limit, len(dataset)))) if limit else dataset
+    return first(dataset, limit)
 
 
-def eval_loader(data_root: str | Path, split: str, batch_size: int = 1, num_workers: int = 2,
-                resize: int | None = None, limit: int | None = None) -> DataLoader:
+def split_ids(data_root: str | Path, split: str) -> list:
+    return (
+        (Path(data_root) / VOC.subdir / f"ImageSets/Segmentation/{split}.txt").read_text().split()
+    )
+
+
+def train_aug_dataset(data_root: str | Path, transforms, limit: int | None = None) -> Dataset:
+    """The standard augmented training set: VOC 2012 train, plus SBD train and val, minus every
+    VOC 2012 val image, each image once: 1,464 + 9,118 = 10,582 images (SBD: Hariharan et al.,
+    2011; the count of DeepLab and torchvision's references).
+
+    An image in both VOC train and SBD keeps VOC's label. SBD's labels hold 0-20 and no 255
+    (no void band on object edges), so the two sources mix as they are: the loss ignores 255
+    where VOC has it and SBD simply has none.
+    """
+    check_present(SBD, data_root, ["img", "cls", "train.txt", "val.txt"])
+    voc_train = voc_dataset(data_root, "train", transforms)
+    taken = set(split_ids(data_root, "train")) | set(split_ids(data_root, "val"))
+    parts = [voc_train]
+    for split in ("train", "val"):
+        sbd = SBDataset(str(Path(data_root) / SBD.subdir), image_set=split, mode="segmentation",
+                        transforms=transforms)  # fmt: skip
+        keep = [i for i, path in enumerate(sbd.images) if Path(path).stem not in taken]
+        taken |= {Path(sbd.images[i]).stem for i in keep}
+        parts.append(Subset(sbd, keep))
+    return first(ConcatDataset(parts), limit)
+
+
+def eval_loader(
+    data_root: str | Path,
+    split: str,
+    batch_size: int = 1,
+    num_workers: int = 2,
+    resize: int | None = None,
+    limit: int | None = None,
+    shard: tuple = (0, 1),
+) -> DataLoader:
+    """Loader of a VOC split for metrics.evaluate. shard=(rank, world size) keeps every
+    world-th image from the rank-th: disjoint shares that together are the split, each image
+    once (DistributedSampler would pad the shares with repeats, which would bias the mIoU)."""
     dataset = voc_dataset(data_root, split, EvalTransform(resize), limit)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=collate_eval, pin_memory=torch.cuda.is_available())
+    rank, world = shard
+    if world > 1:
+        dataset = Subset(dataset, range(rank, len(dataset), world))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_eval,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
 def image_path(dataset: Dataset, index: int) -> Path:
-    """The JPEG file behind dataset[index], through any Subset."""
-    while isinstance(dataset, Subset):
-        dataset, index = dataset.dataset, dataset.indices[index]
+    """The JPEG file behind dataset[index], through any Subset or ConcatDataset."""
+    while isinstance(dataset, (Subset, ConcatDataset)):
+        if isinstance(dataset, Subset):
+            dataset, index = dataset.dataset, dataset.indices[index]
+        else:
+            part = next(i for i, end in enumerate(dataset.cumulative_sizes) if index < end)
+            index -= dataset.cumulative_sizes[part - 1] if part else 0
+            dataset = dataset.datasets[part]
     return Path(dataset.images[index])
 
 
@@ -251,10 +376,18 @@ def download(url: str, dest: Path, timeout: float = 30) -> None:
             offset = 0
         total = response.headers.get("Content-Length")
         total = int(total) + offset if total is not None else None
-        with open(dest, "ab" if offset else "wb") as f, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=dest.name, dynamic_ncols=True,
-        ) as bar:
+        with (
+            open(dest, "ab" if offset else "wb") as f,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=dest.name,
+                dynamic_ncols=True,
+            ) as bar,
+        ):
             for block in iter(lambda: response.read(1 << 20), b""):
                 f.write(block)
                 bar.update(len(block))
@@ -282,7 +415,8 @@ def fetch_archive(urls: list, dest: Path, md5: str) -> None:
         part.unlink()
         errors.append(f"{url}: md5 mismatch (got {got}, expected {md5}); partial file deleted")
     raise SystemExit(
-        f"error: could not download {dest.name} from any mirror:\n  " + "\n  ".join(errors)
+        f"error: could not download {dest.name} from any mirror:\n  "
+        + "\n  ".join(errors)
         + f"\nDownload it by hand, put it at {dest}, and run the same command again."
     )
 
@@ -305,30 +439,33 @@ def safe_extract(archive: Path, dest: Path) -> None:
             tar.extract(m, dest, **extra)
 
 
-def download_voc(data_root: str | Path, mirrors: list = VOC_MIRRORS, md5: str = VOC_MD5) -> None:
-    """Get VOCtrainval_11-May-2012.tar into data_root (unless it is already there), check its
-    md5 and extract it to data_root/VOCdevkit/VOC2012."""
+def download_source(data_root: str | Path, source: Source) -> None:
+    """Get source.archive into data_root (unless it is already there), check its md5 and
+    extract it there, which gives data_root/source.subdir."""
     root = Path(data_root)
     root.mkdir(parents=True, exist_ok=True)
-    archive = root / VOC_ARCHIVE
+    archive = root / source.archive
     if archive.exists():
         print(f"found {archive}, checking its md5")
-        if md5sum(archive) != md5:
-            raise SystemExit(f"error: {archive} has the wrong md5 (expected {md5}); delete it "
-                             "and run again to download it")
+        if md5sum(archive) != source.md5:
+            raise SystemExit(
+                f"error: {archive} has the wrong md5 (expected {source.md5}); delete it "
+                "and run again to download it"
+            )
     else:
-        fetch_archive(mirrors, archive, md5)
+        fetch_archive(list(source.mirrors), archive, source.md5)
     safe_extract(archive, root)
-    print(f"VOC 2012 ready under {root / VOC_SUBDIR}")
+    print(f"{source.name} ready under {root / source.subdir}")
 
 
 # ----------------------------------------------------------------------------- synthetic data
 
 
-def fake_sample(rng: np.random.Generator) -> tuple:
+def fake_sample(rng: np.random.Generator, void_edges: bool = True) -> tuple:
     """One SYNTHETIC image and its label map: 1-3 ellipses of random classes, each drawn in
-    its class colour plus noise on a grey background, with a 255 band on every object edge,
-    as VOC's annotations have. Returns (RGB uint8 h x w x 3, uint8 h x w)."""
+    its class colour plus noise on a grey background, with a 255 band on every object edge
+    as VOC's annotations have (SBD's have none: void_edges=False).
+    Returns (RGB uint8 h x w x 3, uint8 h x w)."""
     h, w = rng.integers(48, 97, size=2)
     mask = np.zeros((h, w), np.uint8)
     yy, xx = np.mgrid[:h, :w]
@@ -339,6 +476,8 @@ def fake_sample(rng: np.random.Generator) -> tuple:
     palette = np.array(voc_palette(), np.float32).reshape(256, 3)
     colours = np.where(mask[..., None] > 0, palette[mask], 128.0)
     image = np.clip(colours + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+    if not void_edges:
+        return image, mask
     padded = np.pad(mask, 1, mode="edge")
     edge = np.zeros_like(mask, bool)
     for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
@@ -347,11 +486,14 @@ def fake_sample(rng: np.random.Generator) -> tuple:
     return image, mask
 
 
-def make_fake_voc(data_root: str | Path, num_images: int = 8, seed: int = 0) -> Path:
+def make_fake_voc(
+    data_root: str | Path, num_images: int = 8, seed: int = 0, with_sbd: bool = False
+) -> Path:
     """Write a SYNTHETIC dataset in exact VOC layout under data_root/VOCdevkit/VOC2012:
     JPEGImages/*.jpg, SegmentationClass/*.png (palette PNGs), ImageSets/Segmentation/
-    {train,val}.txt (first half train, rest val) and a SYNTHETIC.txt marker."""
-    voc = Path(data_root) / VOC_SUBDIR
+    {train,val}.txt (first half train, rest val) and a SYNTHETIC.txt marker; with_sbd adds
+    a SYNTHETIC SBD tree beside it (make_fake_sbd)."""
+    voc = Path(data_root) / VOC.subdir
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (voc / sub).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -365,9 +507,36 @@ def make_fake_voc(data_root: str | Path, num_images: int = 8, seed: int = 0) -> 
     n_train = math.ceil(num_images / 2)
     for split, names in (("train", ids[:n_train]), ("val", ids[n_train:])):
         (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
-    (voc / SYNTHETIC_MARKER).write_text("SYNTHETIC data made by `dataset.py --fake-voc`; "
-                                        "no number measured on it is a VOC result.\n")
+    (voc / SYNTHETIC_MARKER).write_text(
+        "SYNTHETIC data made by `dataset.py --fake-voc`; "
+        "no number measured on it is a VOC result.\n"
+    )
+    if with_sbd:
+        make_fake_sbd(data_root, ids[0], ids[n_train], num_images, rng)
     return voc
+
+
+def make_fake_sbd(
+    data_root: str | Path, voc_train_id: str, voc_val_id: str, num_images: int, rng
+) -> Path:
+    """Write a SYNTHETIC SBD tree in its real layout under data_root/benchmark_RELEASE/dataset:
+    img/*.jpg, cls/*.mat (GTcls.Segmentation, labels 0-20 without 255), train.txt, val.txt.
+    Like the real SBD, it shares an image with VOC train and one with VOC val (in its train
+    split), so train_aug_dataset has both overlaps to resolve."""
+    from scipy.io import savemat  # only SBD's .mat labels need scipy
+
+    sbd = Path(data_root) / SBD.subdir
+    for sub in ("img", "cls"):
+        (sbd / sub).mkdir(parents=True, exist_ok=True)
+    new = [f"fake_sbd_{i:06d}" for i in range(num_images)]
+    for name in new + [voc_train_id, voc_val_id]:
+        image, mask = fake_sample(rng, void_edges=False)
+        Image.fromarray(image).save(sbd / "img" / f"{name}.jpg", quality=95)
+        savemat(sbd / "cls" / f"{name}.mat", {"GTcls": {"Segmentation": mask}})
+    half = num_images // 2
+    (sbd / "train.txt").write_text("\n".join(new[:half] + [voc_train_id, voc_val_id]) + "\n")
+    (sbd / "val.txt").write_text("\n".join(new[half:]) + "\n")
+    return sbd
 
 
 # ----------------------------------------------------------------------------- command line
@@ -376,29 +545,44 @@ def make_fake_voc(data_root: str | Path, num_images: int = 8, seed: int = 0) -> 
 def parse_args(argv: list | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data-root", default="data", help="folder holding VOCdevkit/ (default: data)")
-    p.add_argument("--download", action="store_true",
-                   help="download (or verify a manually placed archive) and extract VOC 2012")
-    p.add_argument("--fake-voc", metavar="DIR",
-                   help="write a SYNTHETIC dataset in VOC layout under DIR and exit")
-    p.add_argument("--num-images", type=int, default=8,
-                   help="images in the synthetic dataset (default: 8)")
+    p.add_argument(
+        "--download",
+        nargs="?",
+        const="voc",
+        choices=("voc", "sbd"),
+        help="download (or verify a manually placed archive) and extract VOC 2012, or SBD "
+        "with '--download sbd' (default: no download)",
+    )
+    p.add_argument(
+        "--fake-voc",
+        metavar="DIR",
+        help="write a SYNTHETIC dataset in VOC layout under DIR and exit",
+    )
+    p.add_argument(
+        "--num-images",
+        type=number(int, 2),
+        default=8,
+        help="images in the synthetic dataset, half train, half val (default: 8)",
+    )
+    p.add_argument(
+        "--with-sbd", action="store_true", help="--fake-voc also writes a SYNTHETIC SBD tree"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset (default: 0)")
-    args = p.parse_args(argv)
-    if args.num_images < 2:
-        p.error("--num-images must be at least 2 (one train and one val image)")
-    return args
+    return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> None:
     if args.fake_voc:
-        voc = make_fake_voc(args.fake_voc, args.num_images, args.seed)
+        voc = make_fake_voc(args.fake_voc, args.num_images, args.seed, args.with_sbd)
         print(f"wrote a SYNTHETIC dataset of {args.num_images} images in VOC layout at {voc}")
         return
     if args.download:
-        download_voc(args.data_root)
+        download_source(args.data_root, {"voc": VOC, "sbd": SBD}[args.download])
+    tag = " (SYNTHETIC)" if is_synthetic(args.data_root) else ""
     for split in ("train", "val"):
-        n = len(voc_dataset(args.data_root, split, transforms=None))
-        print(f"{split}: {n} images{' (SYNTHETIC)' if is_synthetic(args.data_root) else ''}")
+        print(f"{split}: {len(voc_dataset(args.data_root, split, None))} images{tag}")
+    if (Path(args.data_root) / SBD.subdir).exists():
+        print(f"train_aug: {len(train_aug_dataset(args.data_root, None))} images{tag}")
 
 
 if __name__ == "__main__":

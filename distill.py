@@ -15,7 +15,13 @@ from torch import nn
 from metrics import IGNORE_INDEX
 from model import STUDENT_TAPS, TEACHER_TAPS, teacher_features
 
-KD_MODES = ("none", "response", "feature", "both")
+KD_LABELS = {
+    "none": "none (cross-entropy only)",
+    "response": "response-based",
+    "feature": "feature-based",
+    "both": "response + feature",
+}
+KD_MODES = tuple(KD_LABELS)
 # Distilled pairs, student tap <-> teacher layer, matched by stride where they can be:
 # low (16 ch, /4) <-> layer1 (256 ch, /4): edges and textures, at the same resolution;
 # mid (24 ch, /8) <-> layer2 (512 ch, /8): parts, at the same resolution;
@@ -36,8 +42,14 @@ def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return masked_mean(per_pixel, target != IGNORE_INDEX)
 
 
-def response_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                     target: torch.Tensor, alpha: float, beta: float, tau: float) -> tuple:
+def response_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float,
+    beta: float,
+    tau: float,
+) -> tuple:
     """The lab's response-based loss, with Hinton's tau^2 written out:
 
         L = alpha * H(y, p_s) + beta * tau^2 * H(p_t^tau, p_s^tau)
@@ -56,8 +68,9 @@ def response_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     "soft": tau^2 * H(p_t^tau, p_s^tau)}), the two terms detached for the training log.
     """
     if teacher_logits.shape[-2:] != student_logits.shape[-2:]:
-        teacher_logits = F.interpolate(teacher_logits, size=student_logits.shape[-2:],
-                                       mode="bilinear", align_corners=False)
+        teacher_logits = F.interpolate(
+            teacher_logits, size=student_logits.shape[-2:], mode="bilinear", align_corners=False
+        )
     ce = pixel_cross_entropy(student_logits, target)
     p_teacher = F.softmax(teacher_logits.float() / tau, dim=1)
     log_p_student = F.log_softmax(student_logits.float() / tau, dim=1)
@@ -100,10 +113,18 @@ def feature_kd_loss(student_feats: dict, teacher_feats: dict, adapters: nn.Modul
     return total, {name: d.detach() for name, d in distances.items()}
 
 
-def training_loss(student: nn.Module, images: torch.Tensor, target: torch.Tensor,
-                  kd: str = "none", teacher: nn.Module | None = None,
-                  adapters: nn.ModuleDict | None = None, alpha: float = 1.0, beta: float = 1.0,
-                  tau: float = 2.0, feat_weight: float = 1.0) -> tuple:
+def training_loss(
+    student: nn.Module,
+    images: torch.Tensor,
+    target: torch.Tensor,
+    kd: str = "none",
+    teacher: nn.Module | None = None,
+    adapters: nn.ModuleDict | None = None,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    tau: float = 2.0,
+    feat_weight: float = 1.0,
+) -> tuple:
     """Loss of one batch for a --kd mode, and its terms for the log.
 
     none:     H(y, p_s)

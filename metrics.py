@@ -6,15 +6,18 @@ mIoU is computed from one confusion matrix accumulated over the whole split (the
 protocol), not as a mean of per-image scores.
 """
 
+import argparse
 import datetime
 import json
 import math
 import platform
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
@@ -53,6 +56,12 @@ class ConfusionMatrix:
         pairs = target[keep].long() * n + pred[keep].long()
         self.mat += torch.bincount(pairs, minlength=n * n).reshape(n, n).cpu()
 
+    def sum_across_processes(self, device: torch.device) -> None:
+        """Add up the counts of every process of a torch.distributed group, in place."""
+        mat = self.mat.to(device)
+        dist.all_reduce(mat)
+        self.mat = mat.cpu()
+
     def compute(self) -> dict:
         h = self.mat.double()
         tp, gt, pred = h.diag(), h.sum(1), h.sum(0)
@@ -85,7 +94,9 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, device: torch.device, desc: str = "eval") -> dict:
+def evaluate(
+    model: nn.Module, loader, device: torch.device, desc: str = "eval", progress: bool = True
+) -> dict:
     """Run `model` over an evaluation loader (dataset.collate_eval) and score it.
 
     Each batch is (images N x 3 x H x W zero-padded at the bottom/right, masks as a list of
@@ -95,16 +106,24 @@ def evaluate(model: nn.Module, loader, device: torch.device, desc: str = "eval")
 
     Returns ConfusionMatrix.compute() plus `loss` (pixel cross-entropy, 255 ignored, mean over
     images) and `per_image_miou` (in loader order, to pick the best and worst overlays).
+    In a torch.distributed group, each process scores its own share of the images and the
+    confusion matrices and losses are summed across processes, so mIoU and loss are those of
+    the whole split; per_image_miou stays this process's own.
     """
     model.eval()
     cm = ConfusionMatrix()
     losses, per_image = [], []
-    for images, masks, sizes in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress)
+    for images, masks, sizes in bar:
         logits = model_logits(model, images.to(device, non_blocking=True))
         for i, (mask, (h, w)) in enumerate(zip(masks, sizes)):
             target = mask.to(device).long()[None]
-            out = F.interpolate(logits[i : i + 1, :, :h, :w], size=target.shape[-2:],
-                                mode="bilinear", align_corners=False).float()
+            out = F.interpolate(
+                logits[i : i + 1, :, :h, :w],
+                size=target.shape[-2:],
+                mode="bilinear",
+                align_corners=False,
+            ).float()
             if (target != IGNORE_INDEX).any():
                 losses.append(F.cross_entropy(out, target, ignore_index=IGNORE_INDEX).item())
             pred = out.argmax(1)
@@ -112,8 +131,12 @@ def evaluate(model: nn.Module, loader, device: torch.device, desc: str = "eval")
             single = ConfusionMatrix()
             single.update(pred, target)
             per_image.append(single.compute()["miou"])
+    loss_sum = torch.tensor([sum(losses), len(losses)], dtype=torch.float32, device=device)
+    if dist.is_initialized():
+        cm.sum_across_processes(device)
+        dist.all_reduce(loss_sum)
     result = cm.compute()
-    result["loss"] = statistics.fmean(losses) if losses else math.nan
+    result["loss"] = (loss_sum[0] / loss_sum[1]).item() if loss_sum[1] > 0 else math.nan
     result["per_image_miou"] = per_image
     return result
 
@@ -124,27 +147,33 @@ def model_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return out["out"] if isinstance(out, dict) else out
 
 
-@torch.inference_mode()
-def ms_per_image(model: nn.Module, device: torch.device, size: int = 520, runs: int = 20,
-                 warmup: int = 3) -> float:
-    """Median wall time in ms of one forward pass on a 1 x 3 x size x size input.
+def median_ms(fns: dict, device: torch.device, runs: int = 20, warmup: int = 3) -> dict:
+    """{name: median wall time in ms of fn()} for zero-argument functions.
 
-    Warm-up runs come first (cuDNN autotuning, allocator); on CUDA each run is bracketed by
-    torch.cuda.synchronize(), because kernel launches are asynchronous.
+    The functions take turns, round after round, so a slow spell of the machine hits them all
+    alike; warm-up rounds come first (cuDNN autotuning, allocator). On CUDA each call is
+    bracketed by torch.cuda.synchronize(), because kernel launches are asynchronous.
     """
-    model.eval()
-    x = torch.randn(1, 3, size, size, device=device)
-    times = []
+    times = {name: [] for name in fns}
     for i in range(warmup + runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        model_logits(model, x)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= warmup:
+                times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+@torch.inference_mode()
+def ms_per_image(models: dict, device: torch.device, size: int = 520, runs: int = 20) -> dict:
+    """{name: median ms of one forward pass on a 1 x 3 x size x size input} (batch 1)."""
+    x = torch.randn(1, 3, size, size, device=device)
+    return median_ms({name: partial(model_logits, m.eval(), x) for name, m in models.items()},
+                     device, runs)  # fmt: skip
 
 
 def device_name(device: torch.device) -> str:
@@ -159,14 +188,15 @@ def device_name(device: torch.device) -> str:
         return platform.processor() or platform.machine()
 
 
-def measure(model: nn.Module, loader, device: torch.device, size: int = 520,
-            runs: int = 20) -> dict:
+def measure(
+    model: nn.Module, loader, device: torch.device, size: int = 520, runs: int = 20
+) -> dict:
     """evaluate() plus everything the report needs next to the mIoU: parameters, ms/image on a
     1 x 3 x size x size input, the device, torch's version and the date."""
     result = evaluate(model, loader, device)
     result.update(
         params=count_params(model),
-        ms_per_image=ms_per_image(model, device, size, runs),
+        ms_per_image=ms_per_image({"model": model}, device, size, runs)["model"],
         input_size=size,
         device=str(device),
         device_name=device_name(device),
@@ -205,3 +235,61 @@ def write_json(obj: dict, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(clean(obj), indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def number(kind: type = int, minimum: float = 0, strict: bool = False):
+    """An argparse type: a `kind` at least `minimum` (above it with strict), else a clear
+    "argument --x: must be ..." error."""
+
+    def parse(text: str):
+        value = kind(text)
+        if value < minimum or (strict and value == minimum):
+            bound = "above" if strict else "at least"
+            raise argparse.ArgumentTypeError(f"must be {bound} {minimum}, not {value}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value" errors
+    return parse
+
+
+positive_int, non_negative_int = number(int, 1), number(int, 0)
+positive_float, non_negative_float = number(float, 0, strict=True), number(float, 0)
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)"
+    )
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    """The flags test_pretrained.py and test.py share."""
+    p.add_argument("--data-root", default="data", help="folder holding VOCdevkit/ (default: data)")
+    p.add_argument("--split", default="val", choices=("train", "val"), help="(default: val)")
+    add_device_arg(p)
+    p.add_argument(
+        "--limit", type=positive_int, metavar="N", help="the first N images only (default: all)"
+    )
+    p.add_argument(
+        "--num-workers",
+        type=non_negative_int,
+        default=2,
+        help="data loading processes (default: 2)",
+    )
+    p.add_argument(
+        "--size",
+        type=positive_int,
+        default=520,
+        help="side of the square input timed for ms/image (default: 520)",
+    )
+    p.add_argument("--runs", type=positive_int, default=20, help="timed passes (default: 20)")
+    p.add_argument(
+        "--num-overlays",
+        type=non_negative_int,
+        default=3,
+        help="best and worst overlays, each (default: 3)",
+    )
+    p.add_argument("--out", default="outputs", help="folder for JSON and images (default: outputs)")

@@ -4,19 +4,8 @@ and the checkpoint and device helpers every script shares.
     from model import build_student, build_teacher, teacher_features
     python model.py   # prints the student layer by layer with parameter counts
 
-Student, after DeepLabV3+ (Chen et al., 2018) on a MobileNetV3-Small encoder (Howard et al.,
-2019), with the last stage dilated so the deepest features stay at output stride 16:
-
-    x (3, H, W)
-    low  = encoder[0:2]   16 ch, stride 4   \\
-    mid  = encoder[2:4]   24 ch, stride 8    } the taps that feature distillation reads
-    high = encoder[4:12]  96 ch, stride 16  /  (torchvision's MobileNetV3-Small, dilated=True)
-    ASPP(high): 1x1 | 3x3 separable at rates 6, 12, 18 | image pooling -> 128 ch (Chen et al., 2017)
-    decoder: upsample to stride 4, concat with low projected to 32 ch, 1x1 -> 64, 3x3 separable
-    dropout 0.5, 1x1 classifier -> 21 ch, bilinear upsampling to (H, W)
-
-The handout's tap numbers are approximate; the ones above are read off torchvision's network
-and a test checks them with a real forward pass.
+The student follows DeepLabV3+ (Chen et al., 2018) on a MobileNetV3-Small encoder (Howard et
+al., 2019); its layout is in the docstring of `Student`.
 """
 
 import os
@@ -38,8 +27,9 @@ TEACHER_WEIGHTS = FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1
 TEACHER_RESIZE = 520  # shorter side that TEACHER_WEIGHTS.transforms() resizes images to
 
 
-def conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1,
-                 groups: int = 1) -> nn.Sequential:
+def conv_bn_relu(
+    cin: int, cout: int, kernel: int = 1, dilation: int = 1, groups: int = 1
+) -> nn.Sequential:
     padding = dilation * (kernel // 2)
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation, groups=groups, bias=False),
@@ -71,6 +61,23 @@ class ASPP(nn.Module):
 
 
 class Student(nn.Module):
+    """DeepLabV3+ (Chen et al., 2018) on MobileNetV3-Small (Howard et al., 2019), the
+    encoder's last stage dilated so the deepest features stay at output stride 16:
+
+        x: 3 x H x W
+        low  = encoder[0:2]   16 ch, stride 4   \\  the taps feature distillation reads;
+        mid  = encoder[2:4]   24 ch, stride 8    } encoder = torchvision's MobileNetV3-Small
+        high = encoder[4:12]  96 ch, stride 16  /  features, dilated=True
+        ASPP(high) (Chen et al., 2017): 1x1 | 3x3 separable at rates 6, 12, 18 | image pooling,
+            concatenated, 1x1 -> 128 ch
+        decoder: upsample to stride 4, concat with low projected to 32 ch, 1x1 -> 64 ch,
+            3x3 separable -> 64 ch
+        dropout 0.5, 1x1 classifier -> 21 ch, bilinear upsampling to H x W
+
+    The handout's tap numbers are approximate; the ones above are read off torchvision's network
+    and a test checks them with a real forward pass.
+    """
+
     def __init__(self, num_classes: int = NUM_CLASSES, encoder: nn.Sequential | None = None):
         super().__init__()
         encoder = encoder if encoder is not None else mobilenet_v3_small(dilated=True).features
@@ -91,8 +98,9 @@ class Student(nn.Module):
         low = self.low(x)
         mid = self.mid(low)
         high = self.high(mid)
-        y = F.interpolate(self.aspp(high), size=low.shape[-2:], mode="bilinear",
-                          align_corners=False)
+        y = F.interpolate(
+            self.aspp(high), size=low.shape[-2:], mode="bilinear", align_corners=False
+        )
         y = self.classifier(self.decoder(torch.cat([y, self.skip(low)], dim=1)))
         logits = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return (logits, {"low": low, "mid": mid, "high": high}) if return_features else logits
@@ -103,8 +111,10 @@ def torchvision_download(builder, weights, flag_hint: str, **kwargs) -> nn.Modul
     try:
         return builder(weights=weights, **kwargs)
     except OSError as e:  # urllib's URLError, refused connections and timeouts are OSErrors
-        raise SystemExit(f"error: could not download torchvision weights {weights} ({e}); "
-                         f"offline, use {flag_hint}") from None
+        raise SystemExit(
+            f"error: could not download torchvision weights {weights} ({e}); "
+            f"offline, use {flag_hint}"
+        ) from None
 
 
 def build_student(num_classes: int = NUM_CLASSES, pretrained_backbone: bool = False) -> Student:
@@ -112,8 +122,12 @@ def build_student(num_classes: int = NUM_CLASSES, pretrained_backbone: bool = Fa
     (downloaded to the torch hub cache on first use)."""
     encoder = None
     if pretrained_backbone:
-        encoder = torchvision_download(mobilenet_v3_small, MobileNet_V3_Small_Weights.IMAGENET1K_V1,
-                                       "--no-pretrained-backbone", dilated=True).features
+        encoder = torchvision_download(
+            mobilenet_v3_small,
+            MobileNet_V3_Small_Weights.IMAGENET1K_V1,
+            "--no-pretrained-backbone",
+            dilated=True,
+        ).features
     return Student(num_classes, encoder)
 
 
@@ -129,8 +143,9 @@ def build_teacher(weights: str = "default", flag: str = "--weights") -> nn.Modul
         model = torchvision_download(fcn_resnet50, TEACHER_WEIGHTS, f"{flag} PATH or {flag} none")
         model.aux_classifier = None
     else:
-        model = fcn_resnet50(weights=None, weights_backbone=None, num_classes=NUM_CLASSES,
-                             aux_loss=False)
+        model = fcn_resnet50(
+            weights=None, weights_backbone=None, num_classes=NUM_CLASSES, aux_loss=False
+        )
         if weights != "none":
             state = load_file(weights, "teacher weights")
             state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
@@ -151,8 +166,9 @@ def teacher_features(teacher: nn.Module, x: torch.Tensor) -> tuple:
     low = b.layer1(b.maxpool(b.relu(b.bn1(b.conv1(x)))))
     mid = b.layer2(low)
     high = b.layer4(b.layer3(mid))
-    logits = F.interpolate(teacher.classifier(high), size=x.shape[-2:], mode="bilinear",
-                           align_corners=False)
+    logits = F.interpolate(
+        teacher.classifier(high), size=x.shape[-2:], mode="bilinear", align_corners=False
+    )
     return logits, {"low": low, "mid": mid, "high": high}
 
 
@@ -166,8 +182,9 @@ def load_file(path: str | Path, what: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and unpickler errors have no common base class
-        raise SystemExit(f"error: cannot read {what} {path}: corrupt or not a PyTorch file "
-                         f"({type(e).__name__})") from None
+        raise SystemExit(
+            f"error: cannot read {what} {path}: corrupt or not a PyTorch file ({type(e).__name__})"
+        ) from None
     if not isinstance(obj, dict):
         raise SystemExit(f"error: {what} {path} holds a {type(obj).__name__}, not a dict")
     return obj
@@ -191,8 +208,9 @@ def load_student(path: str | Path) -> tuple:
     try:
         student.load_state_dict(ckpt["model"])
     except RuntimeError:
-        raise SystemExit(f"error: {path} holds a different architecture than model.py's "
-                         "student") from None
+        raise SystemExit(
+            f"error: {path} holds a different architecture than model.py's student"
+        ) from None
     return student.eval(), ckpt
 
 
@@ -217,9 +235,13 @@ def describe_layers(model: nn.Module, size: int = 520) -> list:
         top = name.count(".") == 0 and name not in ("", "low", "mid", "high")
         block = name.count(".") == 1 and name.split(".")[0] in ("low", "mid", "high")
         if top or block:
-            hooks.append(module.register_forward_hook(
-                lambda m, _, out, name=name: rows.append(
-                    (name, type(m).__name__, tuple(out.shape[1:]), count_params(m)))))
+            hooks.append(
+                module.register_forward_hook(
+                    lambda m, _, out, name=name: rows.append(
+                        (name, type(m).__name__, tuple(out.shape[1:]), count_params(m))
+                    )
+                )
+            )
     with torch.inference_mode():
         model.eval()(torch.zeros(1, 3, size, size))
     for hook in hooks:

@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from dataset import eval_loader, is_synthetic, save_overlays
-from metrics import format_report, measure, write_json
+from metrics import add_eval_args, format_report, measure, positive_int, write_json
 from model import TEACHER_RESIZE, build_teacher, resolve_device
 
 RESULT_NAME = "step1_fcn_resnet50.json"  # test.py --compare reads the teacher's row from it
@@ -25,45 +25,53 @@ RESULT_NAME = "step1_fcn_resnet50.json"  # test.py --compare reads the teacher's
 
 def parse_args(argv: list | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data-root", default="data", help="folder holding VOCdevkit/ (default: data)")
-    p.add_argument("--split", default="val", choices=("train", "val"), help="(default: val)")
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
-    p.add_argument("--limit", type=int, default=None, metavar="N",
-                   help="evaluate the first N images only (default: all)")
-    p.add_argument("--weights", default="default",
-                   help="default (torchvision's COCO_WITH_VOC_LABELS_V1), a state dict path, or "
-                        "none (random, smoke tests only) (default: default)")
-    p.add_argument("--batch-size", type=int, default=1,
-                   help="images per forward pass, zero-padded (see dataset.collate_eval); "
-                        "reported numbers use 1 (default: 1)")
-    p.add_argument("--num-workers", type=int, default=2, help="data loading processes (default: 2)")
-    p.add_argument("--size", type=int, default=520,
-                   help="side of the square input timed for ms/image (default: 520)")
-    p.add_argument("--runs", type=int, default=20, help="timed forward passes (default: 20)")
-    p.add_argument("--num-overlays", type=int, default=3,
-                   help="best and worst overlays to save, each (default: 3)")
-    p.add_argument("--out", default="outputs", help="folder for JSON and overlays (default: outputs)")
-    args = p.parse_args(argv)
-    for name in ("limit", "batch_size", "size", "runs"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    return args
+    add_eval_args(p)
+    p.add_argument(
+        "--weights",
+        default="default",
+        help="default (torchvision's COCO_WITH_VOC_LABELS_V1), a state dict path, or "
+        "none (random, smoke tests only) (default: default)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=1,
+        help="images per forward pass, zero-padded (see dataset.collate_eval); "
+        "reported numbers use 1 (default: 1)",
+    )
+    return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
-    loader = eval_loader(args.data_root, args.split, args.batch_size, args.num_workers,
-                         resize=TEACHER_RESIZE, limit=args.limit)
+    loader = eval_loader(
+        args.data_root,
+        args.split,
+        args.batch_size,
+        args.num_workers,
+        resize=TEACHER_RESIZE,
+        limit=args.limit,
+    )
     teacher = build_teacher(args.weights).to(device)
     result = measure(teacher, loader, device, args.size, args.runs)
-    result.update(model="FCN-ResNet50", weights=args.weights, split=args.split,
-                  synthetic=is_synthetic(args.data_root))
+    result.update(
+        model="FCN-ResNet50",
+        weights=args.weights,
+        split=args.split,
+        synthetic=is_synthetic(args.data_root),
+    )
     print(format_report(result, f"Step 1: FCN-ResNet50 ({args.weights} weights)"))
     out = Path(args.out)
     write_json(result, out / RESULT_NAME)
-    overlays = save_overlays(teacher, loader.dataset, result["per_image_miou"], args.num_overlays,
-                             out / "overlays", "fcn_resnet50", device)
+    overlays = save_overlays(
+        teacher,
+        loader.dataset,
+        result["per_image_miou"],
+        args.num_overlays,
+        out / "overlays",
+        "fcn_resnet50",
+        device,
+    )
     print(f"wrote {out / RESULT_NAME} and {len(overlays)} overlays in {out / 'overlays'}")
 
 

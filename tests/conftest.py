@@ -41,11 +41,16 @@ def fake_voc(tmp_path_factory) -> Path:
     return root
 
 
-def run_script(script: str, *args, cwd: Path | None = None, timeout: float = 300):
-    """Run a repository script in a fresh interpreter, offline; returns CompletedProcess."""
+def run_python(*argv, cwd: Path | None = None, timeout: float = 300):
+    """`python *argv` in a fresh interpreter, offline; returns the CompletedProcess."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GUARD), str(ROOT)]))
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd or ROOT,
-                           env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, *map(str, argv)], cwd=cwd or ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def run_script(script: str, *args, **kwargs):
+    """Run a repository script, offline."""
+    return run_python(ROOT / script, *args, **kwargs)
 
 
 def load_script(name: str):
@@ -57,16 +62,26 @@ def load_script(name: str):
 
 
 TINY_TRAIN = ("--no-pretrained-backbone", "--teacher-weights", "none", "--device", "cpu",
-              "--batch-size", "2", "--crop-size", "64", "--num-workers", "0")
+              "--batch-size", "2", "--crop-size", "64", "--num-workers", "0",
+              "--limit-train", "4", "--limit-val", "2")  # fmt: skip
+
+
+def train_tiny(data_root: Path, out: Path, *flags):
+    """train.py on the SYNTHETIC tree with the smallest settings, its log beside `out`."""
+    return run_script("train.py", "--data-root", data_root, "--out", out, "--log-dir", out.parent,
+                      *TINY_TRAIN, *flags)  # fmt: skip
+
+
+# Keys that Step 1's and test.py's JSON both hold.
+RESULT_KEYS = {"miou", "iou", "pixel_acc", "params", "ms_per_image", "device", "split",
+               "num_images", "synthetic"}  # fmt: skip
 
 
 @pytest.fixture(scope="session")
 def trained(fake_voc, tmp_path_factory) -> dict:
     """One tiny --kd none run of 2 epochs on the SYNTHETIC tree: its paths and its output."""
     work = tmp_path_factory.mktemp("trained")
-    out, logs = work / "weights" / "student_none.pth", work / "outputs"
-    proc = run_script("train.py", "--kd", "none", "--epochs", 2, "--limit-train", 4,
-                      "--limit-val", 2, "--data-root", fake_voc, "--out", out, "--log-dir", logs,
-                      *TINY_TRAIN)
+    out = work / "student_none.pth"
+    proc = train_tiny(fake_voc, out, "--kd", "none", "--epochs", 2)
     assert proc.returncode == 0, proc.stderr
-    return {"out": out, "logs": logs, "work": work, "proc": proc}
+    return {"out": out, "logs": work, "proc": proc}

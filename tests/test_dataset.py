@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import io
 import tarfile
@@ -10,14 +11,23 @@ import torch
 from PIL import Image
 
 import dataset
-from dataset import (IMAGENET_MEAN, IMAGENET_STD, VOC_ARCHIVE, VOC_SUBDIR, EvalTransform,
-                     download_voc, make_fake_voc, safe_extract, train_transforms, voc_dataset)
+from dataset import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VOC,
+    EvalTransform,
+    download_source,
+    make_fake_voc,
+    safe_extract,
+    train_transforms,
+    voc_dataset,
+)
 
 VOC_VALUES = set(range(21)) | {255}
 
 
 def test_fake_voc_has_the_exact_voc_layout(fake_voc):
-    voc = fake_voc / VOC_SUBDIR
+    voc = fake_voc / VOC.subdir
     train = (voc / "ImageSets/Segmentation/train.txt").read_text().split()
     val = (voc / "ImageSets/Segmentation/val.txt").read_text().split()
     assert len(train) == 4 and len(val) == 4 and not set(train) & set(val)
@@ -102,7 +112,7 @@ def test_missing_dataset_stops_with_the_layout_and_the_download_flag(tmp_path):
     with pytest.raises(SystemExit) as e:
         voc_dataset(tmp_path / "nowhere", "val", None)
     message = str(e.value)
-    assert "VOCdevkit/VOC2012" in message and "--download" in message and VOC_ARCHIVE in message
+    assert "VOCdevkit/VOC2012" in message and "--download" in message and VOC.archive in message
 
 
 # ----------------------------------------------------------------------------- download
@@ -148,6 +158,11 @@ def server():
         s.httpd.shutdown()
 
 
+def voc_from(mirrors: list, md5: str):
+    """VOC's Source with other mirrors and md5: the real download code, a local server."""
+    return dataclasses.replace(VOC, mirrors=tuple(mirrors), md5=md5)
+
+
 def tar_bytes(members: dict) -> bytes:
     """A tar archive of {member name: content}."""
     buffer = io.BytesIO()
@@ -169,17 +184,22 @@ def test_good_download_from_the_second_mirror_is_checked_and_extracted(tmp_path,
     archive = tiny_voc_tar(tmp_path)
     srv = server({"/voc.tar": archive})
     root = tmp_path / "data"
-    download_voc(root, mirrors=[srv.url("/missing.tar"), srv.url("/voc.tar")],
-                 md5=hashlib.md5(archive).hexdigest())
+    download_source(
+        root,
+        voc_from(
+            [srv.url("/missing.tar"), srv.url("/voc.tar")],
+            hashlib.md5(archive).hexdigest(),
+        ),
+    )
     assert len(voc_dataset(root, "train", None)) == 1 and len(voc_dataset(root, "val", None)) == 1
-    assert (root / VOC_ARCHIVE).exists() and not (root / (VOC_ARCHIVE + ".part")).exists()
+    assert (root / VOC.archive).exists() and not (root / (VOC.archive + ".part")).exists()
 
 
 def test_md5_mismatch_is_a_clear_error_and_leaves_no_partial_file(tmp_path, server):
     srv = server({"/voc.tar": tiny_voc_tar(tmp_path)})
     root = tmp_path / "data"
     with pytest.raises(SystemExit) as e:
-        download_voc(root, mirrors=[srv.url("/voc.tar")], md5="0" * 32)
+        download_source(root, voc_from([srv.url("/voc.tar")], "0" * 32))
     assert "md5 mismatch" in str(e.value) and "by hand" in str(e.value)
     assert list(root.iterdir()) == []
 
@@ -189,24 +209,26 @@ def test_a_broken_download_resumes_with_a_range_request(tmp_path, server):
     srv = server({"/voc.tar": archive})
     root = tmp_path / "data"
     root.mkdir()
-    (root / (VOC_ARCHIVE + ".part")).write_bytes(archive[:1000])  # what a dropped link left
-    download_voc(root, mirrors=[srv.url("/voc.tar")], md5=hashlib.md5(archive).hexdigest())
+    (root / (VOC.archive + ".part")).write_bytes(archive[:1000])  # what a dropped link left
+    download_source(root, voc_from([srv.url("/voc.tar")], hashlib.md5(archive).hexdigest()))
     assert srv.ranges == [1000]
-    assert (root / VOC_ARCHIVE).read_bytes() == archive
+    assert (root / VOC.archive).read_bytes() == archive
 
 
 def test_a_manually_placed_archive_is_used_without_the_network(tmp_path):
     archive = tiny_voc_tar(tmp_path)
     root = tmp_path / "data"
     root.mkdir()
-    (root / VOC_ARCHIVE).write_bytes(archive)
-    download_voc(root, mirrors=["http://example.invalid/never-used"],
-                 md5=hashlib.md5(archive).hexdigest())
+    (root / VOC.archive).write_bytes(archive)
+    download_source(
+        root, voc_from(["http://example.invalid/never-used"], hashlib.md5(archive).hexdigest())
+    )
     assert len(voc_dataset(root, "val", None)) == 1
 
 
-@pytest.mark.parametrize("evil", ["../escaped.txt", "/tmp/absolute_escape.txt",
-                                  "VOCdevkit/../../escaped.txt"])
+@pytest.mark.parametrize(
+    "evil", ["../escaped.txt", "/tmp/absolute_escape.txt", "VOCdevkit/../../escaped.txt"]
+)
 def test_archive_members_escaping_the_target_are_refused(tmp_path, evil):
     (tmp_path / "evil.tar").write_bytes(tar_bytes({"VOCdevkit/ok.txt": b"ok", evil: b"x"}))
     target = tmp_path / "target"
@@ -215,3 +237,33 @@ def test_archive_members_escaping_the_target_are_refused(tmp_path, evil):
         safe_extract(tmp_path / "evil.tar", target)
     assert "escapes" in str(e.value)
     assert list(target.iterdir()) == [] and not (tmp_path / "escaped.txt").exists()
+
+
+# ----------------------------------------------------------------------------- train_aug
+
+
+def test_train_aug_is_voc_train_plus_sbd_minus_voc_val(tmp_path):
+    make_fake_voc(tmp_path, num_images=8, with_sbd=True)
+    voc_train = (tmp_path / VOC.subdir / "ImageSets/Segmentation/train.txt").read_text().split()
+    voc_val = (tmp_path / VOC.subdir / "ImageSets/Segmentation/val.txt").read_text().split()
+    sbd = tmp_path / dataset.SBD.subdir
+    sbd_ids = (sbd / "train.txt").read_text().split() + (sbd / "val.txt").read_text().split()
+    assert set(sbd_ids) & set(voc_train) and set(sbd_ids) & set(voc_val)  # both overlaps exist
+    assert (sbd / "img").is_dir() and len(list((sbd / "cls").glob("*.mat"))) == len(sbd_ids)
+
+    union = dataset.train_aug_dataset(tmp_path, train_transforms(64))
+    ids = [dataset.image_path(union, i).stem for i in range(len(union))]
+    assert len(ids) == len(set(ids))  # every image once
+    assert set(ids) == (set(voc_train) | set(sbd_ids)) - set(voc_val)
+    shared = next(i for i in ids if i in voc_train and i in sbd_ids)
+    assert "VOCdevkit" in str(dataset.image_path(union, ids.index(shared)))  # VOC's label wins
+    for _, mask in union:
+        assert set(mask.unique().tolist()) <= VOC_VALUES
+    limited = dataset.train_aug_dataset(tmp_path, None, limit=5)
+    assert len(limited) == 5
+
+
+def test_missing_sbd_names_its_layout_and_download_flag(fake_voc):
+    with pytest.raises(SystemExit) as e:
+        dataset.train_aug_dataset(fake_voc, None)
+    assert "benchmark_RELEASE/dataset" in str(e.value) and "--download sbd" in str(e.value)

@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from dataset import train_transforms, voc_dataset
-from distill import (build_adapters, cosine_distance, feature_kd_loss, response_kd_loss,
-                     training_loss)
+from distill import (
+    build_adapters,
+    cosine_distance,
+    feature_kd_loss,
+    response_kd_loss,
+    training_loss,
+)
 from model import build_student, build_teacher, teacher_features
 
 
@@ -121,8 +126,11 @@ def test_a_kd_step_trains_student_and_adapters_and_leaves_the_teacher_bit_identi
     assert any(not torch.equal(v, student.state_dict()[k]) for k, v in student_before.items())
     if kd != "response":
         assert {"ce", "feat", "feat_low", "feat_mid", "feat_high"} <= set(terms)
-        assert all(not torch.equal(v, adapters.state_dict()[k])
-                   for k, v in adapters_before.items() if k.endswith("weight"))
+        assert all(
+            not torch.equal(v, adapters.state_dict()[k])
+            for k, v in adapters_before.items()
+            if k.endswith("weight")
+        )
     if kd != "feature":
         assert {"ce", "soft"} <= set(terms)
 
@@ -144,8 +152,9 @@ def test_the_soft_term_alone_teaches_the_teachers_answers(batch):
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
     start = agreement(student, teacher, images)
     for _ in range(40):
-        loss, _ = training_loss(student, images, masks, kd="response", teacher=teacher,
-                                alpha=0.0, beta=1.0, tau=1.0)
+        loss, _ = training_loss(
+            student, images, masks, kd="response", teacher=teacher, alpha=0.0, beta=1.0, tau=1.0
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

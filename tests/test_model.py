@@ -4,8 +4,18 @@ import pytest
 import torch
 
 from metrics import count_params
-from model import (STUDENT_TAPS, TEACHER_RESIZE, TEACHER_TAPS, TEACHER_WEIGHTS, build_student,
-                   build_teacher, describe_layers, load_student, save_file, teacher_features)
+from model import (
+    STUDENT_TAPS,
+    TEACHER_RESIZE,
+    TEACHER_TAPS,
+    TEACHER_WEIGHTS,
+    build_student,
+    build_teacher,
+    describe_layers,
+    load_student,
+    save_file,
+    teacher_features,
+)
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +122,10 @@ def test_checkpoints_are_written_atomically_and_load_back(tmp_path, student):
     assert [p.name for p in tmp_path.iterdir()] == ["s.pth"]  # no temporary file left
     loaded, ckpt = load_student(tmp_path / "s.pth")
     assert ckpt["args"] == {"kd": "none"}
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
-                                                 student.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.state_dict().values(), student.state_dict().values())
+    )
 
 
 @pytest.mark.parametrize("content, message", [

@@ -3,10 +3,10 @@ import csv
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, load_script, run_script
+from conftest import ROOT, TINY_TRAIN, load_script, run_python, run_script, train_tiny
 from dataset import train_transforms, voc_dataset
 from distill import training_loss
-from model import build_student, load_file
+from model import build_student, load_file, load_student
 
 train = load_script("train")
 
@@ -28,22 +28,22 @@ def test_a_tiny_run_writes_checkpoints_log_and_plot(trained):
 
 def test_resume_continues_after_the_last_epoch(trained, tmp_path, fake_voc):
     out = tmp_path / "student_none.pth"
-    for src, dst in ((trained["out"], out), (train.last_path(trained["out"]),
-                                             train.last_path(out))):
+    for src, dst in (
+        (trained["out"], out),
+        (train.last_path(trained["out"]), train.last_path(out)),
+    ):
         dst.write_bytes(src.read_bytes())
-    proc = run_script("train.py", "--kd", "none", "--epochs", 3, "--limit-train", 4,
-                      "--limit-val", 2, "--data-root", fake_voc, "--out", out, "--log-dir",
-                      tmp_path, "--resume", *TINY_TRAIN)
+    proc = train_tiny(fake_voc, out, "--kd", "none", "--epochs", 3, "--resume")
     assert proc.returncode == 0, proc.stderr
-    assert "resuming" in proc.stdout and "epoch 3/3" in proc.stderr and "epoch 1/3" not in proc.stderr
+    assert "resuming" in proc.stdout and "epoch 3/3" in proc.stderr
+    assert "epoch 1/3" not in proc.stderr
     last = load_file(train.last_path(out), "checkpoint")
     assert last["epoch"] == 3 and [r["epoch"] for r in last["history"]] == [1, 2, 3]
 
 
 def test_an_existing_checkpoint_is_not_overwritten_without_asking(trained, fake_voc):
     before = trained["out"].read_bytes()
-    proc = run_script("train.py", "--epochs", 1, "--data-root", fake_voc, "--out",
-                      trained["out"], "--log-dir", trained["logs"], *TINY_TRAIN)
+    proc = train_tiny(fake_voc, trained["out"], "--epochs", 1)
     assert proc.returncode != 0 and "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
     assert trained["out"].read_bytes() == before
 
@@ -51,22 +51,22 @@ def test_an_existing_checkpoint_is_not_overwritten_without_asking(trained, fake_
 @pytest.mark.parametrize("kd", ["response", "feature", "both"])
 def test_each_kd_mode_runs_end_to_end(kd, tmp_path, fake_voc):
     out = tmp_path / f"student_{kd}.pth"
-    proc = run_script("train.py", "--kd", kd, "--epochs", 1, "--limit-train", 4, "--limit-val", 2,
-                      "--data-root", fake_voc, "--out", out, "--log-dir", tmp_path, *TINY_TRAIN)
+    proc = train_tiny(fake_voc, out, "--kd", kd, "--epochs", 1)
     assert proc.returncode == 0, proc.stderr
     ckpt = load_file(out, "checkpoint")
     assert ckpt["args"]["kd"] == kd
     assert (ckpt["adapters"] is not None) == (kd != "response")
     header = (tmp_path / f"student_{kd}_log.csv").read_text().splitlines()[0].split(",")
     expected = {"response": {"train_soft"}, "feature": {"train_feat"},
-                "both": {"train_soft", "train_feat"}}[kd]
+                "both": {"train_soft", "train_feat"}}[kd]  # fmt: skip
     assert expected | {"train_ce"} <= set(header)
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--kd", "distill"], "invalid choice"),
-    (["--epochs", "0"], "--epochs must be at least 1"),
-    (["--lr", "-1"], "--lr must be positive"),
+    (["--epochs", "0"], "argument --epochs: must be at least 1, not 0"),
+    (["--lr", "-1"], "argument --lr: must be above 0, not -1.0"),
+    (["--num-workers", "many"], "argument --num-workers: invalid int value"),
     (["--device", "cuda:banana"], "unknown device"),
 ])  # fmt: skip
 def test_bad_flag_values_exit_with_a_clear_message(flags, message, fake_voc, tmp_path):
@@ -75,8 +75,15 @@ def test_bad_flag_values_exit_with_a_clear_message(flags, message, fake_voc, tmp
 
 
 def test_missing_dataset_exits_with_the_clear_message(tmp_path):
-    proc = run_script("train.py", "--data-root", tmp_path / "nowhere", "--out", tmp_path / "s.pth",
-                      "--device", "cpu")
+    proc = run_script(
+        "train.py",
+        "--data-root",
+        tmp_path / "nowhere",
+        "--out",
+        tmp_path / "s.pth",
+        "--device",
+        "cpu",
+    )
     assert proc.returncode != 0 and "--download" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -97,8 +104,17 @@ def test_a_nan_loss_stops_the_run_with_a_message():
         return model(images).sum() * float("nan"), {}
 
     with pytest.raises(SystemExit, match="loss became nan"):
-        train.train_one_epoch(student, None, loader, nan_loss, optimizer, scheduler, scaler,
-                              torch.device("cpu"), "epoch 1/1")
+        train.train_one_epoch(
+            student,
+            None,
+            loader,
+            nan_loss,
+            optimizer,
+            scheduler,
+            scaler,
+            torch.device("cpu"),
+            "epoch 1/1",
+        )
 
 
 def test_a_few_dozen_steps_drive_the_training_loss_well_down(fake_voc):
@@ -117,3 +133,29 @@ def test_a_few_dozen_steps_drive_the_training_loss_well_down(fake_voc):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0]
+
+
+def test_train_aug_trains_on_voc_and_sbd(tmp_path):
+    from dataset import make_fake_voc
+
+    make_fake_voc(tmp_path / "data", num_images=8, with_sbd=True)
+    out = tmp_path / "student_none.pth"
+    proc = train_tiny(tmp_path / "data", out, "--train-set", "train_aug", "--epochs", 1)
+    assert proc.returncode == 0, proc.stderr
+    assert load_file(out, "checkpoint")["args"]["train_set"] == "train_aug"
+
+
+@pytest.mark.parametrize("kd", ["none", "response"])
+def test_torchrun_with_two_gloo_processes_writes_one_loadable_checkpoint(kd, fake_voc, tmp_path):
+    out = tmp_path / f"student_{kd}.pth"
+    proc = run_python(
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", ROOT / "train.py",
+        "--data-root", fake_voc, "--out", out, "--log-dir", tmp_path, *TINY_TRAIN,
+        "--kd", kd, "--epochs", 1,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("epoch 1: train loss") == 1  # only rank 0 reports
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == [out.name, f"student_{kd}_last.pth"]
+    ckpt = load_file(out, "checkpoint")
+    assert not any(key.startswith("module.") for key in ckpt["model"])
+    load_student(out)  # what test.py does with it

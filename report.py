@@ -1,0 +1,287 @@
+"""Draft the lab report from what the runs left in outputs/ and weights/.
+
+    python report.py          # writes outputs/report.md
+
+Every number in the draft is read from a file a command wrote (Step 1's JSON, the
+checkpoints' saved arguments and logs, the comparison table, benchmark.json) or computed from
+the code itself (the architecture table, the loss formulas). Missing inputs are listed at the
+top instead of stopping the draft. The discussion and the LLM-use sections are headings with
+guiding questions: those are the student's to write.
+"""
+
+import argparse
+import datetime
+import inspect
+import json
+from pathlib import Path
+
+import torch
+
+import distill
+import model
+from distill import KD_LABELS
+from metrics import VOC_CLASSES, count_params
+from model import build_student, describe_layers, load_file
+from test_pretrained import RESULT_NAME as STEP1_JSON
+
+HYPER_PARAMETERS = (
+    "train_set",
+    "epochs",
+    "batch_size",
+    "crop_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "warmup_epochs",
+    "pretrained_backbone",
+    "seed",
+    "alpha",
+    "beta",
+    "tau",
+    "feat_weight",
+    "teacher_weights",
+    "limit_train",
+)
+
+
+def parse_args(argv: list | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--outputs",
+        default="outputs",
+        help="folder the runs wrote to, and where report.md goes (default: outputs)",
+    )
+    p.add_argument(
+        "--weights", default="weights", help="folder of the trained checkpoints (default: weights)"
+    )
+    return p.parse_args(argv)
+
+
+def read_json(path: Path, missing: list) -> dict | None:
+    if path.exists():
+        return json.loads(path.read_text())
+    missing.append(f"`{path}`")
+    return None
+
+
+def read_runs(weights: Path, missing: list) -> dict:
+    """{kd: checkpoint dict} of the trained students found in weights/."""
+    runs = {}
+    for kd in distill.KD_MODES:
+        path = weights / f"student_{kd}.pth"
+        if path.exists():
+            runs[kd] = load_file(path, "checkpoint")
+        else:
+            missing.append(f"`{path}` (python train.py --kd {kd})")
+    return runs
+
+
+def md_table(header: list, rows: list) -> list:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+def step1_section(step1: dict | None) -> list:
+    lines = ["## 1. Step 1: pretrained FCN-ResNet50 on VOC 2012 val", ""]
+    if step1 is None:
+        return lines + ["*Missing: run `python test_pretrained.py`.*", ""]
+    lines += [
+        f"mIoU **{100 * step1['miou']:.2f} %**, pixel accuracy "
+        f"{100 * step1['pixel_acc']:.2f} %, {step1['params']:,d} parameters (without the "
+        f"training-only auxiliary head), {step1['ms_per_image']:.1f} ms/image (batch 1, "
+        f"{step1['input_size']}x{step1['input_size']}, {step1['device_name']}), "
+        f"{step1['num_images']} images of {step1['split']}, measured {step1['date']}.",
+        "",
+    ]
+    rows = [
+        (name, "-" if iou is None else f"{100 * iou:.2f}")
+        for name, iou in zip(VOC_CLASSES, step1["iou"])
+    ]
+    return lines + md_table(["class", "IoU (%)"], rows) + [""]
+
+
+def architecture_section() -> list:
+    student = build_student()
+    rows = [
+        (f"`{name}`", kind, "x".join(map(str, shape)), f"{params:,d}")
+        for name, kind, shape, params in describe_layers(student)
+    ]
+    return [
+        "## 2. The student network", "",
+        "```", inspect.getdoc(model.Student), "```", "",
+        "Layer by layer, for a 520x520 input (output shape C x H x W; parameters counted from "
+        "the model):", "",
+        *md_table(["block", "type", "output", "parameters"], rows),
+        "", f"Total: **{count_params(student):,d} parameters**.", "",
+    ]  # fmt: skip
+
+
+def distillation_section() -> list:
+    return [
+        "## 3. Knowledge distillation as implemented", "",
+        "From the docstrings of `distill.py`, the code that computes the losses:", "",
+        "```", inspect.getdoc(distill), "```", "",
+        "`response_kd_loss`:", "", "```", inspect.getdoc(distill.response_kd_loss), "```", "",
+        "`cosine_distance`:", "", "```", inspect.getdoc(distill.cosine_distance), "```", "",
+        "Distilled feature pairs (student tap <-> teacher layer): "
+        + ", ".join(f"`{name}`" for name in distill.FEATURE_PAIRS)
+        + ", each through a 1x1 conv + BN adapter that exists only during training.", "",
+    ]  # fmt: skip
+
+
+def training_section(runs: dict, outputs: Path, missing: list) -> list:
+    lines = ["## 4. Training", ""]
+    if not runs:
+        return lines + ["*No trained checkpoint found.*", ""]
+    header = ["hyper-parameter"] + [f"--kd {kd}" for kd in runs]
+    rows = [
+        [name] + [ckpt["args"].get(name, "-") for ckpt in runs.values()]
+        for name in HYPER_PARAMETERS
+    ]
+    lines += md_table(header, rows) + [
+        "",
+        "Training time (sum of the logged epoch times, validation and teacher included):",
+        "",
+    ]
+    rows = []
+    for kd, ckpt in runs.items():
+        times = [row["epoch_time_s"] for row in ckpt["history"]]
+        rows.append(
+            (
+                f"--kd {kd}",
+                len(times),
+                f"{sum(times) / 60:.1f} min",
+                f"{sum(times) / len(times):.1f} s",
+                f"{100 * ckpt['best_miou']:.2f}",
+            )
+        )
+    lines += md_table(["run", "epochs", "total", "per epoch", "best val mIoU (%)"], rows) + [""]
+    for kd in runs:
+        plot = outputs / f"student_{kd}_curves.png"
+        if plot.exists():
+            lines += [f"![loss and mIoU curves, --kd {kd}]({plot.name})", ""]
+        else:
+            missing.append(f"`{plot}`")
+    return lines
+
+
+def results_section(outputs: Path, bench: dict | None, missing: list) -> list:
+    lines = ["## 5. Results", ""]
+    table = outputs / "kd_comparison.md"
+    if table.exists():
+        lines += table.read_text().replace("# Knowledge", "### Knowledge").splitlines() + [""]
+    else:
+        missing.append(f"`{table}` (python test.py --compare ...)")
+    if bench is not None:
+        lines += [
+            f"### Speed and size, one process ({bench['device_name']}, torch "
+            f"{bench['torch']}, {bench['date']}, `python benchmark.py`)",
+            "",
+        ]
+        rows = [
+            (
+                r["model"],
+                f"{r['params']:,d}",
+                f"{r['gflops']:.2f}",
+                f"{r['ms_per_image']:.1f}",
+                f"{r['times_student']:.1f}x",
+            )
+            for r in bench["models"]
+        ]
+        lines += md_table(
+            ["model", "parameters", "GFLOPs", f"ms/image ({bench['size']}px)", "time vs student"],
+            rows,
+        ) + [""]
+        rows = [
+            (f"--kd {r['kd']}", f"{r['ms_per_step']:.1f}", f"+{r['overhead_vs_none']:.0%}")
+            for r in bench["train_steps"]
+        ]
+        lines += md_table(
+            [
+                f"training step (batch {bench['batch_size']}, crop {bench['crop_size']})",
+                "ms",
+                "over --kd none",
+            ],
+            rows,
+        ) + [""]
+    return lines
+
+
+def qualitative_section(outputs: Path, runs: dict, missing: list) -> list:
+    lines = [
+        "## 6. Qualitative results",
+        "",
+        "Each panel: image | ground truth | prediction, VOC colours blended on the image.",
+        "",
+    ]
+    for prefix, title in [("fcn_resnet50", "FCN-ResNet50 (Step 1)")] + [
+        (f"student_{kd}", f"student, --kd {kd}") for kd in runs
+    ]:
+        found = sorted((outputs / "overlays").glob(f"{prefix}_*.png"))
+        if not found:
+            missing.append(f"overlays `{outputs / 'overlays' / prefix}_*.png`")
+            continue
+        lines += [f"### {title}", ""]
+        lines += [f"![{p.stem}](overlays/{p.name})" for p in found] + [""]
+    return lines
+
+
+STUDENT_SECTIONS = [
+    "## 7. Discussion (write this yourself)", "",
+    "- Which KD method helped, by how much, and is the difference larger than the run-to-run "
+    "spread you would expect from another seed?",
+    "- Where does the student fail (see the worst overlays)? Small objects, thin structures, "
+    "rare classes (see the per-class IoU)?",
+    "- What did distillation cost in training time, and what does it cost at inference?",
+    "- What would you change next (temperature, feature pairs, training set, schedule)?", "",
+    "## 8. Use of LLMs (write this yourself)", "",
+    "- Which tools did you use, for which parts, and how did you check what they produced?", "",
+]  # fmt: skip
+
+
+def build_report(outputs: Path, weights: Path) -> str:
+    missing = []
+    step1 = read_json(outputs / STEP1_JSON, missing)
+    bench = read_json(outputs / "benchmark.json", missing)
+    runs = read_runs(weights, missing)
+    body = (
+        step1_section(step1)
+        + architecture_section()
+        + distillation_section()
+        + training_section(runs, outputs, missing)
+        + results_section(outputs, bench, missing)
+        + qualitative_section(outputs, runs, missing)
+        + STUDENT_SECTIONS
+    )
+    synthetic = any(d and d.get("synthetic") for d in [step1, *runs.values()])
+    head = [
+        "# Lab report draft: compact segmentation with knowledge distillation",
+        "",
+        f"Generated by `python report.py` on {datetime.date.today().isoformat()} "
+        f"(torch {torch.__version__}).",
+        "",
+    ]
+    if synthetic:
+        head += [
+            "> **SYNTHETIC data**: some inputs were measured on `dataset.py --fake-voc` "
+            "data. None of their numbers is a VOC result.",
+            "",
+        ]
+    if missing:
+        head += ["**Missing inputs** (the sections that need them are incomplete):", ""]
+        head += [f"- {item}" for item in missing] + [""]
+    methods = ", ".join(KD_LABELS[kd] for kd in runs) or "none yet"
+    head += [f"Trained runs found: {methods}.", ""]
+    return "\n".join(head + body)
+
+
+def main(args: argparse.Namespace) -> None:
+    outputs = Path(args.outputs)
+    outputs.mkdir(parents=True, exist_ok=True)
+    report = build_report(outputs, Path(args.weights))
+    (outputs / "report.md").write_text(report)
+    print(f"wrote {outputs / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main(parse_args())

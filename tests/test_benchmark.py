@@ -1,0 +1,54 @@
+import json
+
+import torch
+from torch import nn
+from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+
+from conftest import load_script, run_script
+from model import build_student, build_teacher
+
+benchmark = load_script("benchmark")
+
+
+def conv_flops(model: nn.Module, size: int) -> int:
+    """An independent count: 2 x multiply-adds of every Conv2d, read off forward hooks.
+    Convolutions are the only products in these three networks."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+        total += 2 * k * output.numel()
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.inference_mode():
+        model.eval()(torch.zeros(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    return total
+
+
+def test_gflops_match_a_hand_count_on_a_single_convolution():
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    assert benchmark.gflops(conv, 10, torch.device("cpu")) * 1e9 == 2 * 3 * 8 * 9 * 10 * 10
+
+
+def test_benchmark_reports_parameters_and_flops_equal_to_independent_counts(tmp_path):
+    proc = run_script(
+        "benchmark.py", "--device", "cpu", "--size", "64", "--runs", "1", "--batch-size", "2",
+        "--crop-size", "64", "--out", tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "benchmark.json").read_text())
+    models = [
+        build_student(),
+        build_teacher("none"),
+        lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21),
+    ]
+    for row, model in zip(result["models"], models):
+        assert row["params"] == sum(p.numel() for p in model.parameters())
+        assert round(row["gflops"] * 1e9) == conv_flops(model, 64)
+        assert row["ms_per_image"] > 0
+    assert [r["kd"] for r in result["train_steps"]] == ["none", "response", "feature", "both"]
+    assert result["models"][0]["times_student"] == 1.0
+    assert "GFLOPs" in proc.stdout and "training step" in proc.stdout

@@ -1,0 +1,57 @@
+import zipfile
+
+import pytest
+
+from conftest import run_script
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A repository-shaped folder with deliverables and things that must stay out."""
+    for name in ["train.py", "model.py", "train.txt", "test.txt", "README.md",
+                 "requirements.txt", "tests/test_model.py", "weights/student_none.pth",
+                 "weights/student_response.pth", "weights/student_feature.pth",
+                 "weights/student_none_last.pth", "outputs/student_none_curves.png",
+                 "outputs/kd_comparison.md", "outputs/overlays/a.png", "data/VOCdevkit/x.jpg",
+                 ".git/config", "__pycache__/model.cpython-311.pyc", "old.zip",
+                 ".pytest_cache/v"]:  # fmt: skip
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    return tmp_path
+
+
+def test_the_zip_holds_the_deliverables_and_nothing_else(repo):
+    proc = run_script("make_submission.py", "12345678", "87654321", "--root", repo)
+    assert proc.returncode == 0, proc.stderr
+    names = set(zipfile.ZipFile(repo / "12345678_87654321.zip").namelist())
+    assert names == {"train.py", "model.py", "train.txt", "test.txt", "README.md",
+                     "requirements.txt", "tests/test_model.py", "weights/student_none.pth",
+                     "weights/student_response.pth", "weights/student_feature.pth",
+                     "outputs/student_none_curves.png", "outputs/kd_comparison.md",
+                     "outputs/overlays/a.png"}  # fmt: skip
+    assert "MiB" in proc.stdout and "warning" not in proc.stdout
+
+
+def test_a_single_student_number_names_the_zip(repo):
+    assert run_script("make_submission.py", "12345678", "--root", repo).returncode == 0
+    assert (repo / "12345678.zip").exists()
+    again = run_script("make_submission.py", "12345678", "--root", repo)
+    assert again.returncode != 0 and "--overwrite" in again.stderr
+
+
+def test_missing_deliverables_warn_and_fail_with_strict(repo):
+    (repo / "weights/student_feature.pth").unlink()
+    (repo / "outputs/kd_comparison.md").unlink()
+    loose = run_script("make_submission.py", "12345678", "--root", repo)
+    assert loose.returncode == 0 and loose.stdout.count("warning: missing") == 2
+    (repo / "12345678.zip").unlink()
+    strict = run_script("make_submission.py", "12345678", "--strict", "--root", repo)
+    assert strict.returncode == 1 and "missing" in strict.stderr
+    assert not (repo / "12345678.zip").exists()
+
+
+@pytest.mark.parametrize("bad", ["s1234567", "1234-5678", "１２３"])
+def test_a_student_number_that_is_not_digits_is_refused(repo, bad):
+    proc = run_script("make_submission.py", bad, "--root", repo)
+    assert proc.returncode != 0 and "digits only" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(repo.glob("*.zip.tmp"))

@@ -1,0 +1,41 @@
+import shutil
+
+from conftest import load_script, run_script
+
+
+def test_the_draft_holds_the_table_the_plots_and_the_overlays(trained, tmp_path):
+    outputs, weights = tmp_path / "outputs", tmp_path / "weights"
+    (outputs / "overlays").mkdir(parents=True)
+    weights.mkdir()
+    shutil.copy(trained["out"], weights / "student_none.pth")
+    shutil.copy(trained["logs"] / "student_none_curves.png", outputs)
+    (outputs / "overlays" / "student_none_best1_fake_000004.png").write_bytes(b"png")
+    row = {"kd": "none", "miou": 0.25, "params": 1035733, "ms_per_image": 12.5, "input_size": 520,
+           "device_name": "a CPU", "checkpoint": "weights/student_none.pth", "split": "val",
+           "num_images": 4, "synthetic": True}  # fmt: skip
+    test = load_script("test")
+    (outputs / "kd_comparison.md").write_text(test.comparison_markdown([row], None))
+
+    proc = run_script("report.py", "--outputs", outputs, "--weights", weights)
+    assert proc.returncode == 0, proc.stderr
+    draft = (outputs / "report.md").read_text()
+    assert "| none (cross-entropy only) | 25.00 | 1,035,733 | 12.5 |" in draft
+    assert "![loss and mIoU curves, --kd none](student_none_curves.png)" in draft
+    assert "](overlays/student_none_best1_fake_000004.png)" in draft
+    assert "| crop_size | 64 |" in draft  # hyper-parameters come from the checkpoint's args
+    assert "1,035,733 parameters" in draft and "tau^2" in draft
+    assert "SYNTHETIC" in draft
+    assert "Discussion (write this yourself)" in draft and "Use of LLMs" in draft
+    missing = draft.split("**Missing inputs**")[1].split("Trained runs")[0]
+    assert "student_response.pth" in missing and "benchmark.json" in missing
+    assert "student_none.pth" not in missing
+
+
+def test_an_empty_outputs_folder_gives_a_draft_listing_what_is_missing(tmp_path):
+    proc = run_script("report.py", "--outputs", tmp_path / "out", "--weights", tmp_path / "w")
+    assert proc.returncode == 0, proc.stderr
+    draft = (tmp_path / "out" / "report.md").read_text()
+    for item in ("step1_fcn_resnet50.json", "benchmark.json", "student_none.pth",
+                 "student_feature.pth"):  # fmt: skip
+        assert item in draft.split("**Missing inputs**")[1]
+    assert "## 2. The student network" in draft  # computed from the code, needs no run
