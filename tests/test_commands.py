@@ -34,3 +34,28 @@ def test_test_txt_runs_step1_each_student_the_comparison_and_the_report():
     scripts = [argv[1] for argv in commands("test.txt")]
     assert scripts[0] == "test_pretrained.py" and scripts.count("test.py") == 5
     assert "--compare" in commands("test.txt")[5] and "report.py" in scripts
+
+
+def readme_commands() -> list:
+    """The `python <script>.py ...` and `torchrun ... train.py ...` lines of README.md's bash
+    blocks, continuation lines joined and comments dropped."""
+    text = (ROOT / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```bash\n")[1:]]
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    found = []
+    for line in lines:
+        argv = shlex.split(line, comments=True)
+        if argv and argv[0] == "torchrun":
+            argv = argv[next(i for i, a in enumerate(argv) if a.endswith(".py")) - 1 :]
+        if len(argv) > 1 and argv[1].endswith(".py"):
+            found.append(argv)
+    return found
+
+
+def test_every_readme_example_parses_with_its_scripts_own_parser():
+    found = readme_commands()
+    assert len(found) >= 18
+    for argv in found:
+        argv = [a for a in argv if a != "[87654321]"]  # the optional partner, in brackets
+        load_script(argv[1].removesuffix(".py")).parse_args(argv[2:])
+    assert any("--train-set" in argv for argv in found)  # the train_aug and torchrun examples

@@ -1,9 +1,14 @@
 import csv
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from conftest import ROOT, TINY_TRAIN, load_script, run_python, run_script, train_tiny
+from conftest import GUARD, ROOT, TINY_TRAIN, load_script, run_python, run_script, train_tiny
 from dataset import train_transforms, voc_dataset
 from distill import training_loss
 from model import build_student, load_file, load_student
@@ -159,3 +164,22 @@ def test_torchrun_with_two_gloo_processes_writes_one_loadable_checkpoint(kd, fak
     ckpt = load_file(out, "checkpoint")
     assert not any(key.startswith("module.") for key in ckpt["model"])
     load_student(out)  # what test.py does with it
+
+
+def test_ctrl_c_saves_the_last_checkpoint_and_says_how_to_resume(fake_voc, tmp_path):
+    out = tmp_path / "student_none.pth"
+    command = [sys.executable, ROOT / "train.py", "--data-root", fake_voc, "--out", out,
+               "--log-dir", tmp_path, *TINY_TRAIN, "--epochs", "1000"]  # fmt: skip
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=f"{GUARD}{os.pathsep}{ROOT}")
+    proc = subprocess.Popen(list(map(str, command)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    for line in proc.stdout:  # wait until one epoch is done and saved
+        if line.startswith("epoch 1: train loss"):
+            break
+    time.sleep(0.5)  # well inside epoch 2 or its validation
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "interrupted: saved" in stderr and "--resume" in stderr
+    assert "Traceback" not in stderr
+    last = load_file(train.last_path(out), "checkpoint")
+    assert last["epoch"] >= 1 and len(last["history"]) == last["epoch"]
