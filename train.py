@@ -19,6 +19,7 @@ one by val mIoU (--out), the log <log-dir>/<out stem>_log.csv and the plot
 """
 
 import argparse
+import contextlib
 import csv
 import math
 import os
@@ -194,6 +195,18 @@ def init_distributed(device: torch.device) -> tuple:
     return dist.get_rank(), dist.get_world_size(), device
 
 
+@contextlib.contextmanager
+def main_process_first(is_main: bool):
+    """Run the block on the first process, then on the others, so that a download into the
+    torch hub cache happens once, not once per process at the same time."""
+    distributed = dist.is_initialized()
+    if distributed and not is_main:
+        dist.barrier()
+    yield
+    if distributed and is_main:
+        dist.barrier()
+
+
 def average_gradients(module: nn.Module) -> None:
     """Average gradients across processes: what DDP does for the student, done by hand for the
     adapters, which feature_kd_loss calls one by one (there is no single forward to wrap)."""
@@ -214,8 +227,7 @@ def build_optimizer(args: argparse.Namespace, params: list) -> torch.optim.Optim
 def train_one_epoch(
     student, adapters, loader, loss_fn, optimizer, scheduler, scaler, device, desc: str
 ) -> dict:
-    """One pass over the loader; returns the mean of each loss term as {"train_<term>": x}
-    (this process's share of the data when distributed)."""
+    """One pass over the loader; returns the mean of each loss term as {"train_<term>": x}."""
     distributed = dist.is_initialized()
     student.train()
     if adapters is not None:
@@ -246,7 +258,12 @@ def train_one_epoch(
         for name, value in {"loss": loss.detach(), **terms}.items():
             sums[name] = sums.get(name, 0.0) + value.item()
         bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-    return {f"train_{name}": total / steps for name, total in sums.items()}
+    means = {f"train_{name}": total / steps for name, total in sums.items()}
+    if distributed:  # the mean over all processes, as a single process would have logged it
+        values = torch.tensor(list(means.values()), device=device)
+        dist.all_reduce(values)
+        means = dict(zip(means, (values / dist.get_world_size()).tolist()))
+    return means
 
 
 def write_log(history: list, path: Path) -> None:
@@ -313,12 +330,11 @@ def main(args: argparse.Namespace) -> None:
         shard=(rank, world),
     )
 
-    student = build_student(pretrained_backbone=args.pretrained_backbone).to(device)
-    teacher = (
-        None
-        if args.kd == "none"
-        else build_teacher(args.teacher_weights, "--teacher-weights").to(device)
-    )
+    with main_process_first(is_main):
+        student = build_student(pretrained_backbone=args.pretrained_backbone).to(device)
+        teacher = None
+        if args.kd != "none":
+            teacher = build_teacher(args.teacher_weights, "--teacher-weights").to(device)
     adapters = build_adapters().to(device) if args.kd in ("feature", "both") else None
     # The student trains through DDP, which averages its gradients; it is saved and evaluated
     # unwrapped, so checkpoints never carry DDP's "module." prefix. The teacher is never wrapped.
