@@ -393,7 +393,6 @@ def main(args: argparse.Namespace) -> None:
         }
 
     title = f"student, --kd {args.kd}" + (" (SYNTHETIC data)" if synthetic else " (VOC 2012)")
-    epoch = start_epoch
     try:
         for epoch in range(start_epoch, args.epochs):
             start = time.perf_counter()
@@ -433,10 +432,10 @@ def main(args: argparse.Namespace) -> None:
             if improved:
                 save_file(checkpoint(epoch + 1), out)
     except KeyboardInterrupt:
-        # Current weights, but the epoch counter of the last finished epoch: --resume redoes
-        # the interrupted epoch from these weights.
+        # Current weights, counted as the epochs logged so far: --resume redoes an epoch
+        # interrupted before its validation, starting from these weights.
         if is_main:
-            save_file(checkpoint(epoch), last)
+            save_file(checkpoint(len(history)), last)
         raise SystemExit(f"\ninterrupted: saved {last}; continue with --resume") from None
     if world > 1:
         dist.destroy_process_group()
