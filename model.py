@@ -227,21 +227,24 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
-def describe_layers(model: nn.Module, size: int = 520) -> list:
-    """[(name, module type, output shape C x H x W, parameters)] for each top-level block of
-    the student (each encoder block separately), measured on a 1 x 3 x size x size input."""
-    rows, hooks = [], []
-    for name, module in model.named_modules():
-        top = name.count(".") == 0 and name not in ("", "low", "mid", "high")
-        block = name.count(".") == 1 and name.split(".")[0] in ("low", "mid", "high")
-        if top or block:
-            hooks.append(
-                module.register_forward_hook(
-                    lambda m, _, out, name=name: rows.append(
-                        (name, type(m).__name__, tuple(out.shape[1:]), count_params(m))
-                    )
-                )
-            )
+def describe_layers(model: Student, size: int = 520) -> list:
+    """[(name, module type, output shape C x H x W, parameters)] for each part of the student,
+    each MobileNetV3 block of the encoder on its own row, measured on a 1 x 3 x size x size
+    input."""
+    parts = []
+    for name, child in model.named_children():
+        if name in STUDENT_TAPS:  # an encoder stage: one row per block
+            parts += [(f"{name}.{i}", block) for i, block in child.named_children()]
+        else:
+            parts.append((name, child))
+    rows = []
+
+    def record(name: str):
+        return lambda m, _, out: rows.append(
+            (name, type(m).__name__, tuple(out.shape[1:]), count_params(m))
+        )
+
+    hooks = [module.register_forward_hook(record(name)) for name, module in parts]
     with torch.inference_mode():
         model.eval()(torch.zeros(1, 3, size, size))
     for hook in hooks:
