@@ -160,29 +160,26 @@ def save_overlays(
 ) -> list:
     """Overlay panels of the `count` best and `count` worst images by per-image mIoU, as
     <out_dir>/<prefix>_{best,worst}<rank>_<image id>.png. Returns the paths written."""
-    ranked = [
-        i for _, i in sorted((-m, i) for i, m in enumerate(per_image_miou) if not math.isnan(m))
-    ]
+    scored = [i for i, m in enumerate(per_image_miou) if not math.isnan(m)]
+    ranked = sorted(scored, key=lambda i: per_image_miou[i], reverse=True)
     best = ranked[:count]
-    worst = [i for i in ranked[::-1][:count] if i not in best]  # disjoint on small splits
-    picks = [("best", i) for i in best] + [("worst", i) for i in worst]
+    worst = [i for i in reversed(ranked) if i not in best][:count]  # disjoint on small splits
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths, rank = [], {"best": 0, "worst": 0}
     model.eval()
-    for kind, index in picks:
-        image, mask = dataset[index]
-        with torch.inference_mode():
-            logits = model_logits(model, image[None].to(device))
-            logits = torch.nn.functional.interpolate(
-                logits, size=mask.shape[-2:], mode="bilinear", align_corners=False
-            )
-        source = image_path(dataset, index)
-        rank[kind] += 1
-        path = out_dir / f"{prefix}_{kind}{rank[kind]}_{source.stem}.png"
-        panel = overlay_panel(Image.open(source), mask.numpy(), logits.argmax(1)[0].cpu().numpy())
-        panel.save(path)
-        paths.append(path)
+    paths = []
+    for kind, picks in (("best", best), ("worst", worst)):
+        for rank, index in enumerate(picks, 1):
+            image, mask = dataset[index]
+            with torch.inference_mode():
+                logits = model_logits(model, image[None].to(device))
+                logits = torch.nn.functional.interpolate(
+                    logits, size=mask.shape[-2:], mode="bilinear", align_corners=False
+                )
+            source = image_path(dataset, index)
+            pred = logits.argmax(1)[0].cpu().numpy()
+            paths.append(out_dir / f"{prefix}_{kind}{rank}_{source.stem}.png")
+            overlay_panel(Image.open(source), mask.numpy(), pred).save(paths[-1])
     return paths
 
 
