@@ -86,7 +86,7 @@ def step1_section(step1: dict | None) -> list:
     if step1 is None:
         return lines + ["*Missing: run `python test_pretrained.py`.*", ""]
     lines += [
-        f"mIoU **{100 * step1['miou']:.2f} %**, pixel accuracy "
+        f"Weights: `{step1.get('weights')}`. mIoU **{100 * step1['miou']:.2f} %**, pixel accuracy "
         f"{100 * step1['pixel_acc']:.2f} %, {step1['params']:,d} parameters (without the "
         f"training-only auxiliary head), {step1['ms_per_image']:.1f} ms/image (batch 1, "
         f"{step1['input_size']}x{step1['input_size']}, {step1['device_name']}), "

@@ -132,7 +132,10 @@ def comparison_markdown(results: list, teacher: dict | None) -> str:
     """The report's table: KD method | mIoU | parameters | ms/image, one row per run."""
     rows = [(f"{KD_LABELS.get(r['kd'], r['kd'])}", r) for r in results]
     if teacher is not None:
-        rows.append(("FCN-ResNet50 teacher (Step 1, reference)", teacher))
+        weights, images = teacher.get("weights", "default"), teacher.get("num_images")
+        note = "" if weights == "default" else f", weights: {weights}"
+        note += "" if images in (None, results[0]["num_images"]) else f", {images} images"
+        rows.append((f"FCN-ResNet50 teacher (Step 1, reference{note})", teacher))
     synthetic = any(r.get("synthetic") for _, r in rows)
     lines = [
         "# Knowledge distillation: comparison"
@@ -185,6 +188,7 @@ def main(args: argparse.Namespace) -> None:
         "num_images",
         "synthetic",
         "date",
+        "weights",
     )
     write_json(
         {
