@@ -141,7 +141,8 @@ def comparison_markdown(results: list, teacher: dict | None) -> str:
         "# Knowledge distillation: comparison"
         + (" -- SYNTHETIC data, not VOC results" if synthetic else ""),
         "",
-        f"mIoU on VOC 2012 {results[0]['split']} ({results[0]['num_images']} images) at each "
+        f"mIoU on {'SYNTHETIC' if synthetic else 'VOC 2012'} {results[0]['split']} "
+        f"({results[0]['num_images']} images) at each "
         "label's original resolution; ms/image: batch 1, median after warm-up, on the input "
         "size and device of each row.",
         "",

@@ -297,7 +297,6 @@ def main(args: argparse.Namespace) -> None:
     is_main = rank == 0  # only the first process prints, logs and saves
     log = print if is_main else lambda *_, **__: None
     torch.manual_seed(args.seed)
-    torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels
     out, last = Path(args.out), last_path(args.out)
     if not args.resume and not args.overwrite and (out.exists() or last.exists()):
         raise SystemExit(
