@@ -329,6 +329,7 @@ def eval_loader(
         num_workers=num_workers,
         collate_fn=collate_eval,
         pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,  # train.py validates every epoch with this loader
     )
 
 
