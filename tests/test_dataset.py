@@ -119,10 +119,11 @@ def test_missing_dataset_stops_with_the_layout_and_the_download_flag(tmp_path):
 
 
 class ArchiveServer:
-    """Serves {path: bytes} from 127.0.0.1, honouring Range requests like a real mirror."""
+    """Serves {path: bytes} from 127.0.0.1, honouring Range requests like a real mirror (or
+    ignoring them, like some servers, with honour_range=False)."""
 
-    def __init__(self, files: dict):
-        self.files, self.ranges = files, []
+    def __init__(self, files: dict, honour_range: bool = True):
+        self.files, self.ranges, self.honour_range = files, [], honour_range
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -132,7 +133,7 @@ class ArchiveServer:
                     self.send_error(404)
                     return
                 start = 0
-                if "Range" in self.headers:
+                if "Range" in self.headers and server.honour_range:
                     start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0])
                     server.ranges.append(start)
                 self.send_response(206 if start else 200)
@@ -153,7 +154,7 @@ class ArchiveServer:
 @pytest.fixture
 def server():
     servers = []
-    yield lambda files: servers.append(ArchiveServer(files)) or servers[-1]
+    yield lambda files, **kw: servers.append(ArchiveServer(files, **kw)) or servers[-1]
     for s in servers:
         s.httpd.shutdown()
 
@@ -212,6 +213,16 @@ def test_a_broken_download_resumes_with_a_range_request(tmp_path, server):
     (root / (VOC.archive + ".part")).write_bytes(archive[:1000])  # what a dropped link left
     download_source(root, voc_from([srv.url("/voc.tar")], hashlib.md5(archive).hexdigest()))
     assert srv.ranges == [1000]
+    assert (root / VOC.archive).read_bytes() == archive
+
+
+def test_a_server_ignoring_range_gets_the_download_restarted_from_zero(tmp_path, server):
+    archive = tiny_voc_tar(tmp_path)
+    srv = server({"/voc.tar": archive}, honour_range=False)
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / (VOC.archive + ".part")).write_bytes(b"stale bytes of another attempt")
+    download_source(root, voc_from([srv.url("/voc.tar")], hashlib.md5(archive).hexdigest()))
     assert (root / VOC.archive).read_bytes() == archive
 
 

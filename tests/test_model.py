@@ -81,6 +81,15 @@ def test_random_models_touch_no_network(monkeypatch):
     build_teacher("none")
 
 
+def test_the_network_guard_refuses_anything_beyond_localhost():
+    import netguard
+
+    with pytest.raises(netguard.NetworkBlocked):
+        socket.create_connection(("192.0.2.1", 80), timeout=1)  # TEST-NET-1, never routed
+    with pytest.raises(netguard.NetworkBlocked):
+        socket.getaddrinfo("download.pytorch.org", 443)
+
+
 def offline(monkeypatch):
     """A machine without network: connections fail with an OSError, as they really do."""
 
