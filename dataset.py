@@ -554,7 +554,7 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     p.add_argument(
         "--fake-voc",
         metavar="DIR",
-        help="write a SYNTHETIC dataset in VOC layout under DIR and exit",
+        help="write a SYNTHETIC dataset in VOC layout under DIR and exit (default: off)",
     )
     p.add_argument(
         "--num-images",
@@ -563,7 +563,9 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
         help="images in the synthetic dataset, half train, half val (default: 8)",
     )
     p.add_argument(
-        "--with-sbd", action="store_true", help="--fake-voc also writes a SYNTHETIC SBD tree"
+        "--with-sbd",
+        action="store_true",
+        help="--fake-voc also writes a SYNTHETIC SBD tree (default: off)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset (default: 0)")
     return p.parse_args(argv)

@@ -42,18 +42,22 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 def parse_args(argv: list | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", help="a student checkpoint written by train.py")
+    what.add_argument(
+        "--checkpoint",
+        help="a student checkpoint written by train.py (this or --compare is required)",
+    )
     what.add_argument(
         "--compare",
         nargs="+",
         metavar="CHECKPOINT",
-        help="several checkpoints: evaluate each and write the comparison table",
+        help="several checkpoints: evaluate each and write the comparison table (default: off)",
     )
     p.add_argument(
         "--images",
         nargs="+",
         metavar="PATH",
-        help="with --checkpoint: segment these photos or folders instead of a VOC split",
+        help="with --checkpoint: segment these photos or folders instead of a VOC split "
+        "(default: off)",
     )
     add_eval_args(p)
     args = p.parse_args(argv)
