@@ -83,6 +83,7 @@ SBD = Source(
     ),
     flag="--download sbd",
 )
+OVERLAY_ALPHA = 0.6  # weight of the label colours over a photo: readable, photo still visible
 SYNTHETIC_MARKER = "SYNTHETIC.txt"  # written by --fake-voc; scripts label their outputs with it
 
 
@@ -124,7 +125,7 @@ def side_by_side(parts: list) -> Image.Image:
 
 
 def overlay_panel(
-    image: Image.Image, target: np.ndarray, pred: np.ndarray, alpha: float = 0.6
+    image: Image.Image, target: np.ndarray, pred: np.ndarray, alpha: float = OVERLAY_ALPHA
 ) -> Image.Image:
     """Side by side: image | ground truth blended on it | prediction blended on it."""
     image = image.convert("RGB")

@@ -23,6 +23,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from dataset import (
+    OVERLAY_ALPHA,
     colorize,
     eval_loader,
     is_synthetic,
@@ -123,7 +124,7 @@ def segment_images(student: torch.nn.Module, paths: list, device, out: Path) -> 
             pred = model_logits(student.eval(), x).argmax(1)[0].cpu().numpy()
         mask = colorize(pred)
         mask.save(out / f"{path.stem}_mask.png")
-        blended = Image.blend(image, mask, 0.6)
+        blended = Image.blend(image, mask, OVERLAY_ALPHA)
         side_by_side([blended, legend(sorted(set(pred.flat)))]).save(
             out / f"{path.stem}_overlay.png"
         )
