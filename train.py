@@ -71,7 +71,10 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
         "--epochs", type=positive_int, default=100, help="training epochs (default: 100)"
     )
     p.add_argument(
-        "--batch-size", type=positive_int, default=16, help="images per step (default: 16)"
+        "--batch-size",
+        type=positive_int,
+        default=16,
+        help="images per step, per process under torchrun (default: 16)",
     )
     p.add_argument(
         "--crop-size", type=positive_int, default=480, help="square train crop (default: 480)"
@@ -85,7 +88,12 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     p.add_argument(
         "--lr", type=positive_float, default=0.01, help="peak learning rate (default: 0.01)"
     )
-    p.add_argument("--weight-decay", type=non_negative_float, default=1e-4, help="(default: 1e-4)")
+    p.add_argument(
+        "--weight-decay",
+        type=non_negative_float,
+        default=1e-4,
+        help="weight decay of the optimizer (default: 1e-4)",
+    )
     p.add_argument(
         "--warmup-epochs",
         type=non_negative_float,
