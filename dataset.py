@@ -45,7 +45,8 @@ class Source:
 
     name: str
     subdir: Path  # what the archive unpacks to, under the data root
-    layout: str  # what the scripts need inside subdir, for the error message
+    needed: tuple  # what the scripts read inside subdir
+    layout: str  # the same, for people
     archive: str
     md5: str
     mirrors: tuple
@@ -55,6 +56,12 @@ class Source:
 VOC = Source(
     name="PASCAL VOC 2012",
     subdir=Path("VOCdevkit", "VOC2012"),
+    needed=(
+        "JPEGImages",
+        "SegmentationClass",
+        "ImageSets/Segmentation/train.txt",
+        "ImageSets/Segmentation/val.txt",
+    ),  # fmt: skip
     layout="{JPEGImages, SegmentationClass, ImageSets/Segmentation/{train,val}.txt}",
     archive="VOCtrainval_11-May-2012.tar",
     md5="6cd6e144f989b92b3379bac3b3de84fd",  # the md5 torchvision's VOCSegmentation checks
@@ -72,6 +79,7 @@ VOC = Source(
 SBD = Source(
     name="SBD (Semantic Boundaries Dataset)",
     subdir=Path("benchmark_RELEASE", "dataset"),
+    needed=("img", "cls", "train.txt", "val.txt"),
     layout="{img/*.jpg, cls/*.mat, train.txt, val.txt}",
     archive="benchmark.tgz",
     md5="82b4d87ceb2ed10f6038a1cba92111cb",  # the md5 torchvision's SBDataset checks
@@ -249,10 +257,14 @@ def collate_eval(batch: list) -> tuple:
 # ----------------------------------------------------------------------------- datasets
 
 
-def check_present(source: Source, data_root: str | Path, needed: list) -> None:
-    """Stop with the layout and the ways to get `source` when a needed path is missing."""
+def is_present(source: Source, data_root: str | Path) -> bool:
+    return all((Path(data_root) / source.subdir / name).exists() for name in source.needed)
+
+
+def check_present(source: Source, data_root: str | Path) -> None:
+    """Stop with the layout and the ways to get `source` when it is not on disk."""
     root = Path(data_root)
-    for name in needed:
+    for name in source.needed:
         if not (root / source.subdir / name).exists():
             raise SystemExit(
                 f"error: {source.name} not found: no {root / source.subdir / name}.\n"
@@ -273,8 +285,7 @@ def first(dataset: Dataset, limit: int | None) -> Dataset:
 
 def voc_dataset(data_root: str | Path, split: str, transforms, limit: int | None = None) -> Dataset:
     """VOC 2012 `split` ("train" 1,464 or "val" 1,449 images), optionally its first `limit`."""
-    check_present(VOC, data_root, [f"ImageSets/Segmentation/{split}.txt", "JPEGImages",
-                                   "SegmentationClass"])  # fmt: skip
+    check_present(VOC, data_root)
     dataset = VOCSegmentation(str(data_root), year="2012", image_set=split, transforms=transforms)
     return first(dataset, limit)
 
@@ -294,7 +305,7 @@ def train_aug_dataset(data_root: str | Path, transforms, limit: int | None = Non
     (no void band on object edges), so the two sources mix as they are: the loss ignores 255
     where VOC has it and SBD simply has none.
     """
-    check_present(SBD, data_root, ["img", "cls", "train.txt", "val.txt"])
+    check_present(SBD, data_root)
     voc_train = voc_dataset(data_root, "train", transforms)
     taken = set(split_ids(data_root, "train")) | set(split_ids(data_root, "val"))
     parts = [voc_train]
@@ -440,8 +451,11 @@ def safe_extract(archive: Path, dest: Path) -> None:
 
 def download_source(data_root: str | Path, source: Source) -> None:
     """Get source.archive into data_root (unless it is already there), check its md5 and
-    extract it there, which gives data_root/source.subdir."""
+    extract it there, which gives data_root/source.subdir. Nothing to do when that is there."""
     root = Path(data_root)
+    if is_present(source, root):
+        print(f"{source.name} is already under {root / source.subdir}; nothing to do")
+        return
     root.mkdir(parents=True, exist_ok=True)
     archive = root / source.archive
     if archive.exists():
@@ -493,6 +507,8 @@ def make_fake_voc(
     {train,val}.txt (first half train, rest val) and a SYNTHETIC.txt marker; with_sbd adds
     a SYNTHETIC SBD tree beside it (make_fake_sbd)."""
     voc = Path(data_root) / VOC.subdir
+    if is_present(VOC, data_root) and not is_synthetic(data_root):
+        raise SystemExit(f"error: {voc} holds a real dataset; choose another folder for --fake-voc")
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (voc / sub).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -108,6 +108,17 @@ def test_crop_padding_gives_void_mask_and_black_image():
     assert torch.allclose(padded_red, torch.tensor(-IMAGENET_MEAN[0] / IMAGENET_STD[0]))
 
 
+def test_fake_voc_refuses_to_write_into_a_real_dataset(tmp_path):
+    make_fake_voc(tmp_path, num_images=2)
+    (tmp_path / VOC.subdir / dataset.SYNTHETIC_MARKER).unlink()  # now it looks real
+    before = (tmp_path / VOC.subdir / "ImageSets/Segmentation/train.txt").read_text()
+    with pytest.raises(SystemExit, match="holds a real dataset"):
+        make_fake_voc(tmp_path, num_images=6)
+    assert (tmp_path / VOC.subdir / "ImageSets/Segmentation/train.txt").read_text() == before
+    make_fake_voc(tmp_path / "other", num_images=2)
+    make_fake_voc(tmp_path / "other", num_images=4)  # a synthetic tree may be remade
+
+
 def test_missing_dataset_stops_with_the_layout_and_the_download_flag(tmp_path):
     with pytest.raises(SystemExit) as e:
         voc_dataset(tmp_path / "nowhere", "val", None)
@@ -224,6 +235,10 @@ def test_a_server_ignoring_range_gets_the_download_restarted_from_zero(tmp_path,
     (root / (VOC.archive + ".part")).write_bytes(b"stale bytes of another attempt")
     download_source(root, voc_from([srv.url("/voc.tar")], hashlib.md5(archive).hexdigest()))
     assert (root / VOC.archive).read_bytes() == archive
+
+
+def test_an_extracted_dataset_is_used_as_is_without_the_network(fake_voc):
+    download_source(fake_voc, voc_from(["http://example.invalid/never-used"], "0" * 32))
 
 
 def test_a_manually_placed_archive_is_used_without_the_network(tmp_path):
