@@ -1,6 +1,7 @@
 """Draft the lab report from what the runs left in outputs/ and weights/.
 
-    python report.py          # writes outputs/report.md
+    python report.py               # writes outputs/report.md
+    python report.py --overwrite   # replaces it (it may hold your own writing: keep a copy)
 
 Every number in the draft is read from a file a command wrote (Step 1's JSON, the
 checkpoints' saved arguments and logs, the comparison table, benchmark.json) or computed from
@@ -53,6 +54,11 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--weights", default="weights", help="folder of the trained checkpoints (default: weights)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing report.md, which you may have edited (default: refuse)",
     )
     return p.parse_args(argv)
 
@@ -277,10 +283,13 @@ def build_report(outputs: Path, weights: Path) -> str:
 
 def main(args: argparse.Namespace) -> None:
     outputs = Path(args.outputs)
+    path = outputs / "report.md"
+    if path.exists() and not args.overwrite:
+        raise SystemExit(f"error: {path} exists and may hold your own writing; move it away "
+                         "or pass --overwrite")  # fmt: skip
     outputs.mkdir(parents=True, exist_ok=True)
-    report = build_report(outputs, Path(args.weights))
-    (outputs / "report.md").write_text(report)
-    print(f"wrote {outputs / 'report.md'}")
+    path.write_text(build_report(outputs, Path(args.weights)))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,13 @@ def test_the_draft_holds_the_table_the_plots_and_the_overlays(trained, tmp_path)
     assert "student_response.pth" in missing and "benchmark.json" in missing
     assert "student_none.pth" not in missing
 
+    (outputs / "report.md").write_text("my own discussion")
+    again = run_script("report.py", "--outputs", outputs, "--weights", weights)
+    assert again.returncode != 0 and "--overwrite" in again.stderr
+    assert (outputs / "report.md").read_text() == "my own discussion"
+    forced = run_script("report.py", "--outputs", outputs, "--weights", weights, "--overwrite")
+    assert forced.returncode == 0 and (outputs / "report.md").read_text() == draft
+
 
 def test_an_empty_outputs_folder_gives_a_draft_listing_what_is_missing(tmp_path):
     proc = run_script("report.py", "--outputs", tmp_path / "out", "--weights", tmp_path / "w")
