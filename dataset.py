@@ -12,6 +12,7 @@ nothing here re-implements them.
 """
 
 import argparse
+import bisect
 import dataclasses
 import hashlib
 import http.client
@@ -351,7 +352,7 @@ def image_path(dataset: Dataset, index: int) -> Path:
         if isinstance(dataset, Subset):
             dataset, index = dataset.dataset, dataset.indices[index]
         else:
-            part = next(i for i, end in enumerate(dataset.cumulative_sizes) if index < end)
+            part = bisect.bisect_right(dataset.cumulative_sizes, index)  # as ConcatDataset does
             index -= dataset.cumulative_sizes[part - 1] if part else 0
             dataset = dataset.datasets[part]
     return Path(dataset.images[index])

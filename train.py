@@ -264,9 +264,9 @@ def train_one_epoch(
         scheduler.step()
         steps += 1
         for name, value in {"loss": loss.detach(), **terms}.items():
-            sums[name] = sums.get(name, 0.0) + value.item()
+            sums[name] = sums.get(name, 0.0) + value.detach()  # on the device: no sync per term
         bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-    means = {f"train_{name}": total / steps for name, total in sums.items()}
+    means = {f"train_{name}": (total / steps).item() for name, total in sums.items()}
     if distributed:  # the mean over all processes, as a single process would have logged it
         values = torch.tensor(list(means.values()), device=device)
         dist.all_reduce(values)
@@ -303,7 +303,6 @@ def plot_history(history: list, path: Path, title: str) -> None:
 def main(args: argparse.Namespace) -> None:
     rank, world, device = init_distributed(resolve_device(args.device))
     is_main = rank == 0  # only the first process prints, logs and saves
-    log = print if is_main else lambda *_, **__: None
     torch.manual_seed(args.seed)
     out, last = Path(args.out), last_path(args.out)
     if not args.resume and not args.overwrite and (out.exists() or last.exists()):
@@ -381,7 +380,8 @@ def main(args: argparse.Namespace) -> None:
         start_epoch, best_miou, history = ckpt["epoch"], ckpt["best_miou"], ckpt["history"]
         if start_epoch >= args.epochs:
             raise SystemExit(f"error: {last} already has {start_epoch} epochs; raise --epochs")
-        log(f"resuming {last} after epoch {start_epoch}")
+        if is_main:
+            print(f"resuming {last} after epoch {start_epoch}")
 
     def checkpoint(epoch: int) -> dict:
         # The student's state dict only: the teacher is never saved, the adapters apart.
