@@ -1,69 +1,103 @@
 """Size and speed, side by side in one process: the student, FCN-ResNet50 (the teacher) and
-torchvision's LR-ASPP MobileNetV3-Large (the reference compact model), plus the cost of one
-training step in each --kd mode.
+torchvision's LR-ASPP MobileNetV3-Large (the reference compact model), each as deployed
+(eager PyTorch, eager channels_last, ONNX Runtime fp32 and, with --int8, int8), plus the
+cost of one training step in each --kd mode.
 
-    python benchmark.py --device cpu      # writes outputs/benchmark.json
+    python benchmark.py --device cpu              # writes outputs/benchmark.json (~2 min here)
+    python benchmark.py --device cpu --int8       # + int8 ONNX rows
     python benchmark.py --device cuda
 
 Random weights (speed does not depend on their values): no dataset and no download needed.
-ms/image: batch 1, median of --runs after warm-up, CUDA synchronised; the models (and the
-KD modes' training steps) take turns, round after round, so machine noise hits all alike.
-GFLOPs: counted by torch.utils.flop_counter.FlopCounterMode (2 per multiply-add of
-convolutions and matrix products; normalisation, activations and resizing are not counted).
+ms/image: batch 1, median of --runs after warm-up, CUDA synchronised; every row takes its turn
+in each round (interleaved), so machine noise hits all alike. "vs student" is a row's time
+over the eager student's. ONNX rows run on ONNX Runtime's CPU provider (the teacher has none:
+at ~2 s a pass on a CPU it would only lengthen the run). GFLOPs: counted by
+torch.utils.flop_counter.FlopCounterMode (2 per multiply-add of convolutions and matrix
+products). MB: the state dict as torch.save writes it, or the .onnx file.
 """
 
 import argparse
+import copy
 import datetime
+import io
+import tempfile
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
-from distill import KD_MODES, build_adapters, training_loss
-from metrics import (
-    NUM_CLASSES,
-    add_device_arg,
-    count_params,
+from cli import (
+    add_device,
+    check_output,
     device_name,
-    median_ms,
-    ms_per_image,
-    positive_int,
+    number,
+    parser,
+    resolve_device,
+    run,
     write_json,
 )
-from model import build_student, build_teacher, resolve_device
+from dataset import NUM_CLASSES
+from distill import KD_MODES, KDConfig, Trainee, teacher_outputs
+from export import OnnxModel, export_onnx, quantize_int8
+from metrics import median_ms, model_logits
+from model import TEACHER_RESIZE, build_student, build_teacher, count_params
+from train import build_optimizer
+from train import parse_args as train_args
+
+STUDENT, TEACHER, LRASPP = "student", "FCN-ResNet50 (teacher)", "LR-ASPP MobileNetV3-Large"
+CALIBRATION_IMAGES = 8  # random inputs: enough for timing an int8 model, not for its accuracy
 
 
 def parse_args(argv: list | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    add_device_arg(p)
+    p = parser(__doc__)
+    add_device(p)
     p.add_argument(
         "--size",
-        type=positive_int,
-        default=520,
-        help="side of the square inference input (default: 520)",
+        type=number(int, 32, 4096),
+        default=TEACHER_RESIZE,
+        help="side of the square inference input",
     )
     p.add_argument(
         "--runs",
-        type=positive_int,
-        default=20,
-        help="timed runs per measurement, the median is kept (default: 20)",
+        type=number(int, 1, 10_000),
+        default=10,
+        help="timed runs per measurement, the median is kept",
     )
     p.add_argument(
         "--batch-size",
-        type=positive_int,
+        type=number(int, 1, 256),
         default=8,
-        help="batch of the timed training steps (default: 8)",
+        help="batch of the timed training steps",
     )
     p.add_argument(
         "--crop-size",
-        type=positive_int,
+        type=number(int, 32, 4096),
         default=320,
-        help="crop of the timed training steps (default: 320)",
+        help="crop of the timed training steps",
     )
-    p.add_argument("--out", default="outputs", help="folder for benchmark.json (default: outputs)")
+    p.add_argument("--int8", action="store_true", help="add statically quantised ONNX rows")
+    p.add_argument(
+        "--no-onnx",
+        dest="onnx",
+        action="store_false",
+        help="eager rows only (no export: a quicker run)",
+    )
+    p.add_argument("--out-dir", default="outputs", help="folder for benchmark.json")
     return p.parse_args(argv)
+
+
+class Logits(torch.nn.Module):
+    """torchvision's segmentation models return {"out": logits}; the exporter wants a tensor."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return model_logits(self.model, x)
 
 
 def gflops(model: torch.nn.Module, size: int, device: torch.device) -> float:
@@ -74,74 +108,123 @@ def gflops(model: torch.nn.Module, size: int, device: torch.device) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def training_step(loss_fn, student: torch.nn.Module, optimizer, batch: tuple, device):
-    """A function doing one forward + backward + optimizer step on a fixed batch."""
+def state_dict_mb(model: torch.nn.Module) -> float:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell() / 1e6
 
-    def step() -> None:
-        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-            loss, _ = loss_fn(student.train(), *batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
 
-    return step
+def deployed_variants(models: dict, args, device: torch.device, work: Path) -> dict:
+    """{(model, runtime): (callable on a 1 x 3 x H x W tensor, MB)}, one per row."""
+    variants = {}
+    for name, model in models.items():
+        mb = state_dict_mb(model)
+        variants[name, "eager"] = (model.eval(), mb)
+        fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        variants[name, "eager channels_last"] = (fast.eval(), mb)
+        if not args.onnx or name == TEACHER:
+            continue
+        path = work / f"{name.split()[0]}.onnx"
+        export_onnx(Logits(model).eval(), path, {"model": name})
+        variants[name, "onnxruntime fp32"] = (OnnxModel(path), path.stat().st_size / 1e6)
+        if args.int8:
+            calibration = [
+                np.random.randn(1, 3, args.size, args.size).astype(np.float32)
+                for _ in range(CALIBRATION_IMAGES)
+            ]
+            int8 = work / f"{name.split()[0]}_int8.onnx"
+            quantize_int8(path, int8, calibration)
+            variants[name, "onnxruntime int8"] = (OnnxModel(int8), int8.stat().st_size / 1e6)
+    return variants
+
+
+@torch.inference_mode()
+def inference_rows(models: dict, args, device: torch.device) -> list:
+    """One row per (model, runtime): parameters, GFLOPs, ms/image, time vs the eager
+    student, MB; all timed together, interleaved."""
+    with tempfile.TemporaryDirectory() as work:
+        variants = deployed_variants(models, args, device, Path(work))
+        x = torch.randn(1, 3, args.size, args.size, device=device)
+        fns = {key: partial(model_logits, fn, x) for key, (fn, _) in variants.items()}
+        print(f"timing {len(fns)} rows at {args.size}x{args.size} ...", flush=True)
+        times = median_ms(fns, device, args.runs)
+    flops = {name: gflops(model, args.size, device) for name, model in models.items()}
+    return [
+        {
+            "model": name,
+            "runtime": runtime,
+            "params": count_params(models[name]),
+            "gflops": flops[name],
+            "ms_per_image": times[name, runtime],
+            "times_student": times[name, runtime] / times[STUDENT, "eager"],
+            "mb": mb,
+        }
+        for (name, runtime), (_, mb) in variants.items()
+    ]
+
+
+def training_step_rows(student: torch.nn.Module, teacher, args, device: torch.device) -> list:
+    """ms of one forward + backward + optimizer step in each --kd mode, on a fixed batch, the
+    modes interleaved; the optimizer is train.py's own (its defaults)."""
+    images = torch.randn(args.batch_size, 3, args.crop_size, args.crop_size, device=device)
+    masks = torch.randint(0, NUM_CLASSES, images[:, 0].shape, device=device)
+    steps = {}
+    for kd in KD_MODES:
+        trainee = Trainee(student, KDConfig(kd)).to(device).train()
+        optimizer = build_optimizer(train_args([]), trainee.parameters())
+        steps[kd] = partial(
+            training_step,
+            trainee,
+            teacher if kd != "none" else None,
+            optimizer,
+            images,
+            masks,
+            device,
+        )
+    ms = median_ms(steps, device, args.runs, warmup=1)
+    return [
+        {"kd": kd, "ms_per_step": t, "overhead_vs_none": t / ms["none"] - 1} for kd, t in ms.items()
+    ]
+
+
+def training_step(trainee, teacher, optimizer, images, masks, device: torch.device) -> None:
+    with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        loss, _ = trainee(images, masks, teacher_outputs(teacher, images))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def format_table(result: dict) -> str:
     lines = [
         f"inference: batch 1, {result['size']}x{result['size']}, {result['device_name']}",
-        f"{'model':28s} {'params':>12s} {'GFLOPs':>8s} {'ms/image':>9s} {'vs student':>10s}",
+        f"{'model':26s} {'runtime':20s} {'params':>10s} {'GFLOPs':>7s} {'ms/image':>9s} "
+        f"{'vs student':>10s} {'MB':>6s}",
     ]
-    for row in result["models"]:
+    for r in result["models"]:
         lines.append(
-            f"{row['model']:28s} {row['params']:>12,d} {row['gflops']:>8.2f} "
-            f"{row['ms_per_image']:>9.1f} {row['times_student']:>9.1f}x"
+            f"{r['model']:26s} {r['runtime']:20s} {r['params']:>10,d} {r['gflops']:>7.2f} "
+            f"{r['ms_per_image']:>9.1f} {r['times_student']:>9.2f}x {r['mb']:>6.2f}"
         )
     lines.append(f"training step: batch {result['batch_size']}, crop {result['crop_size']}")
-    for row in result["train_steps"]:
+    for r in result["train_steps"]:
         lines.append(
-            f"  --kd {row['kd']:9s} {row['ms_per_step']:>9.1f} ms  "
-            f"(+{row['overhead_vs_none']:.0%} over none)"
+            f"  --kd {r['kd']:9s} {r['ms_per_step']:>9.1f} ms  "
+            f"(+{r['overhead_vs_none']:.0%} over none)"
         )
     return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> None:
+    out = check_output(args.out_dir, folder=True) / "benchmark.json"
     device = resolve_device(args.device)
     torch.manual_seed(0)
     student = build_student().to(device)
     teacher = build_teacher("none").to(device)
-    models = {
-        "student": student,
-        "FCN-ResNet50 (teacher)": teacher,
-        "LR-ASPP MobileNetV3-Large": lraspp_mobilenet_v3_large(
-            weights=None, weights_backbone=None, num_classes=NUM_CLASSES
-        ).to(device),
-    }
-    print(f"timing inference at {args.size}x{args.size} ...", flush=True)
-    times = ms_per_image(models, device, args.size, args.runs)
-    rows = [
-        {"model": name, "params": count_params(model), "gflops": gflops(model, args.size, device),
-         "ms_per_image": times[name], "times_student": times[name] / times["student"]}
-        for name, model in models.items()
-    ]  # fmt: skip
-
-    print(f"timing training steps, batch {args.batch_size}, crop {args.crop_size} ...", flush=True)
-    images = torch.randn(args.batch_size, 3, args.crop_size, args.crop_size, device=device)
-    masks = torch.randint(0, NUM_CLASSES, images[:, 0].shape, device=device)
-    step_fns = {}
-    for kd in KD_MODES:
-        adapters = build_adapters().to(device) if kd in ("feature", "both") else None
-        params = [*student.parameters(), *(adapters.parameters() if adapters else [])]
-        optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
-        loss_fn = partial(training_loss, kd=kd, teacher=teacher, adapters=adapters)
-        step_fns[kd] = training_step(loss_fn, student, optimizer, (images, masks), device)
-    step_ms = median_ms(step_fns, device, args.runs, warmup=1)
-    steps = [
-        {"kd": kd, "ms_per_step": ms, "overhead_vs_none": ms / step_ms["none"] - 1}
-        for kd, ms in step_ms.items()
-    ]
-
+    lraspp = lraspp_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=NUM_CLASSES
+    ).to(device)
+    models = {STUDENT: student, TEACHER: teacher, LRASPP: Logits(lraspp)}
     result = {
         "size": args.size,
         "runs": args.runs,
@@ -151,13 +234,14 @@ def main(args: argparse.Namespace) -> None:
         "device_name": device_name(device),
         "torch": torch.__version__,
         "date": datetime.date.today().isoformat(),
-        "models": rows,
-        "train_steps": steps,
+        "models": inference_rows(models, args, device),
     }
+    print(f"timing training steps, batch {args.batch_size}, crop {args.crop_size} ...", flush=True)
+    result["train_steps"] = training_step_rows(student, teacher, args, device)
     print(format_table(result))
-    write_json(result, Path(args.out) / "benchmark.json")
-    print(f"wrote {Path(args.out) / 'benchmark.json'}")
+    write_json(result, out)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run(main, parse_args)

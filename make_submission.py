@@ -5,14 +5,19 @@
     python make_submission.py 12345678 --strict     # refuse when a deliverable is missing
 
 Packs the code (root *.py, tests/), train.txt, test.txt, README.md, requirements.txt, the
-trained weights (weights/student_<kd>.pth; the *_last.pth resume files are left out) and all
-of outputs/ (plots, overlays, tables, report). Only those are taken, so the dataset, caches
+trained weights (weights/student_<kd>.pth and any exported .onnx; the *_last.pth resume files
+are left out) and outputs/ (plots, overlays, tables, report), but not your own photos'
+results (outputs/photos/) unless --with-photos. Links, caches and hidden files are never
+packed; SYNTHETIC results get a warning. Only those are taken, so the dataset, caches
 and version-control folders never enter the zip.
 """
 
 import argparse
+import json
 import zipfile
 from pathlib import Path
+
+from cli import UserError, atomic_path, parser, run
 
 TOP_FILES = ("train.txt", "test.txt", "README.md", "requirements.txt", "pyproject.toml")
 # What the lab asks for; a missing one is a warning, or an error with --strict.
@@ -23,60 +28,91 @@ REQUIRED = (
     "outputs/student_none_curves.png",
     "outputs/kd_comparison.md",
 )
+MAX_DIGITS = 20  # longer than any student number, short enough for a file name
+PHOTOS = "outputs/photos"  # where test.py --images writes
 
 
 def parse_args(argv: list | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("students", nargs="+", metavar="STUDENT_NUMBER", help="one or two numbers")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a deliverable is missing")
+    p.add_argument("--root", default=".", help="repository root to pack, also where the zip goes")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing zip")
     p.add_argument(
-        "--strict", action="store_true", help="exit 1 when a deliverable is missing (default: off)"
-    )
-    p.add_argument(
-        "--root", default=".", help="repository root to pack, also where the zip goes (default: .)"
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace an existing zip (default: off)"
+        "--with-photos", action="store_true", help=f"also pack your own photos' results ({PHOTOS}/)"
     )
     args = p.parse_args(argv)
     if len(args.students) > 2:
         p.error("at most two student numbers (you and your partner)")
+    if len(set(args.students)) < len(args.students):
+        p.error("the same student number twice")
     for number in args.students:
-        if not (number.isascii() and number.isdigit()):
-            p.error(f"student number {number!r} must be digits only, e.g. 12345678")
+        if not (number.isascii() and number.isdigit() and len(number) <= MAX_DIGITS):
+            p.error(
+                f"student number {number[:30]!r} must be 1 to {MAX_DIGITS} digits, e.g. 12345678"
+            )
     return args
 
 
-def submission_files(root: Path) -> list:
-    """Paths relative to root, sorted, of everything the zip holds."""
-    files = [p for p in root.glob("*.py")]
-    files += [root / name for name in TOP_FILES if (root / name).is_file()]
-    files += [p for p in (root / "tests").rglob("*.py") if "__pycache__" not in p.parts]
+def packable(path: Path, root: Path) -> bool:
+    """A regular file, neither a link nor inside one, no cache, nothing hidden ('.name')."""
+    parts = path.relative_to(root).parts
+    if any(p.startswith(".") or p == "__pycache__" for p in parts):
+        return False
+    linked = any(root.joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts) + 1))
+    return not linked and path.is_file() and path.suffix != ".pyc"
+
+
+def submission_files(root: Path, with_photos: bool = False) -> list:
+    """Paths relative to root, sorted, of everything the zip holds. Links are never followed."""
+    files = list(root.glob("*.py"))
+    files += [root / name for name in TOP_FILES]
+    files += (root / "tests").rglob("*.py")
     files += [p for p in (root / "weights").glob("student_*.pth") if not p.stem.endswith("_last")]
-    files += [p for p in (root / "outputs").rglob("*") if p.is_file()]
-    return sorted(p.relative_to(root) for p in files)
+    files += (root / "weights").glob("student_*.onnx")
+    files += (root / "outputs").rglob("*")
+    if not with_photos:
+        files = [p for p in files if not p.is_relative_to(root / PHOTOS)]
+    for link in sorted({p for p in files if p.is_symlink()}):
+        print(f"warning: skipped {link.relative_to(root)}: a symbolic link (never followed)")
+    return sorted({p.relative_to(root) for p in files if packable(p, root)})
+
+
+def synthetic_results(root: Path, files: list) -> list:
+    """The packed JSON results that say they were measured on SYNTHETIC data."""
+    found = []
+    for path in (f for f in files if f.suffix == ".json"):
+        try:
+            if json.loads((root / path).read_text()).get("synthetic"):
+                found.append(path)
+        except (OSError, ValueError, AttributeError):
+            continue
+    return found
 
 
 def main(args: argparse.Namespace) -> None:
     root = Path(args.root)
+    if not root.is_dir():
+        raise UserError(f"--root {root} is not a folder")
     zip_path = root / ("_".join(args.students) + ".zip")
-    missing = [name for name in REQUIRED if not (root / name).exists()]
+    missing = [name for name in REQUIRED if not (root / name).is_file()]
     for name in missing:
         print(f"warning: missing {name}")
     if missing and args.strict:
-        raise SystemExit(
-            f"error: {len(missing)} deliverable(s) missing; nothing written (--strict)"
-        )
+        raise UserError(f"{len(missing)} deliverable(s) missing; nothing written (--strict)")
     if zip_path.exists() and not args.overwrite:
-        raise SystemExit(f"error: {zip_path} already exists; use --overwrite to replace it")
-    files = submission_files(root)
-    tmp = zip_path.with_name(zip_path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        raise UserError(f"{zip_path} already exists; use --overwrite to replace it")
+    files = submission_files(root, args.with_photos)
+    if (root / PHOTOS).exists() and not args.with_photos:
+        print(f"note: {PHOTOS}/ (your own photos) is left out; --with-photos packs it")
+    for path in synthetic_results(root, files):
+        print(f"warning: {path} holds SYNTHETIC results, not VOC ones")
+    with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in files:
             zf.write(root / path, path.as_posix())
             print(f"  {path.as_posix():60s} {(root / path).stat().st_size / 1024:10.1f} KiB")
-    tmp.replace(zip_path)
     print(f"wrote {zip_path}: {len(files)} files, {zip_path.stat().st_size / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run(main, parse_args)

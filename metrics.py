@@ -6,15 +6,11 @@ mIoU is computed from one confusion matrix accumulated over the whole split (the
 protocol), not as a mean of per-image scores.
 """
 
-import argparse
 import datetime
-import json
 import math
-import platform
 import statistics
 import time
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -22,13 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
-NUM_CLASSES = len(VOC_CLASSES)
-IGNORE_INDEX = 255
+from cli import device_name
+from dataset import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES
+from model import count_params
 
 
 class ConfusionMatrix:
@@ -87,10 +79,6 @@ def format_iou_table(iou: list, class_names: tuple = VOC_CLASSES) -> str:
     for name, value in zip(class_names, iou):
         lines.append(f"{name:<{width}}  {'-' if math.isnan(value) else f'{100 * value:6.2f}'}")
     return "\n".join(lines)
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 @torch.inference_mode()
@@ -169,33 +157,21 @@ def median_ms(fns: dict, device: torch.device, runs: int = 20, warmup: int = 3) 
 
 
 @torch.inference_mode()
-def ms_per_image(models: dict, device: torch.device, size: int = 520, runs: int = 20) -> dict:
+def ms_per_image(models: dict, device: torch.device, size: int, runs: int) -> dict:
     """{name: median ms of one forward pass on a 1 x 3 x size x size input} (batch 1)."""
     x = torch.randn(1, 3, size, size, device=device)
     return median_ms({name: partial(model_logits, m.eval(), x) for name, m in models.items()},
                      device, runs)  # fmt: skip
 
 
-def device_name(device: torch.device) -> str:
-    """The GPU's or the CPU's model name, for saying where a time was measured."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        return f"{names[0]} ({torch.get_num_threads()} threads)"
-    except (OSError, IndexError):
-        return platform.processor() or platform.machine()
-
-
 def measure(
-    model: nn.Module, loader, device: torch.device, size: int = 520, runs: int = 20
+    model: nn.Module, loader, device: torch.device, size: int, runs: int, params: int | None = None
 ) -> dict:
-    """evaluate() plus everything the report needs next to the mIoU: parameters, ms/image on a
-    1 x 3 x size x size input, the device, torch's version and the date."""
+    """evaluate() plus everything the report needs next to the mIoU: parameters (counted, unless
+    given), ms/image on a 1 x 3 x size x size input, the device, torch's version and the date."""
     result = evaluate(model, loader, device)
     result.update(
-        params=count_params(model),
+        params=params if params is not None else count_params(model),
         ms_per_image=ms_per_image({"model": model}, device, size, runs)["model"],
         input_size=size,
         device=str(device),
@@ -220,76 +196,3 @@ def format_report(result: dict, title: str) -> str:
         f"ms/image        {result['ms_per_image']:.1f}  (batch 1, {result['input_size']}x"
         f"{result['input_size']}, {result['device_name']})",
     ])  # fmt: skip
-
-
-def write_json(obj: dict, path: str | Path) -> None:
-    """JSON with NaN written as null (NaN is not JSON)."""
-
-    def clean(x):
-        if isinstance(x, float) and math.isnan(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        return [clean(v) for v in x] if isinstance(x, (list, tuple)) else x
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(clean(obj), indent=2) + "\n")
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def number(kind: type = int, minimum: float = 0, strict: bool = False):
-    """An argparse type: a `kind` at least `minimum` (above it with strict), else a clear
-    "argument --x: must be ..." error."""
-
-    def parse(text: str):
-        value = kind(text)
-        if value < minimum or (strict and value == minimum):
-            bound = "above" if strict else "at least"
-            raise argparse.ArgumentTypeError(f"must be {bound} {minimum}, not {value}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value" errors
-    return parse
-
-
-positive_int, non_negative_int = number(int, 1), number(int, 0)
-positive_float, non_negative_float = number(float, 0, strict=True), number(float, 0)
-
-
-def add_device_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)"
-    )
-
-
-def add_eval_args(p: argparse.ArgumentParser) -> None:
-    """The flags test_pretrained.py and test.py share."""
-    p.add_argument("--data-root", default="data", help="folder holding VOCdevkit/ (default: data)")
-    p.add_argument("--split", default="val", choices=("train", "val"), help="(default: val)")
-    add_device_arg(p)
-    p.add_argument(
-        "--limit", type=positive_int, metavar="N", help="the first N images only (default: all)"
-    )
-    p.add_argument(
-        "--num-workers",
-        type=non_negative_int,
-        default=2,
-        help="data loading processes (default: 2)",
-    )
-    p.add_argument(
-        "--size",
-        type=positive_int,
-        default=520,
-        help="side of the square input timed for ms/image (default: 520)",
-    )
-    p.add_argument("--runs", type=positive_int, default=20, help="timed passes (default: 20)")
-    p.add_argument(
-        "--num-overlays",
-        type=non_negative_int,
-        default=3,
-        help="best and worst overlays, each (default: 3)",
-    )
-    p.add_argument("--out", default="outputs", help="folder for JSON and images (default: outputs)")

@@ -8,7 +8,7 @@ The student follows DeepLabV3+ (Chen et al., 2018) on a MobileNetV3-Small encode
 al., 2019); its layout is in the docstring of `Student`.
 """
 
-import os
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -17,7 +17,8 @@ from torch import nn
 from torchvision.models import MobileNet_V3_Small_Weights, mobilenet_v3_small
 from torchvision.models.segmentation import FCN_ResNet50_Weights, fcn_resnet50
 
-from metrics import NUM_CLASSES, count_params
+from cli import UserError, atomic_path
+from dataset import NUM_CLASSES
 
 # name: (channels, stride) as measured on torchvision's MobileNetV3-Small with dilated=True.
 STUDENT_TAPS = {"low": (16, 4), "mid": (24, 8), "high": (96, 16)}
@@ -25,6 +26,22 @@ STUDENT_TAPS = {"low": (16, 4), "mid": (24, 8), "high": (96, 16)}
 TEACHER_TAPS = {"low": ("layer1", 256, 4), "mid": ("layer2", 512, 8), "high": ("layer4", 2048, 8)}
 TEACHER_WEIGHTS = FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1
 TEACHER_RESIZE = 520  # shorter side that TEACHER_WEIGHTS.transforms() resizes images to
+# torchvision's MobileNetV3 sets BatchNorm momentum 0.01 (TensorFlow's 0.99 decay): its running
+# statistics then trail a fresh head by hundreds of steps, and a short run evaluates (eval mode)
+# with statistics of its first steps. 0.1, PyTorch's default, tracks within a few dozen steps.
+BN_MOMENTUM = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentConfig:
+    """The student's widths, written once (see Student)."""
+
+    num_classes: int = NUM_CLASSES
+    aspp_channels: int = 128  # the ASPP's output, at stride 16
+    skip_channels: int = 32  # the stride-4 skip, projected from `low`'s 16 channels
+    decoder_channels: int = 64  # the decoder at stride 4, where the largest maps are
+    rates: tuple = (6, 12, 18)  # ASPP dilation rates (DeepLabV3, output stride 16)
+    dropout: float = 0.5
 
 
 def conv_bn_relu(
@@ -47,7 +64,7 @@ def separable(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: N x cin x h x w -> N x cout x h x w."""
 
-    def __init__(self, cin: int, cout: int, rates: tuple = (6, 12, 18)):
+    def __init__(self, cin: int, cout: int, rates: tuple):
         super().__init__()
         self.branches = nn.ModuleList([conv_bn_relu(cin, cout)])
         self.branches.extend(separable(cin, cout, rate) for rate in rates)
@@ -78,19 +95,30 @@ class Student(nn.Module):
     and a test checks them with a real forward pass.
     """
 
-    def __init__(self, num_classes: int = NUM_CLASSES, encoder: nn.Sequential | None = None):
+    def __init__(
+        self, config: StudentConfig = StudentConfig(), encoder: nn.Sequential | None = None
+    ):
         super().__init__()
         encoder = encoder if encoder is not None else mobilenet_v3_small(dilated=True).features
         self.low, self.mid = encoder[0:2], encoder[2:4]
         # encoder[12], the 96 -> 576 expansion, exists for ImageNet's classifier; the ASPP's own
         # 1x1 convolutions do that job here, for 56 k fewer parameters.
         self.high = encoder[4:12]
-        self.aspp = ASPP(STUDENT_TAPS["high"][0], 128)
-        self.skip = conv_bn_relu(STUDENT_TAPS["low"][0], 32)
+        c = config
+        self.aspp = ASPP(STUDENT_TAPS["high"][0], c.aspp_channels, c.rates)
+        self.skip = conv_bn_relu(STUDENT_TAPS["low"][0], c.skip_channels)
         # Stride 4 holds the largest maps of the head: reducing 160 -> 64 channels with a 1x1
         # before the only 3x3 keeps the depthwise work there small (it dominated CPU time).
-        self.decoder = nn.Sequential(conv_bn_relu(128 + 32, 64), separable(64, 64))
-        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(64, num_classes, 1))
+        self.decoder = nn.Sequential(
+            conv_bn_relu(c.aspp_channels + c.skip_channels, c.decoder_channels),
+            separable(c.decoder_channels, c.decoder_channels),
+        )
+        self.classifier = nn.Sequential(
+            nn.Dropout(c.dropout), nn.Conv2d(c.decoder_channels, c.num_classes, 1)
+        )
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = BN_MOMENTUM
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         """x: N x 3 x H x W (any H, W) -> logits N x num_classes x H x W, and with
@@ -106,18 +134,19 @@ class Student(nn.Module):
         return (logits, {"low": low, "mid": mid, "high": high}) if return_features else logits
 
 
-def torchvision_download(builder, weights, flag_hint: str, **kwargs) -> nn.Module:
-    """builder(weights=weights) with a one-line error instead of a traceback when offline."""
+def torchvision_download(builder, weights, alternative: str, **kwargs) -> nn.Module:
+    """builder(weights=weights), with a UserError naming `alternative` when offline."""
     try:
         return builder(weights=weights, **kwargs)
     except OSError as e:  # urllib's URLError, refused connections and timeouts are OSErrors
-        raise SystemExit(
-            f"error: could not download torchvision weights {weights} ({e}); "
-            f"offline, use {flag_hint}"
+        raise UserError(
+            f"could not download torchvision weights {weights} ({e}); offline, {alternative}"
         ) from None
 
 
-def build_student(num_classes: int = NUM_CLASSES, pretrained_backbone: bool = False) -> Student:
+def build_student(
+    config: StudentConfig = StudentConfig(), pretrained_backbone: bool = False
+) -> Student:
     """The student; pretrained_backbone loads torchvision's ImageNet MobileNetV3-Small weights
     (downloaded to the torch hub cache on first use)."""
     encoder = None
@@ -125,13 +154,13 @@ def build_student(num_classes: int = NUM_CLASSES, pretrained_backbone: bool = Fa
         encoder = torchvision_download(
             mobilenet_v3_small,
             MobileNet_V3_Small_Weights.IMAGENET1K_V1,
-            "--no-pretrained-backbone",
+            "train without them (no pretrained backbone)",
             dilated=True,
         ).features
-    return Student(num_classes, encoder)
+    return Student(config, encoder)
 
 
-def build_teacher(weights: str = "default", flag: str = "--weights") -> nn.Module:
+def build_teacher(weights: str = "default") -> nn.Module:
     """torchvision's FCN-ResNet50, frozen: eval mode, no gradients, no auxiliary head.
 
     weights: "default" (COCO_WITH_VOC_LABELS_V1, downloaded to the torch hub cache), a path to
@@ -140,7 +169,9 @@ def build_teacher(weights: str = "default", flag: str = "--weights") -> nn.Modul
     time at inference and its 2.4 M parameters would inflate the count.
     """
     if weights == "default":
-        model = torchvision_download(fcn_resnet50, TEACHER_WEIGHTS, f"{flag} PATH or {flag} none")
+        model = torchvision_download(
+            fcn_resnet50, TEACHER_WEIGHTS, "give the path of a local state dict, or none"
+        )
         model.aux_classifier = None
     else:
         model = fcn_resnet50(
@@ -149,10 +180,7 @@ def build_teacher(weights: str = "default", flag: str = "--weights") -> nn.Modul
         if weights != "none":
             state = load_file(weights, "teacher weights")
             state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
-            try:
-                model.load_state_dict(state)
-            except RuntimeError:
-                raise SystemExit(f"error: {weights} is not an FCN-ResNet50 state dict") from None
+            load_state(model, state, f"{weights} as an FCN-ResNet50 state dict")
     return model.eval().requires_grad_(False)
 
 
@@ -176,58 +204,67 @@ def teacher_features(teacher: nn.Module, x: torch.Tensor) -> tuple:
 
 
 def load_file(path: str | Path, what: str) -> dict:
-    """torch.load(weights_only=True) with a one-line error for a missing or unreadable file."""
-    if not Path(path).is_file():
-        raise SystemExit(f"error: {what} {path} does not exist")
+    """torch.load(weights_only=True), so a checkpoint can never run code, with a UserError for
+    a missing, unreadable or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"{what} {path} {'is not a regular file' if path.exists() else 'does not exist'}"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and unpickler errors have no common base class
-        raise SystemExit(
-            f"error: cannot read {what} {path}: corrupt or not a PyTorch file ({type(e).__name__})"
+        raise UserError(
+            f"cannot read {what} {path}: corrupt or not a PyTorch file ({type(e).__name__})"
         ) from None
     if not isinstance(obj, dict):
-        raise SystemExit(f"error: {what} {path} holds a {type(obj).__name__}, not a dict")
+        raise UserError(f"{what} {path} holds a {type(obj).__name__}, not a dict")
     return obj
 
 
 def save_file(obj: dict, path: str | Path) -> None:
-    """torch.save to a temporary file then rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through cli.atomic_path: a crash never leaves half a checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def non_finite(state: dict) -> list:
+    """Names of the floating-point tensors of a state dict holding a NaN or an infinity."""
+    floats = {k: v for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()}
+    return [k for k, v in floats.items() if not torch.isfinite(v).all()]
+
+
+def load_state(model: nn.Module, state: dict, what: str) -> None:
+    """model.load_state_dict(state), strict, refusing non-finite weights; a UserError keeps
+    PyTorch's lists of missing and unexpected keys, the detail needed after changing a model."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = "; ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
+        raise UserError(f"{what} does not fit: a different architecture ({detail[:600]})") from None
+    bad = non_finite(state)
+    if bad:
+        raise UserError(
+            f"{what} holds NaN or infinite values in {len(bad)} tensor(s), first "
+            f"{bad[0]}: the run that wrote it diverged"
+        )
 
 
 def load_student(path: str | Path) -> tuple:
     """(student in eval mode, checkpoint dict) from a checkpoint written by train.py."""
     ckpt = load_file(path, "checkpoint")
     if not isinstance(ckpt.get("model"), dict):
-        raise SystemExit(f"error: {path} is not a checkpoint of train.py (no 'model' entry)")
+        raise UserError(f"{path} is not a checkpoint of train.py (no 'model' entry)")
     student = build_student()
-    try:
-        student.load_state_dict(ckpt["model"])
-    except RuntimeError:
-        raise SystemExit(
-            f"error: {path} holds a different architecture than model.py's student"
-        ) from None
+    load_state(student, ckpt["model"], f"checkpoint {path}")
     return student.eval(), ckpt
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """--device value -> torch.device; None means cuda when available, else cpu."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SystemExit(f"error: unknown device {name!r} (try cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda asked for, but PyTorch sees no CUDA GPU here")
-    return device
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
-def describe_layers(model: Student, size: int = 520) -> list:
+def describe_layers(model: Student, size: int = TEACHER_RESIZE) -> list:
     """[(name, module type, output shape C x H x W, parameters)] for each part of the student,
     each MobileNetV3 block of the encoder on its own row, measured on a 1 x 3 x size x size
     input."""
@@ -252,7 +289,7 @@ def describe_layers(model: Student, size: int = 520) -> list:
     return rows
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # no flags, no errors to print: a plain script
     student = build_student()
     for name, kind, shape, params in describe_layers(student):
         print(f"{name:14s} {kind:22s} {str(shape):18s} {params:>9,d}")

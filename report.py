@@ -20,10 +20,12 @@ import torch
 
 import distill
 import model
-from distill import KD_LABELS
-from metrics import VOC_CLASSES, count_params
-from model import build_student, describe_layers, load_file
+from cli import UserError, check_output, parser, run, write_text
+from dataset import VOC_CLASSES
+from distill import KD_MODES
+from model import build_student, count_params, describe_layers, load_file
 from test_pretrained import RESULT_NAME as STEP1_JSON
+from train import last_path
 
 HYPER_PARAMETERS = (
     "train_set",
@@ -46,39 +48,58 @@ HYPER_PARAMETERS = (
 
 
 def parse_args(argv: list | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = parser(__doc__)
     p.add_argument(
-        "--outputs",
-        default="outputs",
-        help="folder the runs wrote to, and where report.md goes (default: outputs)",
+        "--out-dir", default="outputs", help="folder the runs wrote to, and where report.md goes"
     )
-    p.add_argument(
-        "--weights", default="weights", help="folder of the trained checkpoints (default: weights)"
-    )
+    p.add_argument("--weights-dir", default="weights", help="folder of the trained checkpoints")
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace an existing report.md, which you may have edited (default: refuse)",
+        help="replace an existing report.md, which you may have edited",
     )
     return p.parse_args(argv)
 
 
-def read_json(path: Path, missing: list) -> dict | None:
-    if path.exists():
-        return json.loads(path.read_text())
-    missing.append(f"`{path}`")
-    return None
+def read_json(path: Path, keys: set, missing: list) -> dict | None:
+    """The JSON object at `path` holding `keys`; else None, with the reason added to
+    `missing` (absent, unreadable, or not what a command of the lab writes)."""
+    if not path.exists():
+        missing.append(f"`{path}`")
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        missing.append(f"`{path}`: unreadable ({e})")
+        return None
+    if not isinstance(data, dict) or not keys <= set(data):
+        missing.append(
+            f"`{path}`: not what the lab's commands write (no {', '.join(sorted(keys))})"
+        )
+        return None
+    return data
 
 
 def read_runs(weights: Path, missing: list) -> dict:
-    """{kd: checkpoint dict} of the trained students found in weights/."""
+    """{kd: checkpoint dict} of the trained students found in weights/: the best checkpoint,
+    with the full history of its _last twin when there is one (the best one's history stops
+    at the best epoch)."""
     runs = {}
-    for kd in distill.KD_MODES:
+    for kd in KD_MODES:
         path = weights / f"student_{kd}.pth"
-        if path.exists():
-            runs[kd] = load_file(path, "checkpoint")
-        else:
+        if not path.exists():
             missing.append(f"`{path}` (python train.py --kd {kd})")
+            continue
+        try:
+            ckpt = load_file(path, "checkpoint")
+            if last_path(path).exists():
+                ckpt["history"] = load_file(last_path(path), "checkpoint")["history"]
+            if not isinstance(ckpt.get("args"), dict) or not ckpt.get("history"):
+                raise UserError(f"{path} has no training arguments or history")
+        except (UserError, KeyError) as e:
+            missing.append(f"`{path}`: unreadable ({e})")
+            continue
+        runs[kd] = ckpt
     return runs
 
 
@@ -187,17 +208,25 @@ def results_section(outputs: Path, bench: dict | None, missing: list) -> list:
         rows = [
             (
                 r["model"],
+                r.get("runtime", "eager"),
                 f"{r['params']:,d}",
                 f"{r['gflops']:.2f}",
                 f"{r['ms_per_image']:.1f}",
-                f"{r['times_student']:.1f}x",
+                f"{r['times_student']:.2f}x",
+                f"{r.get('mb', 0):.2f}",
             )
             for r in bench["models"]
         ]
-        lines += md_table(
-            ["model", "parameters", "GFLOPs", f"ms/image ({bench['size']}px)", "time vs student"],
-            rows,
-        ) + [""]
+        header = [
+            "model",
+            "runtime",
+            "parameters",
+            "GFLOPs",
+            f"ms/image ({bench['size']}px)",
+            "time vs eager student",
+            "MB",
+        ]
+        lines += md_table(header, rows) + [""]
         rows = [
             (f"--kd {r['kd']}", f"{r['ms_per_step']:.1f}", f"+{r['overhead_vs_none']:.0%}")
             for r in bench["train_steps"]
@@ -247,8 +276,8 @@ STUDENT_SECTIONS = [
 
 def build_report(outputs: Path, weights: Path) -> str:
     missing = []
-    step1 = read_json(outputs / STEP1_JSON, missing)
-    bench = read_json(outputs / "benchmark.json", missing)
+    step1 = read_json(outputs / STEP1_JSON, {"miou", "iou", "params", "ms_per_image"}, missing)
+    bench = read_json(outputs / "benchmark.json", {"models", "train_steps"}, missing)
     runs = read_runs(weights, missing)
     body = (
         step1_section(step1)
@@ -276,21 +305,21 @@ def build_report(outputs: Path, weights: Path) -> str:
     if missing:
         head += ["**Missing inputs** (the sections that need them are incomplete):", ""]
         head += [f"- {item}" for item in missing] + [""]
-    methods = ", ".join(KD_LABELS[kd] for kd in runs) or "none yet"
+    methods = ", ".join(KD_MODES[kd].label for kd in runs) or "none yet"
     head += [f"Trained runs found: {methods}.", ""]
     return "\n".join(head + body)
 
 
 def main(args: argparse.Namespace) -> None:
-    outputs = Path(args.outputs)
+    outputs = check_output(args.out_dir, folder=True)
     path = outputs / "report.md"
     if path.exists() and not args.overwrite:
-        raise SystemExit(f"error: {path} exists and may hold your own writing; move it away "
-                         "or pass --overwrite")  # fmt: skip
-    outputs.mkdir(parents=True, exist_ok=True)
-    path.write_text(build_report(outputs, Path(args.weights)))
+        raise UserError(
+            f"{path} exists and may hold your own writing; move it away or pass --overwrite"
+        )
+    write_text(build_report(outputs, Path(args.weights_dir)), path)
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run(main, parse_args)

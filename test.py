@@ -1,16 +1,20 @@
 """Step 3: evaluate trained students on VOC 2012 val, and compare the KD methods in one table.
 
     python test.py --checkpoint weights/student_none.pth
+    python test.py --checkpoint weights/student_none.onnx     # the same, through ONNX Runtime
     python test.py --compare weights/student_none.pth weights/student_response.pth \\
         weights/student_feature.pth weights/student_both.pth
     python test.py --checkpoint weights/student_response.pth --images photos/ me.jpg
 
 Prints the per-class IoU table, mIoU, parameters (the student's own: distillation adapters
-are not part of it) and ms/image (batch 1, after warm-up), writes <out>/test_<name>.json and
-the best and worst overlays under <out>/overlays/. --compare also writes
-<out>/kd_comparison.md and .json, with the teacher's row taken from Step 1's JSON when present.
+are not part of it) and ms/image (batch 1, after warm-up), writes <out-dir>/test_<name>.json
+and the best and worst overlays under <out-dir>/overlays/. --compare also writes
+<out-dir>/kd_comparison.md and .json, with the teacher's row taken from Step 1's JSON when
+present; its ms/image are timed together, interleaved, after every checkpoint is scored.
+A checkpoint that cannot be read is listed in the table's notes, and the rest still run.
 --images segments your own photos (files, or folders of .jpg/.png) without the dataset:
-<out>/<name>_mask.png (VOC colours) and <name>_overlay.png (blended, with a class legend).
+<out-dir>/photos/<name>_<ext>_mask.png (VOC colours, the photo's size and orientation) and
+<name>_<ext>_overlay.png (blended, with a class legend).
 """
 
 import argparse
@@ -18,124 +22,183 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image
-from torchvision.transforms.v2 import functional as TF
+from PIL import Image, ImageOps
 
-from dataset import (
-    OVERLAY_ALPHA,
-    colorize,
-    eval_loader,
-    is_synthetic,
-    legend,
-    normalize,
-    save_overlays,
-    side_by_side,
+from cli import (
+    UserError,
+    add_eval_args,
+    atomic_path,
+    check_output,
+    parser,
+    resolve_device,
+    run,
+    write_json,
+    write_text,
 )
-from distill import KD_LABELS
-from metrics import add_eval_args, format_report, measure, model_logits, write_json
-from model import load_student, resolve_device
+from dataset import eval_loader, is_synthetic, normalize
+from distill import KD_MODES
+from export import OnnxModel
+from metrics import format_report, measure, model_logits, ms_per_image
+from model import TEACHER_RESIZE, count_params, load_student
 from test_pretrained import RESULT_NAME as TEACHER_RESULT
+from visualize import colorize, photo_overlay, save_overlays
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MAX_PHOTO_SIDE = 1024  # own photos are segmented at most this large: bounded memory and time
+Image.MAX_IMAGE_PIXELS = 60_000_000  # above this (a 9000 x 6000 photo) PIL refuses: a bomb
 
 
 def parse_args(argv: list | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = parser(__doc__)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument(
-        "--checkpoint",
-        help="a student checkpoint written by train.py (this or --compare is required)",
+        "--checkpoint", help="a student checkpoint of train.py (.pth) or export.py (.onnx)"
     )
     what.add_argument(
         "--compare",
         nargs="+",
         metavar="CHECKPOINT",
-        help="several checkpoints: evaluate each and write the comparison table (default: off)",
+        help="several checkpoints: evaluate each and write the comparison table",
     )
     p.add_argument(
         "--images",
         nargs="+",
         metavar="PATH",
-        help="with --checkpoint: segment these photos or folders instead of a VOC split "
-        "(default: off)",
+        help="with --checkpoint: segment these photos or folders instead of a VOC split",
     )
-    add_eval_args(p)
+    add_eval_args(p, size=TEACHER_RESIZE)
     args = p.parse_args(argv)
     if args.images and not args.checkpoint:
         p.error("--images goes with --checkpoint")
     return args
 
 
-def evaluate_checkpoint(path: str, loader, device, args: argparse.Namespace) -> dict:
-    """Evaluate one checkpoint, print its report, write its JSON and overlays."""
-    student, ckpt = load_student(path)
-    student.to(device)
-    kd = ckpt.get("args", {}).get("kd", "?")
-    result = measure(student, loader, device, args.size, args.runs)
+def load_model(path: str, device: torch.device) -> tuple:
+    """(model ready for inference, {kd, epoch, synthetic, params}) of a .pth or .onnx file.
+    Eager models run channels_last on the CPU, which benchmark.py measures faster there."""
+    if Path(path).suffix == ".onnx":
+        model = OnnxModel(path, cuda=device.type == "cuda")
+        info = model.metadata
+    else:
+        model, ckpt = load_student(path)
+        model.to(device, memory_format=torch.channels_last if device.type == "cpu" else None)
+        info = {
+            "kd": ckpt.get("args", {}).get("kd", "?"),
+            "epoch": ckpt.get("epoch"),
+            "synthetic": bool(ckpt.get("synthetic")),
+            "params": count_params(model),
+        }
+    return model, info
+
+
+def evaluate_checkpoint(path: str, loaded: tuple, loader, device, args, runs: int) -> dict:
+    """Evaluate one loaded checkpoint (load_model), print its report, write its JSON and
+    overlays."""
+    model, info = loaded
+    synthetic = is_synthetic(args.data_root) or bool(info.get("synthetic"))
+    result = measure(model, loader, device, args.size, runs, info.get("params"))
     result.update(
         model="student",
-        kd=kd,
+        kd=info.get("kd", "?"),
         checkpoint=str(path),
-        epoch=ckpt.get("epoch"),
+        epoch=info.get("epoch"),
         split=args.split,
-        synthetic=is_synthetic(args.data_root) or bool(ckpt.get("synthetic")),
+        synthetic=synthetic,
+        runtime="onnxruntime" if isinstance(model, OnnxModel) else "pytorch",
     )
-    print(format_report(result, f"student {path} (--kd {kd})"))
-    name = Path(path).stem
-    out = Path(args.out)
+    print(format_report(result, f"student {path} (--kd {result['kd']}, {result['runtime']})"))
+    name = Path(path).stem + ("_onnx" if result["runtime"] == "onnxruntime" else "")
+    out = Path(args.out_dir)
     write_json(result, out / f"test_{name}.json")
-    save_overlays(
-        student,
+    print(f"wrote {out / f'test_{name}.json'}")
+    for p in save_overlays(
+        model,
         loader.dataset,
         result["per_image_miou"],
         args.num_overlays,
         out / "overlays",
         name,
         device,
-    )
+        synthetic,
+    ):
+        print(f"wrote {p}")
     return result
 
 
 def image_files(paths: list) -> list:
-    """The given files, and the .jpg/.jpeg/.png files in the given folders, sorted."""
+    """The given files, and the .jpg/.jpeg/.png files in the given folders, sorted; anything
+    that is not a regular file (a FIFO, a device, a broken link) is reported and skipped."""
     files = []
     for path in map(Path, paths):
-        if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            files.append(path)
+        found = (
+            sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if path.is_dir()
+            else [path]
+        )
+        for p in found:
+            if p.is_file():
+                files.append(p)
+            else:
+                print(
+                    f"skipped {p}: {'not a regular file' if p.exists() else 'no such file'}",
+                    file=sys.stderr,
+                )
     return files
 
 
-def segment_images(student: torch.nn.Module, paths: list, device, out: Path) -> int:
-    """Write <name>_mask.png and <name>_overlay.png (with a legend) for each image; report and
-    skip the unreadable ones. Returns how many were segmented."""
-    out.mkdir(parents=True, exist_ok=True)
+def read_photo(path: Path) -> Image.Image:
+    """An RGB photo turned as its EXIF orientation says (as viewers show it), or a UserError."""
+    try:
+        with Image.open(path) as image:
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+@torch.inference_mode()
+def predict_photo(model, image: Image.Image, device: torch.device) -> np.ndarray:
+    """Class ids at the photo's size; the network sees it scaled to at most MAX_PHOTO_SIDE."""
+    work = image.copy()
+    work.thumbnail((MAX_PHOTO_SIDE, MAX_PHOTO_SIDE))  # keeps the aspect ratio, never enlarges
+    x = normalize(torch.from_numpy(np.asarray(work)).permute(2, 0, 1))[None].to(device)
+    pred = model_logits(model.eval(), x).argmax(1)[0].to(torch.uint8).cpu().numpy()
+    return np.asarray(Image.fromarray(pred).resize(image.size, Image.NEAREST))
+
+
+def segment_images(model, paths: list, device, out: Path, synthetic: bool) -> int:
+    """Write <name>_<ext>_mask.png and _overlay.png for each photo (the extension in the name,
+    so that a.jpg and a.png never overwrite each other); report and skip unreadable ones.
+    Returns how many were segmented."""
     done = 0
     for path in image_files(paths):
         try:
-            image = Image.open(path).convert("RGB")
-        except (OSError, ValueError) as e:  # missing, unreadable or not an image
-            print(f"skipped {path}: {e}", file=sys.stderr)
+            image = read_photo(path)
+        except UserError as e:
+            print(f"skipped {e}", file=sys.stderr)
             continue
-        with torch.inference_mode():
-            x = normalize(TF.to_image(image))[None].to(device)
-            pred = model_logits(student.eval(), x).argmax(1)[0].cpu().numpy()
-        mask = colorize(pred)
-        mask.save(out / f"{path.stem}_mask.png")
-        blended = Image.blend(image, mask, OVERLAY_ALPHA)
-        side_by_side([blended, legend(sorted(set(pred.flat)))]).save(
-            out / f"{path.stem}_overlay.png"
-        )
-        print(f"{path} -> {out / path.stem}_{{mask,overlay}}.png")
+        pred = predict_photo(model, image, device)
+        stem = out / f"{path.stem}_{path.suffix.lstrip('.').lower()}"
+        with_mask, with_overlay = Path(f"{stem}_mask.png"), Path(f"{stem}_overlay.png")
+        for target, picture in (
+            (with_mask, colorize(pred)),
+            (with_overlay, photo_overlay(image, pred, synthetic)),
+        ):
+            write_image(picture, target)
+        print(f"{path} -> {with_mask}, {with_overlay.name}")
         done += 1
     return done
 
 
-def comparison_markdown(results: list, teacher: dict | None) -> str:
+def write_image(image: Image.Image, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp)
+
+
+def comparison_markdown(results: list, teacher: dict | None, failures: list) -> str:
     """The report's table: KD method | mIoU | parameters | ms/image, one row per run."""
-    rows = [(f"{KD_LABELS.get(r['kd'], r['kd'])}", r) for r in results]
+    rows = [(KD_MODES[r["kd"]].label if r["kd"] in KD_MODES else r["kd"], r) for r in results]
     if teacher is not None:
         weights, images = teacher.get("weights", "default"), teacher.get("num_images")
         note = "" if weights == "default" else f", weights: {weights}"
@@ -147,40 +210,57 @@ def comparison_markdown(results: list, teacher: dict | None) -> str:
         + (" -- SYNTHETIC data, not VOC results" if synthetic else ""),
         "",
         f"mIoU on {'SYNTHETIC' if synthetic else 'VOC 2012'} {results[0]['split']} "
-        f"({results[0]['num_images']} images) at each "
-        "label's original resolution; ms/image: batch 1, median after warm-up, on the input "
-        "size and device of each row.",
+        f"({results[0]['num_images']} images) at each label's original resolution. ms/image: "
+        "batch 1, median after warm-up; the students were timed together, interleaved, in one "
+        "process; the teacher's row comes from Step 1's own run.",
         "",
         "| KD method | mIoU (%) | # parameters | ms/image | input | device | source |",
         "|---|---:|---:|---:|---|---|---|",
     ]
     for label, r in rows:
-        source = r.get("checkpoint", TEACHER_RESULT)
         lines.append(
-            f"| {label} | {100 * r['miou']:.2f} | {r['params']:,d} | "
-            f"{r['ms_per_image']:.1f} | {r['input_size']}x{r['input_size']} | "
-            f"{r['device_name']} | {source} |"
+            f"| {label} | {100 * r['miou']:.2f} | {r['params']:,d} | {r['ms_per_image']:.1f} | "
+            f"{r['input_size']}x{r['input_size']} | {r['device_name']} | "
+            f"{r.get('checkpoint', TEACHER_RESULT)} |"
         )
+    if failures:
+        lines += ["", "Not in the table (could not be read):"] + [f"- {f}" for f in failures]
     return "\n".join(lines) + "\n"
 
 
-def main(args: argparse.Namespace) -> None:
-    device = resolve_device(args.device)
-    if args.images:
-        student, _ = load_student(args.checkpoint)
-        if segment_images(student.to(device), args.images, device, Path(args.out)) == 0:
-            raise SystemExit("error: none of the --images could be read")
-        return
-    loader = eval_loader(args.data_root, args.split, num_workers=args.num_workers, limit=args.limit)
-    if args.checkpoint:
-        evaluate_checkpoint(args.checkpoint, loader, device, args)
-        return
-    results = [evaluate_checkpoint(path, loader, device, args) for path in args.compare]
-    out = Path(args.out)
-    teacher_json = out / TEACHER_RESULT
-    teacher = json.loads(teacher_json.read_text()) if teacher_json.exists() else None
-    table = comparison_markdown(results, teacher)
-    (out / "kd_comparison.md").write_text(table)
+def read_teacher(path: Path) -> tuple:
+    """(Step 1's result or None, [a note when it exists but cannot be used])."""
+    if not path.exists():
+        return None, []
+    try:
+        teacher = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return None, [f"{path}: {e}"]
+    if not isinstance(teacher, dict) or not {"miou", "params", "ms_per_image"} <= set(teacher):
+        return None, [f"{path}: not a result of test_pretrained.py"]
+    return teacher, []
+
+
+def compare(args: argparse.Namespace, loader, device: torch.device) -> None:
+    """Score every checkpoint, time them together interleaved, write the table."""
+    results, models, failures = [], {}, []
+    for path in args.compare:
+        try:
+            loaded = load_model(path, device)
+            results.append(evaluate_checkpoint(path, loaded, loader, device, args, runs=1))
+            models[path] = loaded[0]
+        except UserError as e:
+            print(f"skipped {path}: {e}", file=sys.stderr)
+            failures.append(f"{path}: {e}")
+    if not results:
+        raise UserError("none of the --compare checkpoints could be read")
+    times = ms_per_image(models, device, args.size, args.runs)
+    for r in results:
+        r["ms_per_image"] = times[r["checkpoint"]]
+    out = Path(args.out_dir)
+    teacher, notes = read_teacher(out / TEACHER_RESULT)
+    table = comparison_markdown(results, teacher, failures + notes)
+    write_text(table, out / "kd_comparison.md")
     keep = (
         "kd",
         "checkpoint",
@@ -195,16 +275,36 @@ def main(args: argparse.Namespace) -> None:
         "synthetic",
         "date",
         "weights",
+        "runtime",
     )
     write_json(
         {
             "students": [{k: r.get(k) for k in keep} for r in results],
             "teacher": {k: teacher.get(k) for k in keep} if teacher else None,
+            "unreadable": failures + notes,
         },
         out / "kd_comparison.json",
     )
-    print("\n" + table + f"\nwrote {out / 'kd_comparison.md'} and {out / 'kd_comparison.json'}")
+    print("\n" + table + f"\nwrote {out / 'kd_comparison.md'}\nwrote {out / 'kd_comparison.json'}")
+
+
+def main(args: argparse.Namespace) -> None:
+    out = check_output(args.out_dir, folder=True)
+    device = resolve_device(args.device)
+    if args.images:
+        model, info = load_model(args.checkpoint, device)
+        photos = check_output(out / "photos", folder=True)
+        if segment_images(model, args.images, device, photos, bool(info.get("synthetic"))) == 0:
+            raise UserError("none of the --images could be read")
+        return
+    # The checkpoint first: a missing one is not reported as missing data.
+    loaded = load_model(args.checkpoint, device) if args.checkpoint else None
+    loader = eval_loader(args.data_root, args.split, num_workers=args.num_workers, limit=args.limit)
+    if loaded:
+        evaluate_checkpoint(args.checkpoint, loaded, loader, device, args, args.runs)
+    else:
+        compare(args, loader, device)
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run(main, parse_args)

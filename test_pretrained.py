@@ -10,39 +10,41 @@ Offline smoke run on SYNTHETIC data with a random teacher (downloads nothing, me
 Images are resized so their shorter side is 520 and normalised, as the weights' transforms()
 document; the logits are upsampled back to each label's original size and scored there, 255
 ignored. Prints the per-class IoU table, mIoU, pixel accuracy, parameters and ms/image, and
-writes <out>/step1_fcn_resnet50.json and best/worst overlays under <out>/overlays/.
+writes <out-dir>/step1_fcn_resnet50.json and best/worst overlays under <out-dir>/overlays/.
 """
 
 import argparse
-from pathlib import Path
 
-from dataset import eval_loader, is_synthetic, save_overlays
-from metrics import add_eval_args, format_report, measure, positive_int, write_json
-from model import TEACHER_RESIZE, build_teacher, resolve_device
+from cli import add_eval_args, check_output, number, parser, resolve_device, run, write_json
+from dataset import eval_loader, is_synthetic
+from metrics import format_report, measure
+from model import TEACHER_RESIZE, build_teacher
+from visualize import save_overlays
 
 RESULT_NAME = "step1_fcn_resnet50.json"  # test.py --compare reads the teacher's row from it
 
 
 def parse_args(argv: list | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    add_eval_args(p)
+    p = parser(__doc__)
+    add_eval_args(p, size=TEACHER_RESIZE)
     p.add_argument(
         "--weights",
         default="default",
         help="default (torchvision's COCO_WITH_VOC_LABELS_V1), a state dict path, or "
-        "none (random, smoke tests only) (default: default)",
+        "none (random, smoke tests only)",
     )
     p.add_argument(
         "--batch-size",
-        type=positive_int,
+        type=number(int, 1, 256),
         default=1,
         help="images per forward pass, zero-padded (see dataset.collate_eval); "
-        "reported numbers use 1 (default: 1)",
+        "reported numbers use 1",
     )
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> None:
+    out = check_output(args.out_dir, folder=True)
     device = resolve_device(args.device)
     loader = eval_loader(
         args.data_root,
@@ -53,15 +55,15 @@ def main(args: argparse.Namespace) -> None:
         limit=args.limit,
     )
     teacher = build_teacher(args.weights).to(device)
+    synthetic = is_synthetic(args.data_root)
     result = measure(teacher, loader, device, args.size, args.runs)
-    result.update(
-        model="FCN-ResNet50",
-        weights=args.weights,
-        split=args.split,
-        synthetic=is_synthetic(args.data_root),
+    result.update(model="FCN-ResNet50", weights=args.weights, split=args.split, synthetic=synthetic)
+    weights = {"default": "pretrained COCO_WITH_VOC_LABELS_V1", "none": "random"}
+    print(
+        format_report(
+            result, f"Step 1: FCN-ResNet50, {weights.get(args.weights, args.weights)} weights"
+        )
     )
-    print(format_report(result, f"Step 1: FCN-ResNet50 ({args.weights} weights)"))
-    out = Path(args.out)
     write_json(result, out / RESULT_NAME)
     overlays = save_overlays(
         teacher,
@@ -71,9 +73,12 @@ def main(args: argparse.Namespace) -> None:
         out / "overlays",
         "fcn_resnet50",
         device,
+        synthetic,
     )
-    print(f"wrote {out / RESULT_NAME} and {len(overlays)} overlays in {out / 'overlays'}")
+    print(f"wrote {out / RESULT_NAME}")
+    for path in overlays:
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run(main, parse_args)

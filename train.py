@@ -14,163 +14,198 @@ Offline smoke run on SYNTHETIC data (no download, numbers mean nothing):
         --no-pretrained-backbone --epochs 2 --batch-size 2 --crop-size 64 --device cpu
 
 Each epoch evaluates on val, then writes the last checkpoint (<out stem>_last.pth), the best
-one by val mIoU (--out), the log <log-dir>/<out stem>_log.csv and the plot
-<log-dir>/<out stem>_curves.png. Ctrl+C saves the last checkpoint before leaving.
+one by val mIoU (--out), the log <out-dir>/<out stem>_log.csv and the plot
+<out-dir>/<out stem>_curves.png. Ctrl+C saves the last checkpoint before leaving.
 """
 
 import argparse
 import contextlib
 import csv
+import io
 import math
 import os
+import sys
 import time
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from matplotlib.figure import Figure  # the object API: no GUI backend, no pyplot state
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from dataset import eval_loader, is_synthetic, train_aug_dataset, train_transforms, voc_dataset
-from distill import KD_MODES, build_adapters, training_loss
-from metrics import (
-    add_device_arg,
-    evaluate,
+from cli import (
+    UserError,
+    add_data_root,
+    add_device,
+    add_num_workers,
+    check_output,
     non_negative_float,
-    non_negative_int,
-    positive_float,
+    number,
+    parser,
     positive_int,
+    resolve_device,
+    run,
+    write_text,
 )
-from model import build_student, build_teacher, load_file, resolve_device, save_file
+from dataset import (
+    eval_loader,
+    is_synthetic,
+    train_aug_dataset,
+    train_transforms,
+    training_loader,
+    voc_dataset,
+)
+from distill import KD_MODES, KDConfig, Trainee, teacher_outputs
+from metrics import evaluate
+from model import (
+    STUDENT_TAPS,
+    StudentConfig,
+    build_student,
+    build_teacher,
+    load_file,
+    load_state,
+    non_finite,
+    save_file,
+)
+from visualize import plot_history
 
 SGD_MOMENTUM = 0.9  # the standard value for SGD on segmentation (DeepLab, torchvision refs)
 POLY_POWER = 0.9  # lr = base * (1 - step / total)^0.9, DeepLab's "poly" schedule
+# Flags a --resume may change: they do not change what the saved state means.
+RESUMABLE = {
+    "epochs",
+    "resume",
+    "overwrite",
+    "num_workers",
+    "device",
+    "out",
+    "out_dir",
+    "data_root",
+}
+# Below this crop, the ASPP's widest rate reaches past the stride-16 map: those branches see
+# mostly padding, and their BatchNorm statistics do not match full-size images.
+MIN_CROP = STUDENT_TAPS["high"][1] * (max(StudentConfig().rates) + 1)
 
 
 def parse_args(argv: list | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
-        "--kd",
-        default="none",
-        choices=KD_MODES,
-        help="distillation: none, response, feature or both (default: none)",
-    )
-    p.add_argument("--data-root", default="data", help="folder holding VOCdevkit/ (default: data)")
+    p = parser(__doc__)
+    add_run_flags(p)
+    add_loss_flags(p.add_argument_group("loss (alpha applies in every mode, the others with --kd)"))
+    args = p.parse_args(argv)
+    args.out = args.out or f"weights/student_{args.kd}.pth"
+    if args.warmup_epochs > args.epochs:
+        p.error(f"argument --warmup-epochs: must be at most --epochs ({args.epochs})")
+    config = kd_config(args)
+    mode = config.mode
+    if config.alpha + config.beta * mode.soft + config.feat_weight * mode.features == 0:
+        p.error(f"every term of the --kd {args.kd} loss has weight 0: nothing would train")
+    if args.crop_size < MIN_CROP:
+        print(
+            f"warning: --crop-size {args.crop_size} is below {MIN_CROP}: the ASPP's rate-"
+            f"{max(StudentConfig().rates)} branch then sees mostly padding and its BatchNorm "
+            "statistics will not match full-size images (fine for smoke tests)",
+            file=sys.stderr,
+        )
+    return args
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kd", default="none", choices=KD_MODES, help="distillation method")
+    add_data_root(p)
     p.add_argument(
         "--train-set",
         default="train",
         choices=("train", "train_aug"),
-        help="train: VOC 2012 train, 1,464 images, the lab's; train_aug: + SBD, 10,582 "
-        "images (default: train)",
+        help="train: VOC 2012 train, 1,464 images, the lab's; train_aug: + SBD, 10,582 images",
     )
-    p.add_argument(
-        "--epochs", type=positive_int, default=100, help="training epochs (default: 100)"
-    )
+    p.add_argument("--epochs", type=number(int, 1, 100_000), default=100)
     p.add_argument(
         "--batch-size",
-        type=positive_int,
+        type=number(int, 1, 4096),
         default=16,
-        help="images per step, per process under torchrun (default: 16)",
+        help="images per step, per process under torchrun",
     )
-    p.add_argument(
-        "--crop-size", type=positive_int, default=480, help="square train crop (default: 480)"
-    )
+    p.add_argument("--crop-size", type=number(int, 32, 4096), default=480, help="square train crop")
     p.add_argument(
         "--optimizer",
         default="sgd",
         choices=("sgd", "adamw"),
-        help="sgd (momentum 0.9) or adamw (default: sgd)",
+        help=f"sgd (momentum {SGD_MOMENTUM}) or adamw",
     )
     p.add_argument(
-        "--lr", type=positive_float, default=0.01, help="peak learning rate (default: 0.01)"
+        "--lr", type=number(float, 0, 10, strict=True), default=0.01, help="peak learning rate"
     )
-    p.add_argument(
-        "--weight-decay",
-        type=non_negative_float,
-        default=1e-4,
-        help="weight decay of the optimizer (default: 1e-4)",
-    )
+    p.add_argument("--weight-decay", type=number(float, 0, 1), default=1e-4)
     p.add_argument(
         "--warmup-epochs",
         type=non_negative_float,
         default=1.0,
-        help="linear warm-up before the poly decay (default: 1)",
+        help="linear warm-up before the poly decay, at most --epochs",
     )
-    add_device_arg(p)
-    p.add_argument(
-        "--num-workers",
-        type=non_negative_int,
-        default=4,
-        help="data loading processes (default: 4)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_device(p)
+    add_num_workers(p)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument(
         "--pretrained-backbone",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="start the encoder from ImageNet weights (default: on)",
+        help="start the encoder from ImageNet weights",
     )
     p.add_argument(
         "--limit-train",
         type=positive_int,
-        default=None,
         metavar="N",
-        help="train on the first N images only, for quick runs (default: all)",
+        help="train on the first N images only, for quick runs",
     )
     p.add_argument(
-        "--limit-val",
-        type=positive_int,
-        default=None,
-        metavar="N",
-        help="validate on the first N images only (default: all)",
+        "--limit-val", type=positive_int, metavar="N", help="validate on the first N images only"
+    )
+    p.add_argument("--out", help="best checkpoint's path; none given: weights/student_<kd>.pth")
+    p.add_argument("--out-dir", default="outputs", help="folder of the CSV log and the plot")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint beside --out"
     )
     p.add_argument(
-        "--out", default=None, help="best checkpoint path (default: weights/student_<kd>.pth)"
+        "--overwrite", action="store_true", help="replace an existing checkpoint at --out"
     )
-    p.add_argument("--log-dir", default="outputs", help="CSV log and plots (default: outputs)")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from the last checkpoint beside --out (default: off)",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing checkpoint at --out (default: refuse)",
-    )
-    kd = p.add_argument_group("distillation (--kd response, feature, both)")
+
+
+def add_loss_flags(kd: argparse._ArgumentGroup) -> None:
     kd.add_argument(
         "--alpha",
         type=non_negative_float,
         default=1.0,
-        help="weight of the hard cross-entropy term (default: 1.0)",
+        help="weight of the hard cross-entropy term",
     )
     kd.add_argument(
         "--beta",
         type=non_negative_float,
         default=1.0,
-        help="weight of the soft term, already multiplied by tau^2 (default: 1.0)",
+        help="weight of the soft term (response, both), already multiplied by tau^2",
     )
-    kd.add_argument("--tau", type=positive_float, default=2.0, help="temperature (default: 2.0)")
+    kd.add_argument(
+        "--tau",
+        type=number(float, 0, 100, strict=True),
+        default=2.0,
+        help="temperature (response, both)",
+    )
     kd.add_argument(
         "--feat-weight",
         type=non_negative_float,
         default=1.0,
-        help="weight of the summed cosine feature distances (default: 1.0)",
+        help="weight of the summed cosine feature distances (feature, both)",
     )
     kd.add_argument(
         "--teacher-weights",
         default="default",
         help="default (torchvision COCO_WITH_VOC_LABELS_V1), a state dict path, or "
-        "none (random, smoke tests only) (default: default)",
+        "none (random, smoke tests only)",
     )
-    args = p.parse_args(argv)
-    args.out = args.out or f"weights/student_{args.kd}.pth"
-    return args
+
+
+def kd_config(args: argparse.Namespace) -> KDConfig:
+    return KDConfig(args.kd, args.alpha, args.beta, args.tau, args.feat_weight)
 
 
 def last_path(out: str | Path) -> Path:
@@ -215,16 +250,49 @@ def main_process_first(is_main: bool):
         dist.barrier()
 
 
-def average_gradients(module: nn.Module) -> None:
-    """Average gradients across processes: what DDP does for the student, done by hand for the
-    adapters, which feature_kd_loss calls one by one (there is no single forward to wrap)."""
-    for p in module.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad /= dist.get_world_size()
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: refuse to replace a checkpoint without --overwrite, and fail now on an
+    output path that cannot be written, not after the first epoch."""
+    out, last = Path(args.out), last_path(args.out)
+    if not args.resume and not args.overwrite and (out.exists() or last.exists()):
+        raise UserError(
+            f"{out} or {last} already exists; use --resume to continue it or "
+            "--overwrite to start over"
+        )
+    for path in (out, last):
+        check_output(path)
+    check_output(args.out_dir, folder=True)
 
 
-def build_optimizer(args: argparse.Namespace, params: list) -> torch.optim.Optimizer:
+def build_loaders(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> tuple:
+    """(train loader, val loader); under torchrun each process gets its share of both."""
+    transforms = train_transforms(args.crop_size)
+    if args.train_set == "train_aug":
+        train_set = train_aug_dataset(args.data_root, transforms, args.limit_train)
+    else:
+        train_set = voc_dataset(args.data_root, "train", transforms, args.limit_train)
+    train = training_loader(
+        train_set, args.batch_size, args.num_workers, args.seed, world, device.type == "cuda"
+    )
+    val = eval_loader(
+        args.data_root,
+        "val",
+        num_workers=args.num_workers,
+        limit=args.limit_val,
+        shard=(rank, world),
+    )
+    return train, val
+
+
+def build_models(args: argparse.Namespace, device: torch.device) -> tuple:
+    """(Trainee: the student and its adapters, the frozen teacher or None for --kd none)."""
+    student = build_student(pretrained_backbone=args.pretrained_backbone)
+    trainee = Trainee(student, kd_config(args)).to(device)
+    teacher = build_teacher(args.teacher_weights).to(device) if args.kd != "none" else None
+    return trainee, teacher
+
+
+def build_optimizer(args: argparse.Namespace, params) -> torch.optim.Optimizer:
     if args.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=args.lr, momentum=SGD_MOMENTUM, weight_decay=args.weight_decay
@@ -232,229 +300,208 @@ def build_optimizer(args: argparse.Namespace, params: list) -> torch.optim.Optim
     return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
 
 
-def train_one_epoch(
-    student, adapters, loader, loss_fn, optimizer, scheduler, scaler, device, desc: str
-) -> dict:
-    """One pass over the loader; returns the mean of each loss term as {"train_<term>": x}."""
-    distributed = dist.is_initialized()
-    student.train()
-    if adapters is not None:
-        adapters.train()
+def build_scheduler(args, optimizer, steps_per_epoch: int, done_epochs: int):
+    """Warm-up + poly, stepped once per iteration, placed after `done_epochs` whole epochs:
+    a resumed run gets the lr an uninterrupted one has at that point, whatever an interrupted
+    epoch had stepped."""
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    factor = warmup_poly(args.epochs * steps_per_epoch, round(args.warmup_epochs * steps_per_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, done_epochs * steps_per_epoch - 1)
+
+
+def resume(args: argparse.Namespace, model_without_ddp: Trainee, optimizer, scaler) -> list:
+    """Load the last checkpoint's state into the model, optimizer and scaler; returns its
+    history. Refuses a run whose flags differ from the checkpoint's, listing them."""
+    last = last_path(args.out)
+    ckpt = load_file(last, "checkpoint to resume")
+    saved = ckpt.get("args", {})
+    changed = [
+        f"--{k.replace('_', '-')} {v} (checkpoint: {saved.get(k)})"
+        for k, v in vars(args).items()
+        if k not in RESUMABLE and saved.get(k) != v
+    ]
+    if changed:
+        raise UserError(
+            f"{last} was trained with other flags: {', '.join(changed)}; resume with "
+            "the checkpoint's flags, or start over with --overwrite"
+        )
+    load_state(model_without_ddp.student, ckpt["model"], f"checkpoint {last}")
+    if model_without_ddp.adapters is not None:
+        load_state(model_without_ddp.adapters, ckpt["adapters"], f"adapters of {last}")
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    if len(ckpt["history"]) >= args.epochs:
+        raise UserError(f"{last} already has {len(ckpt['history'])} epochs; raise --epochs")
+    return ckpt["history"]
+
+
+def train_one_epoch(model, teacher, loader, optimizer, scheduler, scaler, device, desc) -> dict:
+    """One pass over the loader, one optimizer and scheduler step per batch; returns the mean
+    of each loss term as {"train_<term>": x}, averaged over processes under torchrun."""
+    model.train()
     sums, steps = {}, 0
-    bar = tqdm(loader, desc=desc, dynamic_ncols=True, disable=distributed and dist.get_rank() > 0)
+    bar = tqdm(
+        loader, desc=desc, dynamic_ncols=True, disable=dist.is_initialized() and dist.get_rank() > 0
+    )
     for images, masks in bar:
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True).long()
         with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-            loss, terms = loss_fn(student, images, masks)
-        bad = (~torch.isfinite(loss.detach())).float()
-        if distributed:  # every process stops together, or the others would wait forever
-            dist.all_reduce(bad)
-        if bad.item():
-            raise SystemExit(
-                f"error: the loss became {loss.item()} at step {steps + 1} of {desc}; "
-                "stopping without saving this epoch. Try a lower --lr."
-            )
+            loss, terms = model(images, masks, teacher_outputs(teacher, images))
+        stop_if_not_finite(loss.detach(), f"the loss, at step {steps + 1} of {desc},")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if distributed and adapters is not None:
-            average_gradients(adapters)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
         steps += 1
         for name, value in {"loss": loss.detach(), **terms}.items():
-            sums[name] = sums.get(name, 0.0) + value.detach()  # on the device: no sync per term
+            sums[name] = sums.get(name, 0.0) + value  # on the device: no sync per term
         bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-    means = {f"train_{name}": (total / steps).item() for name, total in sums.items()}
-    if distributed:  # the mean over all processes, as a single process would have logged it
-        values = torch.tensor(list(means.values()), device=device)
-        dist.all_reduce(values)
-        means = dict(zip(means, (values / dist.get_world_size()).tolist()))
-    return means
+    means = torch.stack(list(sums.values())) / steps
+    if dist.is_initialized():  # the mean over all processes, as a single process would log it
+        dist.all_reduce(means)
+        means /= dist.get_world_size()
+    return {f"train_{name}": value for name, value in zip(sums, means.tolist())}
+
+
+def stop_if_not_finite(value: torch.Tensor, what: str) -> None:
+    """A UserError on every process when `value` is NaN or infinite on any of them (they stop
+    together, or the others would wait forever). A sync point: it reads the value."""
+    bad = (~torch.isfinite(value)).float()
+    if dist.is_initialized():
+        dist.all_reduce(bad)
+    if bad.item():
+        raise UserError(
+            f"{what} became {value.item()}; stopping without saving this epoch. Try a lower --lr."
+        )
+
+
+def checkpoint(args, model_without_ddp: Trainee, optimizer, scaler, history, synthetic) -> dict:
+    """The saved run: the student's state dict alone under `model` (the teacher is never
+    saved, the adapters apart), what --resume needs, and the history of every epoch."""
+    mious = [row["val_miou"] for row in history]
+    adapters = model_without_ddp.adapters
+    return {
+        "model": model_without_ddp.student.state_dict(),
+        "adapters": adapters.state_dict() if adapters is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "args": vars(args),
+        "epoch": len(history),
+        "miou": mious[-1] if mious else math.nan,
+        "best_miou": max(mious, default=math.nan),
+        "history": history,
+        "synthetic": synthetic,
+    }
+
+
+def save_epoch(args, ckpt: dict, title: str) -> None:
+    """The log, the plot, the last checkpoint and, when this epoch has the best val mIoU so
+    far, the best one; a model with non-finite weights or statistics is never saved."""
+    bad = non_finite(ckpt["model"])
+    if bad:
+        raise UserError(
+            f"the student's {bad[0]} became NaN or infinite; stopping without "
+            "saving this epoch. Try a lower --lr."
+        )
+    stem, out_dir = Path(args.out).stem, Path(args.out_dir)
+    write_log(ckpt["history"], out_dir / f"{stem}_log.csv")
+    plot_history(ckpt["history"], out_dir / f"{stem}_curves.png", title)
+    save_file(ckpt, last_path(args.out))
+    if ckpt["miou"] == ckpt["best_miou"]:
+        save_file(ckpt, args.out)
 
 
 def write_log(history: list, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fields = list(dict.fromkeys(key for row in history for key in row))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(history)
-
-
-def plot_history(history: list, path: Path, title: str) -> None:
-    """Loss terms (train and val) and val mIoU against the epoch, as one PNG."""
-    epochs = [row["epoch"] for row in history]
-    fig = Figure(figsize=(11, 4))
-    ax_loss, ax_miou = fig.subplots(1, 2)
-    for key in history[-1]:
-        if key.startswith("train_") or key == "val_loss":
-            ax_loss.plot(epochs, [row.get(key, math.nan) for row in history], marker=".", label=key)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="losses")
-    ax_loss.legend(fontsize=8)
-    ax_miou.plot(epochs, [100 * row["val_miou"] for row in history], marker=".", color="C3")
-    ax_miou.set(xlabel="epoch", ylabel="mIoU (%)", title="validation mIoU")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(history)
+    write_text(text.getvalue(), path)
 
 
 def main(args: argparse.Namespace) -> None:
+    check_outputs(args)
     rank, world, device = init_distributed(resolve_device(args.device))
     is_main = rank == 0  # only the first process prints, logs and saves
     torch.manual_seed(args.seed)
-    out, last = Path(args.out), last_path(args.out)
-    if not args.resume and not args.overwrite and (out.exists() or last.exists()):
-        raise SystemExit(
-            f"error: {out} or {last} already exists; use --resume to continue it or "
-            "--overwrite to start over"
-        )
-    log_dir = Path(args.log_dir)
     synthetic = is_synthetic(args.data_root)
-
-    transforms = train_transforms(args.crop_size)
-    if args.train_set == "train_aug":
-        train_set = train_aug_dataset(args.data_root, transforms, args.limit_train)
-    else:
-        train_set = voc_dataset(args.data_root, "train", transforms, args.limit_train)
-    sampler = DistributedSampler(train_set, seed=args.seed) if world > 1 else None
-    train_loader = DataLoader(
-        train_set,
-        batch_size=args.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=args.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=args.num_workers > 0,
-    )
-    val_loader = eval_loader(
-        args.data_root,
-        "val",
-        num_workers=args.num_workers,
-        limit=args.limit_val,
-        shard=(rank, world),
-    )
-
+    train_loader, val_loader = build_loaders(args, rank, world, device)
     with main_process_first(is_main):
-        student = build_student(pretrained_backbone=args.pretrained_backbone).to(device)
-        teacher = None
-        if args.kd != "none":
-            teacher = build_teacher(args.teacher_weights, "--teacher-weights").to(device)
-    adapters = build_adapters().to(device) if args.kd in ("feature", "both") else None
-    # The student trains through DDP, which averages its gradients; it is saved and evaluated
-    # unwrapped, so checkpoints never carry DDP's "module." prefix. The teacher is never wrapped.
-    model = DistributedDataParallel(student) if world > 1 else student
-    params = list(student.parameters()) + (list(adapters.parameters()) if adapters else [])
-    optimizer = build_optimizer(args, params)
-    steps = len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_poly(args.epochs * steps, round(args.warmup_epochs * steps))
-    )
+        model_without_ddp, teacher = build_models(args, device)
+    model = DistributedDataParallel(model_without_ddp) if world > 1 else model_without_ddp
+    optimizer = build_optimizer(args, model_without_ddp.parameters())
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    loss_fn = partial(
-        training_loss,
-        kd=args.kd,
-        teacher=teacher,
-        adapters=adapters,
-        alpha=args.alpha,
-        beta=args.beta,
-        tau=args.tau,
-        feat_weight=args.feat_weight,
-    )
-
-    start_epoch, best_miou, history = 0, -1.0, []
-    if args.resume:
-        ckpt = load_file(last, "checkpoint to resume")
-        if ckpt.get("args", {}).get("kd") != args.kd:
-            raise SystemExit(
-                f"error: {last} was trained with --kd {ckpt.get('args', {}).get('kd')}"
-                f", not --kd {args.kd}"
-            )
-        student.load_state_dict(ckpt["model"])
-        if adapters is not None:
-            adapters.load_state_dict(ckpt["adapters"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, best_miou, history = ckpt["epoch"], ckpt["best_miou"], ckpt["history"]
-        if start_epoch >= args.epochs:
-            raise SystemExit(f"error: {last} already has {start_epoch} epochs; raise --epochs")
-        if is_main:
-            print(f"resuming {last} after epoch {start_epoch}")
-
-    def checkpoint(epoch: int) -> dict:
-        # The student's state dict only: the teacher is never saved, the adapters apart.
-        return {
-            "model": student.state_dict(),
-            "adapters": adapters.state_dict() if adapters is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "args": vars(args),
-            "epoch": epoch,
-            "miou": history[-1]["val_miou"] if history else math.nan,
-            "best_miou": best_miou,
-            "history": history,
-            "synthetic": synthetic,
-        }
-
-    title = f"student, --kd {args.kd}" + (" (SYNTHETIC data)" if synthetic else " (VOC 2012)")
+    history = resume(args, model_without_ddp, optimizer, scaler) if args.resume else []
+    if is_main and history:
+        print(f"resuming {last_path(args.out)} after epoch {len(history)}")
+    scheduler = build_scheduler(args, optimizer, len(train_loader), len(history))
+    tag = "SYNTHETIC data, not a VOC result" if synthetic else "VOC 2012"
+    title = f"student, --kd {args.kd} ({tag})"
+    saved = partial(checkpoint, args, model_without_ddp, optimizer, scaler, history, synthetic)
     try:
-        for epoch in range(start_epoch, args.epochs):
+        for epoch in range(len(history) + 1, args.epochs + 1):
             start = time.perf_counter()
-            if sampler is not None:
-                sampler.set_epoch(epoch)  # a different shuffle each epoch, the same on all ranks
-            row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
+            # Shuffle, augmentation and dropout drawn from the seed, the epoch and the process
+            # alone: a resumed run sees exactly the batches an uninterrupted one would.
+            torch.manual_seed(args.seed + epoch * world + rank)
+            if world > 1:
+                train_loader.sampler.set_epoch(epoch)  # another shuffle each epoch, same on all
+            row = {"epoch": epoch, "lr": scheduler.get_last_lr()[0]}
             row |= train_one_epoch(
                 model,
-                adapters,
+                teacher,
                 train_loader,
-                loss_fn,
                 optimizer,
                 scheduler,
                 scaler,
                 device,
-                f"epoch {epoch + 1}/{args.epochs}",
+                f"epoch {epoch}/{args.epochs}",
             )
-            val = evaluate(student, val_loader, device, desc="val", progress=is_main)
+            val = evaluate(model_without_ddp.student, val_loader, device, "val", is_main)
+            stop_if_not_finite(torch.tensor(val["loss"]), f"the val loss, after epoch {epoch},")
             row |= {
                 "val_loss": val["loss"],
                 "val_miou": val["miou"],
                 "epoch_time_s": time.perf_counter() - start,
             }
             history.append(row)
-            improved = not math.isnan(val["miou"]) and val["miou"] > best_miou
-            best_miou = val["miou"] if improved else best_miou
-            if not is_main:
-                continue
-            print(
-                f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val loss "
-                f"{row['val_loss']:.4f}, val mIoU {100 * row['val_miou']:.2f}%, "
-                f"{row['epoch_time_s']:.1f} s"
-            )
-            write_log(history, log_dir / f"{out.stem}_log.csv")
-            plot_history(history, log_dir / f"{out.stem}_curves.png", title)
-            save_file(checkpoint(epoch + 1), last)
-            if improved:
-                save_file(checkpoint(epoch + 1), out)
+            if is_main:
+                print(
+                    f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss "
+                    f"{row['val_loss']:.4f}, val mIoU {100 * row['val_miou']:.2f}%, "
+                    f"{row['epoch_time_s']:.1f} s{' (SYNTHETIC)' if synthetic else ''}"
+                )
+                save_epoch(args, saved(), title)
     except KeyboardInterrupt:
         # Current weights, counted as the epochs logged so far: --resume redoes an epoch
-        # interrupted before its validation, starting from these weights.
+        # interrupted before its validation, from these weights, on the schedule of those epochs.
         if is_main:
-            save_file(checkpoint(len(history)), last)
-        raise SystemExit(f"\ninterrupted: saved {last}; continue with --resume") from None
+            save_file(saved(), last_path(args.out))
+        raise KeyboardInterrupt(f"saved {last_path(args.out)}; continue with --resume") from None
     if world > 1:
         dist.destroy_process_group()
-    if not is_main:
-        return
+    if is_main:
+        print_summary(args, history, teacher is not None, synthetic)
+
+
+def print_summary(args: argparse.Namespace, history: list, with_teacher: bool, synthetic: bool):
     times = [row["epoch_time_s"] for row in history]
-    print(f"best val mIoU {100 * best_miou:.2f}% -> {out}; last -> {last}")
+    best = max(history, key=lambda row: row["val_miou"])
+    print(
+        f"best val mIoU {100 * best['val_miou']:.2f}% (epoch {best['epoch']})"
+        f"{' on SYNTHETIC data, not a VOC result' if synthetic else ''} -> {args.out}; "
+        f"last -> {last_path(args.out)}"
+    )
     print(
         f"training time {sum(times) / 60:.1f} min, {sum(times) / len(times):.1f} s per epoch "
-        f"(including validation{' and the teacher' if teacher is not None else ''})"
+        f"(including validation{' and the teacher' if with_teacher else ''})"
     )
+    print(f"log -> {Path(args.out_dir) / Path(args.out).stem}_log.csv and _curves.png")
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run(main, parse_args)

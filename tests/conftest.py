@@ -19,7 +19,7 @@ import netguard  # noqa: E402
 
 netguard.install()
 
-from dataset import make_fake_voc  # noqa: E402
+from synthetic import make_fake_voc  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +68,7 @@ TINY_TRAIN = ("--no-pretrained-backbone", "--teacher-weights", "none", "--device
 
 def train_tiny(data_root: Path, out: Path, *flags):
     """train.py on the SYNTHETIC tree with the smallest settings, its log beside `out`."""
-    return run_script("train.py", "--data-root", data_root, "--out", out, "--log-dir", out.parent,
+    return run_script("train.py", "--data-root", data_root, "--out", out, "--out-dir", out.parent,
                       *TINY_TRAIN, *flags)  # fmt: skip
 
 
@@ -85,3 +85,18 @@ def trained(fake_voc, tmp_path_factory) -> dict:
     proc = train_tiny(fake_voc, out, "--kd", "none", "--epochs", 2)
     assert proc.returncode == 0, proc.stderr
     return {"out": out, "logs": work, "proc": proc}
+
+
+@pytest.fixture(scope="session")
+def export_run(trained, fake_voc, tmp_path_factory) -> dict:
+    """export.py on the trained checkpoint, with --int8 calibrated on 2 SYNTHETIC images."""
+    out = tmp_path_factory.mktemp("exported") / "student_none.onnx"
+    proc = run_script("export.py", "--checkpoint", trained["out"], "--out", out, "--int8",
+                      "--calib", "2", "--data-root", fake_voc)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return {"onnx": out, "int8": out.with_name("student_none_int8.onnx"), "proc": proc}
+
+
+@pytest.fixture(scope="session")
+def exported(export_run) -> Path:
+    return export_run["onnx"]

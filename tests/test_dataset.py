@@ -1,9 +1,4 @@
-import dataclasses
-import hashlib
-import io
-import tarfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+"""dataset.py: joint transforms, masks, train_aug, and one clear error per damaged file."""
 
 import numpy as np
 import pytest
@@ -11,34 +6,11 @@ import torch
 from PIL import Image
 
 import dataset
-from dataset import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    VOC,
-    EvalTransform,
-    download_source,
-    make_fake_voc,
-    safe_extract,
-    train_transforms,
-    voc_dataset,
-)
+from cli import UserError
+from dataset import IMAGENET_MEAN, IMAGENET_STD, VOC, EvalTransform, train_transforms, voc_dataset
+from synthetic import make_fake_voc
 
 VOC_VALUES = set(range(21)) | {255}
-
-
-def test_fake_voc_has_the_exact_voc_layout(fake_voc):
-    voc = fake_voc / VOC.subdir
-    train = (voc / "ImageSets/Segmentation/train.txt").read_text().split()
-    val = (voc / "ImageSets/Segmentation/val.txt").read_text().split()
-    assert len(train) == 4 and len(val) == 4 and not set(train) & set(val)
-    for name in train + val:
-        assert Image.open(voc / "JPEGImages" / f"{name}.jpg").format == "JPEG"
-        label = Image.open(voc / "SegmentationClass" / f"{name}.png")
-        assert label.mode == "P" and label.getpalette()[3:6] == [128, 0, 0]
-        values = set(np.unique(np.array(label)).tolist())
-        assert values <= VOC_VALUES and 255 in values  # object boundaries are void, as in VOC
-    assert "SYNTHETIC" in (voc / dataset.SYNTHETIC_MARKER).read_text()
-    assert dataset.is_synthetic(fake_voc)
 
 
 def test_every_training_and_eval_mask_holds_only_voc_labels(fake_voc):
@@ -108,166 +80,6 @@ def test_crop_padding_gives_void_mask_and_black_image():
     assert torch.allclose(padded_red, torch.tensor(-IMAGENET_MEAN[0] / IMAGENET_STD[0]))
 
 
-def test_fake_voc_refuses_to_write_into_a_real_dataset(tmp_path):
-    make_fake_voc(tmp_path, num_images=2)
-    (tmp_path / VOC.subdir / dataset.SYNTHETIC_MARKER).unlink()  # now it looks real
-    before = (tmp_path / VOC.subdir / "ImageSets/Segmentation/train.txt").read_text()
-    with pytest.raises(SystemExit, match="holds a real dataset"):
-        make_fake_voc(tmp_path, num_images=6)
-    assert (tmp_path / VOC.subdir / "ImageSets/Segmentation/train.txt").read_text() == before
-    make_fake_voc(tmp_path / "other", num_images=2)
-    make_fake_voc(tmp_path / "other", num_images=4)  # a synthetic tree may be remade
-
-
-def test_missing_dataset_stops_with_the_layout_and_the_download_flag(tmp_path):
-    with pytest.raises(SystemExit) as e:
-        voc_dataset(tmp_path / "nowhere", "val", None)
-    message = str(e.value)
-    assert "VOCdevkit/VOC2012" in message and "--download" in message and VOC.archive in message
-
-
-# ----------------------------------------------------------------------------- download
-
-
-class ArchiveServer:
-    """Serves {path: bytes} from 127.0.0.1, honouring Range requests like a real mirror (or
-    ignoring them, like some servers, with honour_range=False)."""
-
-    def __init__(self, files: dict, honour_range: bool = True):
-        self.files, self.ranges, self.honour_range = files, [], honour_range
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                body = server.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                start = 0
-                if "Range" in self.headers and server.honour_range:
-                    start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0])
-                    server.ranges.append(start)
-                self.send_response(206 if start else 200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                self.wfile.write(body[start:])
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_port}{path}"
-
-
-@pytest.fixture
-def server():
-    servers = []
-    yield lambda files, **kw: servers.append(ArchiveServer(files, **kw)) or servers[-1]
-    for s in servers:
-        s.httpd.shutdown()
-
-
-def voc_from(mirrors: list, md5: str):
-    """VOC's Source with other mirrors and md5: the real download code, a local server."""
-    return dataclasses.replace(VOC, mirrors=tuple(mirrors), md5=md5)
-
-
-def tar_bytes(members: dict) -> bytes:
-    """A tar archive of {member name: content}."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, content in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    return buffer.getvalue()
-
-
-def tiny_voc_tar(tmp_path) -> bytes:
-    make_fake_voc(tmp_path / "src", num_images=2)
-    files = sorted(p for p in (tmp_path / "src").rglob("*") if p.is_file())
-    return tar_bytes({str(p.relative_to(tmp_path / "src")): p.read_bytes() for p in files})
-
-
-def test_good_download_from_the_second_mirror_is_checked_and_extracted(tmp_path, server):
-    archive = tiny_voc_tar(tmp_path)
-    srv = server({"/voc.tar": archive})
-    root = tmp_path / "data"
-    download_source(
-        root,
-        voc_from(
-            [srv.url("/missing.tar"), srv.url("/voc.tar")],
-            hashlib.md5(archive).hexdigest(),
-        ),
-    )
-    assert len(voc_dataset(root, "train", None)) == 1 and len(voc_dataset(root, "val", None)) == 1
-    assert (root / VOC.archive).exists() and not (root / (VOC.archive + ".part")).exists()
-
-
-def test_md5_mismatch_is_a_clear_error_and_leaves_no_partial_file(tmp_path, server):
-    srv = server({"/voc.tar": tiny_voc_tar(tmp_path)})
-    root = tmp_path / "data"
-    with pytest.raises(SystemExit) as e:
-        download_source(root, voc_from([srv.url("/voc.tar")], "0" * 32))
-    assert "md5 mismatch" in str(e.value) and "by hand" in str(e.value)
-    assert list(root.iterdir()) == []
-
-
-def test_a_broken_download_resumes_with_a_range_request(tmp_path, server):
-    archive = tiny_voc_tar(tmp_path)
-    srv = server({"/voc.tar": archive})
-    root = tmp_path / "data"
-    root.mkdir()
-    (root / (VOC.archive + ".part")).write_bytes(archive[:1000])  # what a dropped link left
-    download_source(root, voc_from([srv.url("/voc.tar")], hashlib.md5(archive).hexdigest()))
-    assert srv.ranges == [1000]
-    assert (root / VOC.archive).read_bytes() == archive
-
-
-def test_a_server_ignoring_range_gets_the_download_restarted_from_zero(tmp_path, server):
-    archive = tiny_voc_tar(tmp_path)
-    srv = server({"/voc.tar": archive}, honour_range=False)
-    root = tmp_path / "data"
-    root.mkdir()
-    (root / (VOC.archive + ".part")).write_bytes(b"stale bytes of another attempt")
-    download_source(root, voc_from([srv.url("/voc.tar")], hashlib.md5(archive).hexdigest()))
-    assert (root / VOC.archive).read_bytes() == archive
-
-
-def test_an_extracted_dataset_is_used_as_is_without_the_network(fake_voc):
-    download_source(fake_voc, voc_from(["http://example.invalid/never-used"], "0" * 32))
-
-
-def test_a_manually_placed_archive_is_used_without_the_network(tmp_path):
-    archive = tiny_voc_tar(tmp_path)
-    root = tmp_path / "data"
-    root.mkdir()
-    (root / VOC.archive).write_bytes(archive)
-    download_source(
-        root, voc_from(["http://example.invalid/never-used"], hashlib.md5(archive).hexdigest())
-    )
-    assert len(voc_dataset(root, "val", None)) == 1
-
-
-@pytest.mark.parametrize(
-    "evil", ["../escaped.txt", "/tmp/absolute_escape.txt", "VOCdevkit/../../escaped.txt"]
-)
-def test_archive_members_escaping_the_target_are_refused(tmp_path, evil):
-    (tmp_path / "evil.tar").write_bytes(tar_bytes({"VOCdevkit/ok.txt": b"ok", evil: b"x"}))
-    target = tmp_path / "target"
-    target.mkdir()
-    with pytest.raises(SystemExit) as e:
-        safe_extract(tmp_path / "evil.tar", target)
-    assert "escapes" in str(e.value)
-    assert list(target.iterdir()) == [] and not (tmp_path / "escaped.txt").exists()
-
-
-# ----------------------------------------------------------------------------- train_aug
-
-
 def test_train_aug_is_voc_train_plus_sbd_minus_voc_val(tmp_path):
     make_fake_voc(tmp_path, num_images=8, with_sbd=True)
     voc_train = (tmp_path / VOC.subdir / "ImageSets/Segmentation/train.txt").read_text().split()
@@ -290,6 +102,16 @@ def test_train_aug_is_voc_train_plus_sbd_minus_voc_val(tmp_path):
 
 
 def test_missing_sbd_names_its_layout_and_download_flag(fake_voc):
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(UserError) as e:
         dataset.train_aug_dataset(fake_voc, None)
     assert "benchmark_RELEASE/dataset" in str(e.value) and "--download sbd" in str(e.value)
+
+
+def test_missing_dataset_stops_with_the_layout_and_the_download_flag(tmp_path):
+    with pytest.raises(UserError) as e:
+        voc_dataset(tmp_path / "nowhere", "val", None)
+    message = str(e.value)
+    assert "VOCdevkit/VOC2012" in message and "--download" in message and VOC.archive in message
+
+
+# ----------------------------------------------------------------------------- train_aug

@@ -1,5 +1,4 @@
 import copy
-import math
 
 import numpy as np
 import pytest
@@ -7,10 +6,13 @@ import torch
 
 from dataset import train_transforms, voc_dataset
 from distill import (
+    KDConfig,
+    Trainee,
     build_adapters,
     cosine_distance,
     feature_kd_loss,
     response_kd_loss,
+    teacher_outputs,
     training_loss,
 )
 from model import build_student, build_teacher, teacher_features
@@ -85,11 +87,15 @@ def test_ignored_pixels_do_not_move_the_loss(logits):
     assert response_kd_loss(zs2, zt2, y, 1.0, 1.0, 2.0)[0].item() == pytest.approx(before.item())
 
 
-def test_teacher_logits_are_resized_to_the_student_size(logits):
+def test_teacher_logits_are_resized_bilinearly_to_the_student_size(logits):
     zs, zt, y = logits
     small_teacher = zt[:, :, ::3, ::2]
     loss, _ = response_kd_loss(zs, small_teacher, y, 1.0, 1.0, 2.0)
-    assert math.isfinite(loss.item())
+    resized = torch.nn.functional.interpolate(
+        small_teacher, size=zs.shape[-2:], mode="bilinear", align_corners=False
+    )
+    assert loss.item() == pytest.approx(response_kd_loss(zs, resized, y, 1.0, 1.0, 2.0)[0].item())
+    assert loss.item() != pytest.approx(response_kd_loss(zs, zt, y, 1.0, 1.0, 2.0)[0].item())
 
 
 def test_cosine_distance_properties():
@@ -103,6 +109,17 @@ def test_cosine_distance_properties():
     assert 0.5 < d < 1.5  # unrelated random maps sit near 1
 
 
+def test_cosine_distance_is_taken_along_the_channels_at_each_position():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(2, 8, 5, 6, generator=g)
+    flipped = f.clone()
+    flipped[1, :, 2, 3] *= -1  # one position of 2 x 5 x 6 points the other way
+    assert cosine_distance(f, flipped).item() == pytest.approx(2 / 60, abs=1e-6)
+    valid = torch.ones(2, 5, 6, dtype=torch.bool)
+    valid[1, 2, 3] = False  # masked out, that position no longer counts
+    assert cosine_distance(f, flipped, valid).item() == pytest.approx(0.0, abs=1e-6)
+
+
 @pytest.fixture(scope="module")
 def batch(fake_voc):
     torch.manual_seed(0)
@@ -114,12 +131,14 @@ def batch(fake_voc):
 @pytest.mark.parametrize("kd", ["response", "feature", "both"])
 def test_a_kd_step_trains_student_and_adapters_and_leaves_the_teacher_bit_identical(batch, kd):
     torch.manual_seed(0)
-    student, teacher, adapters = build_student().train(), build_teacher("none"), build_adapters()
+    trainee, teacher = Trainee(build_student(), KDConfig(kd)).train(), build_teacher("none")
+    student, adapters = trainee.student, trainee.adapters or build_adapters()
     teacher_before = copy.deepcopy(teacher.state_dict())  # parameters and BatchNorm buffers
     student_before = copy.deepcopy(student.state_dict())
     adapters_before = copy.deepcopy(adapters.state_dict())
-    optimizer = torch.optim.SGD([*student.parameters(), *adapters.parameters()], lr=0.1)
-    loss, terms = training_loss(student, *batch, kd=kd, teacher=teacher, adapters=adapters)
+    optimizer = torch.optim.SGD(trainee.parameters(), lr=0.1)
+    images, masks = batch
+    loss, terms = trainee(images, masks, teacher_outputs(teacher, images))
     loss.backward()
     optimizer.step()
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_before.items())
@@ -151,9 +170,10 @@ def test_the_soft_term_alone_teaches_the_teachers_answers(batch):
     student, teacher = build_student().train(), build_teacher("none")
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
     start = agreement(student, teacher, images)
+    config = KDConfig("response", alpha=0.0, beta=1.0, tau=1.0)
     for _ in range(40):
         loss, _ = training_loss(
-            student, images, masks, kd="response", teacher=teacher, alpha=0.0, beta=1.0, tau=1.0
+            student, None, images, masks, teacher_outputs(teacher, images), config
         )
         optimizer.zero_grad()
         loss.backward()
@@ -163,14 +183,15 @@ def test_the_soft_term_alone_teaches_the_teachers_answers(batch):
 
 def test_the_feature_term_alone_lowers_the_cosine_distance(batch):
     torch.manual_seed(2)
-    images, _ = batch
+    images, masks = batch
     student, teacher, adapters = build_student().train(), build_teacher("none"), build_adapters()
     optimizer = torch.optim.Adam([*student.parameters(), *adapters.parameters()], lr=1e-3)
     with torch.no_grad():
         _, teacher_feats = teacher_features(teacher, images)
 
     def distance():
-        return feature_kd_loss(student(images, return_features=True)[1], teacher_feats, adapters)[0]
+        feats = student(images, return_features=True)[1]
+        return feature_kd_loss(feats, teacher_feats, adapters, masks)[0]
 
     start = distance().item()
     for _ in range(30):

@@ -7,8 +7,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from dataset import collate_eval, eval_loader
-from metrics import VOC_CLASSES, ConfusionMatrix, evaluate, format_iou_table, write_json
+from cli import write_json
+from dataset import VOC_CLASSES, collate_eval, eval_loader
+from metrics import ConfusionMatrix, evaluate, format_iou_table
 from model import build_student
 
 # target 255 pixel is ignored whatever its prediction; class 3 is absent from both.

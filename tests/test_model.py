@@ -3,7 +3,7 @@ import socket
 import pytest
 import torch
 
-from metrics import count_params
+from cli import UserError
 from model import (
     STUDENT_TAPS,
     TEACHER_RESIZE,
@@ -11,6 +11,7 @@ from model import (
     TEACHER_WEIGHTS,
     build_student,
     build_teacher,
+    count_params,
     describe_layers,
     load_student,
     save_file,
@@ -102,16 +103,16 @@ def offline(monkeypatch):
 
 def test_pretrained_backbone_offline_names_the_flag_to_turn_it_off(monkeypatch):
     offline(monkeypatch)
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(UserError) as e:
         build_student(pretrained_backbone=True)
-    assert "--no-pretrained-backbone" in str(e.value)
+    assert "without them (no pretrained backbone)" in str(e.value)
 
 
 def test_default_teacher_offline_names_the_alternatives(monkeypatch):
     offline(monkeypatch)
-    with pytest.raises(SystemExit) as e:
-        build_teacher("default", flag="--teacher-weights")
-    assert "--teacher-weights none" in str(e.value)
+    with pytest.raises(UserError) as e:
+        build_teacher("default")
+    assert "a local state dict, or none" in str(e.value)
 
 
 def test_teacher_loads_a_local_state_dict_with_or_without_aux_head(tmp_path, teacher):
@@ -122,7 +123,7 @@ def test_teacher_loads_a_local_state_dict_with_or_without_aux_head(tmp_path, tea
     loaded = build_teacher(str(tmp_path / "fcn.pth"))
     assert torch.equal(loaded.classifier[4].weight, full.classifier[4].weight)
     torch.save({"something": torch.zeros(1)}, tmp_path / "other.pth")
-    with pytest.raises(SystemExit, match="not an FCN-ResNet50"):
+    with pytest.raises(UserError, match="as an FCN-ResNet50 state dict does not fit"):
         build_teacher(str(tmp_path / "other.pth"))
 
 
@@ -149,8 +150,8 @@ def test_bad_checkpoints_give_a_one_line_error(tmp_path, content, message):
         path.write_bytes(content)
     else:
         torch.save(content, path)
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(UserError) as e:
         load_student(path)
     assert message in str(e.value) and "\n" not in str(e.value)
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         load_student(tmp_path / "missing.pth")

@@ -14,9 +14,9 @@ def test_the_draft_holds_the_table_the_plots_and_the_overlays(trained, tmp_path)
            "device_name": "a CPU", "checkpoint": "weights/student_none.pth", "split": "val",
            "num_images": 4, "synthetic": True}  # fmt: skip
     test = load_script("test")
-    (outputs / "kd_comparison.md").write_text(test.comparison_markdown([row], None))
+    (outputs / "kd_comparison.md").write_text(test.comparison_markdown([row], None, []))
 
-    proc = run_script("report.py", "--outputs", outputs, "--weights", weights)
+    proc = run_script("report.py", "--out-dir", outputs, "--weights-dir", weights)
     assert proc.returncode == 0, proc.stderr
     draft = (outputs / "report.md").read_text()
     assert "| none (cross-entropy only) | 25.00 | 1,035,733 | 12.5 |" in draft
@@ -31,15 +31,15 @@ def test_the_draft_holds_the_table_the_plots_and_the_overlays(trained, tmp_path)
     assert "student_none.pth" not in missing
 
     (outputs / "report.md").write_text("my own discussion")
-    again = run_script("report.py", "--outputs", outputs, "--weights", weights)
+    again = run_script("report.py", "--out-dir", outputs, "--weights-dir", weights)
     assert again.returncode != 0 and "--overwrite" in again.stderr
     assert (outputs / "report.md").read_text() == "my own discussion"
-    forced = run_script("report.py", "--outputs", outputs, "--weights", weights, "--overwrite")
+    forced = run_script("report.py", "--out-dir", outputs, "--weights-dir", weights, "--overwrite")
     assert forced.returncode == 0 and (outputs / "report.md").read_text() == draft
 
 
 def test_an_empty_outputs_folder_gives_a_draft_listing_what_is_missing(tmp_path):
-    proc = run_script("report.py", "--outputs", tmp_path / "out", "--weights", tmp_path / "w")
+    proc = run_script("report.py", "--out-dir", tmp_path / "out", "--weights-dir", tmp_path / "w")
     assert proc.returncode == 0, proc.stderr
     draft = (tmp_path / "out" / "report.md").read_text()
     for item in ("step1_fcn_resnet50.json", "benchmark.json", "student_none.pth",

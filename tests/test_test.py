@@ -1,108 +1,166 @@
-"""test.py: evaluating checkpoints, the KD comparison table, bad checkpoints."""
+"""test.py: evaluating checkpoints (.pth and .onnx), the KD comparison table, own photos, bad
+input."""
 
 import json
+import os
 
-from conftest import RESULT_KEYS, run_script
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import RESULT_KEYS, load_script, run_script
+from visualize import voc_palette
 
 FAST = ("--device", "cpu", "--size", "64", "--runs", "1", "--num-workers", "0")
+PERSON = 15
 
 
 def test_a_checkpoint_is_scored_timed_and_illustrated(trained, fake_voc, tmp_path):
-    proc = run_script(
-        "test.py",
-        "--checkpoint",
-        trained["out"],
-        "--data-root",
-        fake_voc,
-        "--num-overlays",
-        "1",
-        "--out",
-        tmp_path,
-        *FAST,
-    )
+    proc = run_script("test.py", "--checkpoint", trained["out"], "--data-root", fake_voc,
+                      "--num-overlays", "1", "--out-dir", tmp_path, *FAST)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    for text in ("mIoU", "parameters", "ms/image", "SYNTHETIC"):
+    for text in ("mIoU", "parameters", "ms/image", "SYNTHETIC", "wrote"):
         assert text in proc.stdout
     result = json.loads((tmp_path / "test_student_none.json").read_text())
     assert RESULT_KEYS <= set(result)
     assert result["synthetic"] is True and result["num_images"] == 4 and len(result["iou"]) == 21
     overlays = sorted(p.name for p in (tmp_path / "overlays").iterdir())
     assert len(overlays) == 2 and overlays[0].startswith("student_none_best1_")
+    assert all(str(tmp_path / "overlays" / name) in proc.stdout for name in overlays)
 
 
-def test_compare_writes_one_row_per_checkpoint_plus_the_teacher(trained, fake_voc, tmp_path):
+def test_best_and_worst_overlays_are_the_best_and_worst_images(trained, fake_voc, tmp_path):
+    proc = run_script("test.py", "--checkpoint", trained["out"], "--data-root", fake_voc,
+                      "--num-overlays", "2", "--out-dir", tmp_path, *FAST)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "test_student_none.json").read_text())
+    val = (fake_voc / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
+    score = {name: s for name, s in zip(val, result["per_image_miou"]) if s is not None}
+    assert max(score.values()) > min(score.values())  # else any order would pass
+
+    def picked(kind):
+        [name] = [p.stem for p in (tmp_path / "overlays").glob(f"student_none_{kind}1_*.png")]
+        return score[name.split("1_", 1)[1]]
+
+    assert picked("best") == max(score.values()) and picked("worst") == min(score.values())
+
+
+def test_compare_times_together_and_lists_unreadable_inputs(trained, fake_voc, tmp_path):
     copy = tmp_path / "student_copy.pth"
     copy.write_bytes(trained["out"].read_bytes())
-    (tmp_path / "step1_fcn_resnet50.json").write_text(
-        json.dumps(
-            {
-                "miou": 0.5,
-                "params": 32957013,
-                "ms_per_image": 100.0,
-                "input_size": 520,
-                "device_name": "some CPU",
-                "synthetic": True,
-            }
-        )
-    )
-    proc = run_script(
-        "test.py",
-        "--compare",
-        trained["out"],
-        copy,
-        "--data-root",
-        fake_voc,
-        "--limit",
-        "2",
-        "--num-overlays",
-        "1",
-        "--out",
-        tmp_path,
-        *FAST,
-    )
+    (tmp_path / "broken.pth").write_text("not a checkpoint")
+    (tmp_path / "step1_fcn_resnet50.json").write_text(json.dumps({
+        "miou": 0.5, "params": 32957013, "ms_per_image": 100.0, "input_size": 520,
+        "device_name": "some CPU", "synthetic": True}))  # fmt: skip
+    proc = run_script("test.py", "--compare", trained["out"], tmp_path / "broken.pth", copy,
+                      "--data-root", fake_voc, "--limit", "2", "--num-overlays", "1",
+                      "--out-dir", tmp_path, *FAST)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     table = (tmp_path / "kd_comparison.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + 3  # header, two students, the teacher
     assert "SYNTHETIC" in table and "FCN-ResNet50 teacher" in rows[-1] and "50.00" in rows[-1]
+    assert "interleaved" in table and "broken.pth" in table.split("could not be read")[1]
     data = json.loads((tmp_path / "kd_comparison.json").read_text())
     assert [s["checkpoint"] for s in data["students"]] == [str(trained["out"]), str(copy)]
     assert data["students"][0]["miou"] == data["students"][1]["miou"]  # same weights, same score
 
 
-def test_a_corrupt_checkpoint_is_a_one_line_error(fake_voc, tmp_path):
-    (tmp_path / "bad.pth").write_text("definitely not a checkpoint")
-    proc = run_script(
-        "test.py", "--checkpoint", tmp_path / "bad.pth", "--data-root", fake_voc, *FAST
+@pytest.mark.parametrize("content, message", [
+    (b"definitely not a checkpoint", "corrupt or not a PyTorch file (UnpicklingError)"),
+    ({"model": {"x": torch.zeros(1)}, "args": {}}, "different architecture (Missing key(s)"),
+])  # fmt: skip
+def test_a_bad_checkpoint_is_one_error_line_before_the_data_is_read(tmp_path, content, message):
+    path = tmp_path / "bad.pth"
+    path.write_bytes(content) if isinstance(content, bytes) else torch.save(content, path)
+    proc = run_script("test.py", "--checkpoint", path, "--data-root", tmp_path / "no_data", *FAST)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ")
+    assert message in lines[0] and "not found" not in lines[0]
+
+
+def test_a_nan_checkpoint_is_refused(trained, tmp_path):
+    ckpt = torch.load(trained["out"], weights_only=True)
+    ckpt["model"]["classifier.1.weight"][0, 0] = float("nan")
+    torch.save(ckpt, tmp_path / "nan.pth")
+    proc = run_script("test.py", "--checkpoint", tmp_path / "nan.pth", *FAST)
+    assert (
+        proc.returncode == 1 and "NaN or infinite" in proc.stderr and "Traceback" not in proc.stderr
     )
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [
-        f"error: cannot read checkpoint {tmp_path / 'bad.pth'}: corrupt or not a PyTorch file "
-        "(UnpicklingError)"
-    ]
 
 
-def test_own_photos_are_segmented_and_unreadable_files_skipped(trained, fake_voc, tmp_path):
+@pytest.fixture
+def person_checkpoint(trained, tmp_path):
+    """The trained student with its classifier biased hard toward `person`."""
+    ckpt = torch.load(trained["out"], weights_only=True)
+    ckpt["model"]["classifier.1.bias"][PERSON] = 1000.0
+    torch.save(ckpt, tmp_path / "person.pth")
+    return tmp_path / "person.pth"
+
+
+def exif_rotated_jpeg(path, width: int = 40, height: int = 24) -> None:
+    """A width x height JPEG whose EXIF says: rotate 90 degrees to display (orientation 6)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (width, height), (90, 60, 30)).save(path, exif=exif)
+
+
+def test_own_photos_give_masks_of_the_predicted_class_in_display_orientation(
+    person_checkpoint, tmp_path
+):
     photos = tmp_path / "photos"
     photos.mkdir()
-    jpgs = sorted((fake_voc / "VOCdevkit/VOC2012/JPEGImages").glob("*.jpg"))[:2]
-    for jpg in jpgs:
-        (photos / jpg.name).write_bytes(jpg.read_bytes())
+    exif_rotated_jpeg(photos / "phone.jpg")
+    Image.new("RGB", (30, 20), "white").save(photos / "dup.jpg")
+    Image.new("RGB", (30, 20), "black").save(photos / "dup.png")
     (photos / "broken.jpg").write_bytes(b"not a jpeg at all")
     (photos / "notes.txt").write_text("not an image, not even tried")
+    os.mkfifo(photos / "fifo.jpg")  # would block a reader forever
     out = tmp_path / "out"
-    proc = run_script("test.py", "--checkpoint", trained["out"], "--images", photos,
-                      tmp_path / "missing.png", "--out", out, "--device", "cpu")  # fmt: skip
+    proc = run_script("test.py", "--checkpoint", person_checkpoint, "--images", photos,
+                      tmp_path / "missing.png", "--out-dir", out, "--device", "cpu")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "skipped" in proc.stderr and "broken.jpg" in proc.stderr and "missing.png" in proc.stderr
-    written = sorted(p.name for p in out.iterdir())
-    assert written == sorted(f"{j.stem}_{kind}.png" for j in jpgs for kind in ("mask", "overlay"))
-    from PIL import Image
+    for name in ("broken.jpg", "missing.png", "fifo.jpg: not a regular file"):
+        assert name in proc.stderr
+    written = sorted(p.name for p in (out / "photos").iterdir())
+    stems = ("dup_jpg", "dup_png", "phone_jpg")
+    assert written == sorted(f"{s}_{kind}.png" for s in stems for kind in ("mask", "overlay"))
+    mask = Image.open(out / "photos" / "phone_jpg_mask.png")
+    assert mask.size == (24, 40)  # turned as the EXIF orientation says
+    colours = {tuple(c) for c in np.asarray(mask).reshape(-1, 3)}
+    assert colours == {tuple(voc_palette()[3 * PERSON : 3 * PERSON + 3])}
 
-    mask = Image.open(out / f"{jpgs[0].stem}_mask.png")
-    assert mask.size == Image.open(jpgs[0]).size
-    overlay = Image.open(out / f"{jpgs[0].stem}_overlay.png")
-    assert overlay.width > mask.width  # the legend sits beside the blended image
+
+def test_test_py_on_the_onnx_export_scores_like_the_pth(trained, exported, fake_voc, tmp_path):
+    scores = {}
+    for path in (trained["out"], exported):
+        proc = run_script("test.py", "--checkpoint", path, "--data-root", fake_voc,
+                          "--num-overlays", "1", "--out-dir", tmp_path, *FAST)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    for name in ("test_student_none.json", "test_student_none_onnx.json"):
+        scores[name] = json.loads((tmp_path / name).read_text())
+    pth, onnx = scores.values()
+    assert onnx["runtime"] == "onnxruntime" and pth["runtime"] == "pytorch"
+    assert onnx["miou"] == pytest.approx(pth["miou"], abs=1e-9) and onnx["params"] == pth["params"]
+
+
+def test_comparison_table_names_each_kd_method():
+    test = load_script("test")
+    row = {
+        "kd": "feature",
+        "miou": 0.25,
+        "params": 10,
+        "ms_per_image": 1.5,
+        "input_size": 64,
+        "device_name": "a CPU",
+        "checkpoint": "w.pth",
+        "split": "val",
+        "num_images": 4,
+    }
+    assert "| feature-based | 25.00 | 10 | 1.5 | 64x64 | a CPU | w.pth |" in (
+        test.comparison_markdown([row], None, [])
+    )
 
 
 def test_images_alone_are_refused_without_a_checkpoint(tmp_path):

@@ -16,7 +16,7 @@ def test_step1_runs_on_synthetic_data_with_a_random_teacher(fake_voc, tmp_path):
         "3",
         "--device",
         "cpu",
-        "--out",
+        "--out-dir",
         tmp_path,
         "--size",
         "64",

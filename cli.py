@@ -1,0 +1,206 @@
+"""What every script shares on the command line: the error type, the entry point, argument
+types and common flags, the device, and atomic writing of outputs.
+
+    from cli import UserError, run, parser, atomic_path, write_json
+
+Library code raises UserError for anything the user can fix (a missing file, a bad flag
+value, a foreign checkpoint); `run` prints it as one `error: ...` line and exits 1. Ctrl+C
+prints one line and exits 130. Nothing else in the project prints errors or calls SystemExit.
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+EXIT_ERROR, EXIT_INTERRUPTED = 1, 130  # 130 = 128 + SIGINT, what shells report for Ctrl+C
+# More loader processes than cores only contend for them (and PyTorch warns about it).
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+
+
+class UserError(Exception):
+    """An error the user can fix; its message says what is wrong and what to do."""
+
+
+def run(main: Callable, parse_args: Callable) -> None:
+    """main(parse_args()), the entry point of every script: a UserError becomes one
+    `error: ...` line and exit 1; Ctrl+C one `interrupted` line (with what was saved, when
+    main says so in the KeyboardInterrupt) and exit 130."""
+    args = parse_args()
+    try:
+        main(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt as e:
+        print(f"\ninterrupted{': ' + str(e) if e.args else ''}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help keeps the docstring's layout and shows every flag's default, written once."""
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+
+
+# ----------------------------------------------------------------------------- argument types
+
+
+def number(kind: type = int, minimum: float = 0, maximum: float = math.inf, strict: bool = False):
+    """An argparse type: a finite `kind` in [minimum, maximum] (minimum excluded with strict),
+    else argparse's one-line "argument --x: must be ..." error."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        low_ok = value > minimum if strict else value >= minimum
+        if not (math.isfinite(value) and low_ok and value <= maximum):
+            low = f"above {minimum}" if strict else f"at least {minimum}"
+            high = "" if maximum == math.inf else f" and at most {maximum}"
+            raise argparse.ArgumentTypeError(f"must be {low}{high}, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+positive_int, non_negative_int = number(int, 1), number(int, 0)
+positive_float, non_negative_float = number(float, 0, strict=True), number(float, 0)
+
+
+# ----------------------------------------------------------------------------- common flags
+
+
+def add_data_root(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", default="data", help="folder holding VOCdevkit/")
+
+
+def add_num_workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--num-workers",
+        type=non_negative_int,
+        default=DEFAULT_WORKERS,
+        help="data loading processes (at most the CPU count by default)",
+    )
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda or cuda:N; none given: cuda if available, else cpu",
+    )
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """--device value -> torch.device; None means cuda when available, else cpu."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r} (try cpu or cuda)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device {name!r} is not supported here (try cpu or cuda)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU here")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's or the CPU's model name, for saying where a time was measured."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return f"{names[0]} ({torch.get_num_threads()} threads)"
+    except (OSError, IndexError):
+        return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+# ----------------------------------------------------------------------------- writing outputs
+
+
+def check_output(path: str | Path, folder: bool = False) -> Path:
+    """Fail now, not after an hour of work, when `path` cannot be written: a folder where a
+    file goes (or the reverse), or a parent that is a file. Creates the missing folders."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise UserError(
+            f"{path} is {'a file' if folder else 'a folder'}; "
+            f"give the path of a {'folder' if folder else 'file'}"
+        )
+    try:
+        (path if folder else path.parent).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the folder for {path}: {e.strerror or e}") from None
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write to; it replaces `path` only when the block
+    ends without error, and is deleted otherwise (disk full, Ctrl+C): a reader finds the old
+    file or the new one, never half of one. The temporary name keeps the suffix, so
+    matplotlib and zipfile still see what they write."""
+    path = check_output(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(text: str, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(obj: dict, path: str | Path) -> None:
+    """JSON with NaN and infinities written as null (they are not JSON), atomically."""
+
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        return [clean(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+    write_text(json.dumps(clean(obj), indent=2) + "\n", path)
+
+
+def add_eval_args(p: argparse.ArgumentParser, size: int) -> None:
+    """The flags test_pretrained.py and test.py share; `size` is the timed input's side."""
+    add_data_root(p)
+    p.add_argument("--split", default="val", choices=("train", "val"))
+    add_device(p)
+    p.add_argument(
+        "--limit", type=positive_int, metavar="N", help="the first N images only; none given: all"
+    )
+    add_num_workers(p)
+    p.add_argument(
+        "--size",
+        type=number(int, 32, 4096),
+        default=size,
+        help="side of the square input timed for ms/image",
+    )
+    p.add_argument("--runs", type=number(int, 1, 10_000), default=20, help="timed passes")
+    p.add_argument(
+        "--num-overlays", type=number(int, 0, 100), default=3, help="best and worst overlays, each"
+    )
+    p.add_argument("--out-dir", default="outputs", help="folder for the JSON and the images")

@@ -1,0 +1,238 @@
+"""Deploy the student: export a checkpoint to ONNX, check it against PyTorch with ONNX Runtime,
+and optionally quantise it to int8.
+
+    python export.py --checkpoint weights/student_response.pth --out weights/student_response.onnx
+    python export.py --checkpoint weights/student_response.pth \\
+        --out weights/student_response.onnx --int8 --calib 64   # + student_response_int8.onnx
+    python test.py --checkpoint weights/student_response.onnx    # evaluate it like a .pth
+
+The .onnx file is self-contained (weights inside), takes 1 x 3 x H x W for any H and W (the
+image normalised as for training, dataset.normalize) and returns 1 x 21 x H x W logits. The
+run's metadata (kd, parameters, training args, SYNTHETIC or not) is stored in the model's
+metadata_props. After writing, ONNX Runtime runs it against PyTorch at a few sizes: the
+export fails unless the logits agree to float tolerance.
+
+--int8 writes a statically quantised model (QDQ: int8 weights, uint8 activations), calibrated
+on the first --calib training images, and reports its argmax agreement with the fp32 model on
+as many val images, and both file sizes. Whether int8 is faster depends on the CPU: one
+without int8 dot-product instructions (VNNI) gains little or nothing (benchmark.py measures it).
+"""
+
+import argparse
+import importlib
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from cli import UserError, add_data_root, atomic_path, check_output, number, parser, run
+from dataset import EvalTransform, is_synthetic, voc_dataset
+from model import count_params, load_student
+
+PARITY_SIZES = ((520, 520), (333, 500), (97, 65))  # square, VOC's usual landscape, odd sizes
+TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| of the logits: float32 rounding, not a bug
+INPUT, OUTPUT = "image", "logits"
+METADATA_KEY = "student"  # metadata_props entry holding export_onnx's metadata as JSON
+
+
+def require(name: str):
+    """Import an optional deployment package, or a UserError saying how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UserError(
+            f"the deployment path needs the package {name}: pip install -r requirements.txt"
+        ) from None
+
+
+def export_onnx(student: torch.nn.Module, path: Path, metadata: dict) -> None:
+    """Write `student` as one self-contained ONNX file with dynamic height and width (torch
+    exporter, dynamo=True, which needs onnxscript) and `metadata` as string properties."""
+    require("onnxscript")
+    onnx = require("onnx")
+    height, width = torch.export.Dim("height", min=32), torch.export.Dim("width", min=32)
+    program = torch.onnx.export(
+        student.eval(),
+        (torch.zeros(1, 3, 96, 128),),
+        dynamo=True,
+        verbose=False,
+        input_names=[INPUT],
+        output_names=[OUTPUT],
+        dynamic_shapes={"x": {2: height, 3: width}},
+        external_data=False,
+    )
+    model = program.model_proto
+    onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(metadata)})
+    with atomic_path(path) as tmp:
+        onnx.save_model(model, str(tmp))
+
+
+class OnnxModel:
+    """An .onnx segmentation model run by ONNX Runtime behind the interface evaluate() uses:
+    model(images N x 3 x H x W tensor) -> logits tensor on images' device; eval() and to()
+    do nothing, so the evaluation code path is the same as for PyTorch."""
+
+    def __init__(self, path: str | Path, cuda: bool = False):
+        ort = require("onnxruntime")
+        providers = ["CUDAExecutionProvider"] if cuda else []
+        try:
+            self.session = ort.InferenceSession(
+                str(path), providers=providers + ["CPUExecutionProvider"]
+            )
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
+            raise UserError(
+                f"cannot load {path} as an ONNX model: {str(e).splitlines()[0][:300]}"
+            ) from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.metadata = json.loads(props.get(METADATA_KEY, "{}"))
+        except ValueError:
+            raise UserError(f"{path}: its {METADATA_KEY!r} metadata is not JSON") from None
+        self.path = Path(path)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.session.run([OUTPUT], {INPUT: images.float().cpu().numpy()})[0]
+        return torch.from_numpy(logits).to(images.device)
+
+    def eval(self):
+        return self
+
+    def to(self, *args, **kwargs):
+        return self
+
+
+def parity(student: torch.nn.Module, model: OnnxModel, sizes=PARITY_SIZES) -> list:
+    """[(h, w, max |logit difference|, fraction of pixels with the same argmax)] on random
+    inputs of each size."""
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    for h, w in sizes:
+        x = torch.randn(1, 3, h, w, generator=generator)
+        with torch.inference_mode():
+            ref = student.eval()(x)
+        got = model(x)
+        agree = (ref.argmax(1) == got.argmax(1)).float().mean().item()
+        rows.append((h, w, (ref - got).abs().max().item(), agree))
+    return rows
+
+
+def images(data_root: str, split: str, count: int) -> list:
+    """The first `count` images of a VOC split as normalised 1 x 3 x H x W arrays."""
+    data = voc_dataset(data_root, split, EvalTransform(), limit=count)
+    return [data[i][0][None].numpy() for i in range(len(data))]
+
+
+def quantize_int8(fp32: Path, out: Path, calibration: list) -> None:
+    """Static int8 quantisation (QDQ) of an .onnx file, calibrated on `calibration` arrays;
+    the fp32 file's metadata is carried over."""
+    q = require("onnxruntime.quantization")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calibration)
+
+        def get_next(self):
+            x = next(self.batches, None)
+            return None if x is None else {INPUT: x}
+
+    with tempfile.TemporaryDirectory() as work, atomic_path(out) as tmp:
+        pre = Path(work) / "prepared.onnx"
+        # Symbolic shape inference cannot follow the dynamic H and W; ONNX's own inference can.
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        q.quantize_static(
+            str(pre),
+            str(tmp),
+            Reader(),
+            quant_format=q.QuantFormat.QDQ,
+            activation_type=q.QuantType.QUInt8,
+            weight_type=q.QuantType.QInt8,
+        )
+        onnx = require("onnx")
+        model, source = onnx.load(str(tmp)), onnx.load(str(fp32), load_external_data=False)
+        onnx.helper.set_model_props(model, {p.key: p.value for p in source.metadata_props})
+        onnx.save_model(model, str(tmp))
+
+
+def argmax_agreement(a: OnnxModel, b: OnnxModel, inputs: list) -> float:
+    """Fraction of pixels, over all `inputs`, where the two models' argmax agree."""
+    same = total = 0
+    for x in inputs:
+        x = torch.from_numpy(x)
+        agree = a(x).argmax(1) == b(x).argmax(1)
+        same, total = same + agree.sum().item(), total + agree.numel()
+    return same / total
+
+
+def parse_args(argv: list | None = None) -> argparse.Namespace:
+    p = parser(__doc__)
+    p.add_argument("--checkpoint", required=True, help="a student checkpoint written by train.py")
+    p.add_argument("--out", help="the .onnx file; none given: the checkpoint's path as .onnx")
+    p.add_argument(
+        "--int8", action="store_true", help="also write <out stem>_int8.onnx, statically quantised"
+    )
+    p.add_argument(
+        "--calib",
+        type=number(int, 1, 10_000),
+        default=64,
+        help="training images that calibrate --int8 (and val images that check it)",
+    )
+    add_data_root(p)
+    p.add_argument("--overwrite", action="store_true", help="replace existing .onnx files")
+    args = p.parse_args(argv)
+    args.out = args.out or str(Path(args.checkpoint).with_suffix(".onnx"))
+    if Path(args.out).suffix != ".onnx":
+        p.error(f"argument --out: {args.out} must end in .onnx")
+    return args
+
+
+def main(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    int8 = out.with_name(out.stem + "_int8.onnx")
+    for path in [out] + ([int8] if args.int8 else []):
+        if check_output(path).exists() and not args.overwrite:
+            raise UserError(f"{path} already exists; pass --overwrite to replace it")
+    student, ckpt = load_student(args.checkpoint)
+    metadata = {
+        "kd": ckpt.get("args", {}).get("kd"),
+        "params": count_params(student),
+        "synthetic": bool(ckpt.get("synthetic")),
+        "epoch": ckpt.get("epoch"),
+        "checkpoint": str(args.checkpoint),
+        "args": ckpt.get("args", {}),
+    }
+    print(f"exporting {args.checkpoint} to ONNX ...", flush=True)
+    export_onnx(student, out, metadata)
+    model = OnnxModel(out)
+    for h, w, diff, agree in parity(student, model):
+        print(
+            f"  {h}x{w}: max |ONNX Runtime - PyTorch| = {diff:.1e}, argmax agreement "
+            f"{100 * agree:.2f}%"
+        )
+        if diff > TOLERANCE:
+            out.unlink()
+            raise UserError(
+                f"the exported model differs from PyTorch by {diff:.1e} at {h}x{w} "
+                f"(tolerance {TOLERANCE}); {out} deleted"
+            )
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    if args.int8:
+        write_int8(args, out, int8)
+
+
+def write_int8(args: argparse.Namespace, fp32: Path, int8: Path) -> None:
+    tag = " (SYNTHETIC data)" if is_synthetic(args.data_root) else ""
+    print(f"calibrating int8 on {args.calib} train images{tag} ...", flush=True)
+    quantize_int8(fp32, int8, images(args.data_root, "train", args.calib))
+    held_out = images(args.data_root, "val", args.calib)
+    agree = argmax_agreement(OnnxModel(fp32), OnnxModel(int8), held_out)
+    print(f"int8 argmax agreement with fp32 on {len(held_out)} val images{tag}: {100 * agree:.2f}%")
+    print(
+        f"wrote {int8} ({int8.stat().st_size / 1e6:.2f} MB, fp32 "
+        f"{fp32.stat().st_size / 1e6:.2f} MB)"
+    )
+
+
+if __name__ == "__main__":
+    run(main, parse_args)

@@ -1,0 +1,152 @@
+"""download.py against a tiny archive served from 127.0.0.1: mirrors, md5, resume, safe
+extraction, the completion marker."""
+
+import dataclasses
+import hashlib
+import io
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from cli import UserError
+from dataset import VOC, voc_dataset
+from download import download_source, safe_extract
+from synthetic import make_fake_voc
+
+
+class ArchiveServer:
+    """Serves {path: bytes} from 127.0.0.1, honouring Range requests like a real mirror (or
+    ignoring them, like some servers, with honour_range=False)."""
+
+    def __init__(self, files: dict, honour_range: bool = True):
+        self.files, self.ranges, self.honour_range = files, [], honour_range
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                if "Range" in self.headers and server.honour_range:
+                    start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0])
+                    server.ranges.append(start)
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                self.wfile.write(body[start:])
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}{path}"
+
+
+@pytest.fixture
+def server():
+    servers = []
+    yield lambda files, **kw: servers.append(ArchiveServer(files, **kw)) or servers[-1]
+    for s in servers:
+        s.httpd.shutdown()
+
+
+def voc_from(mirrors: list, md5: str):
+    """VOC's Source with other mirrors and md5: the real download code, a local server."""
+    return dataclasses.replace(VOC, mirrors=tuple(mirrors), md5=md5)
+
+
+def tar_bytes(members: dict) -> bytes:
+    """A tar archive of {member name: content}."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def tiny_voc_tar(tmp_path) -> bytes:
+    make_fake_voc(tmp_path / "src", num_images=2)
+    files = sorted(p for p in (tmp_path / "src").rglob("*") if p.is_file())
+    return tar_bytes({str(p.relative_to(tmp_path / "src")): p.read_bytes() for p in files})
+
+
+def test_good_download_from_the_second_mirror_is_checked_and_extracted(tmp_path, server):
+    archive = tiny_voc_tar(tmp_path)
+    srv = server({"/voc.tar": archive})
+    root = tmp_path / "data"
+    download_source(
+        root,
+        voc_from(
+            [srv.url("/missing.tar"), srv.url("/voc.tar")],
+            hashlib.md5(archive).hexdigest(),
+        ),
+    )
+    assert len(voc_dataset(root, "train", None)) == 1 and len(voc_dataset(root, "val", None)) == 1
+    assert (root / VOC.archive).exists() and not (root / (VOC.archive + ".part")).exists()
+
+
+def test_md5_mismatch_is_a_clear_error_and_leaves_no_partial_file(tmp_path, server):
+    srv = server({"/voc.tar": tiny_voc_tar(tmp_path)})
+    root = tmp_path / "data"
+    with pytest.raises(UserError) as e:
+        download_source(root, voc_from([srv.url("/voc.tar")], "0" * 32))
+    assert "md5 mismatch" in str(e.value) and "by hand" in str(e.value)
+    assert list(root.iterdir()) == []
+
+
+def test_a_broken_download_resumes_with_a_range_request(tmp_path, server):
+    archive = tiny_voc_tar(tmp_path)
+    srv = server({"/voc.tar": archive})
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / (VOC.archive + ".part")).write_bytes(archive[:1000])  # what a dropped link left
+    download_source(root, voc_from([srv.url("/voc.tar")], hashlib.md5(archive).hexdigest()))
+    assert srv.ranges == [1000]
+    assert (root / VOC.archive).read_bytes() == archive
+
+
+def test_a_server_ignoring_range_gets_the_download_restarted_from_zero(tmp_path, server):
+    archive = tiny_voc_tar(tmp_path)
+    srv = server({"/voc.tar": archive}, honour_range=False)
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / (VOC.archive + ".part")).write_bytes(b"stale bytes of another attempt")
+    download_source(root, voc_from([srv.url("/voc.tar")], hashlib.md5(archive).hexdigest()))
+    assert (root / VOC.archive).read_bytes() == archive
+
+
+def test_an_extracted_dataset_is_used_as_is_without_the_network(fake_voc):
+    download_source(fake_voc, voc_from(["http://example.invalid/never-used"], "0" * 32))
+
+
+def test_a_manually_placed_archive_is_used_without_the_network(tmp_path):
+    archive = tiny_voc_tar(tmp_path)
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / VOC.archive).write_bytes(archive)
+    download_source(
+        root, voc_from(["http://example.invalid/never-used"], hashlib.md5(archive).hexdigest())
+    )
+    assert len(voc_dataset(root, "val", None)) == 1
+
+
+@pytest.mark.parametrize(
+    "evil", ["../escaped.txt", "/tmp/absolute_escape.txt", "VOCdevkit/../../escaped.txt"]
+)
+def test_archive_members_escaping_the_target_are_refused(tmp_path, evil):
+    (tmp_path / "evil.tar").write_bytes(tar_bytes({"VOCdevkit/ok.txt": b"ok", evil: b"x"}))
+    target = tmp_path / "target"
+    target.mkdir()
+    with pytest.raises(UserError) as e:
+        safe_extract(tmp_path / "evil.tar", target)
+    assert "escapes" in str(e.value)
+    assert list(target.iterdir()) == [] and not (tmp_path / "escaped.txt").exists()

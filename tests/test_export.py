@@ -1,0 +1,63 @@
+"""export.py: ONNX parity with PyTorch, metadata, int8, and clear errors."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from cli import UserError
+from conftest import run_script
+from export import OnnxModel, parity, require
+from model import load_student
+
+
+def test_the_export_matches_pytorch_at_several_sizes_and_carries_the_metadata(trained, export_run):
+    student, _ = load_student(trained["out"])
+    model = OnnxModel(export_run["onnx"])
+    rows = parity(student, model, sizes=((64, 64), (45, 77)))
+    assert all(diff < 1e-4 and agree == 1.0 for _, _, diff, agree in rows)
+    assert model.metadata["kd"] == "none" and model.metadata["synthetic"] is True
+    assert model.metadata["params"] == sum(p.numel() for p in student.parameters())
+    printed = re.findall(r"(\d+)x(\d+): max \|ONNX Runtime - PyTorch\| = ([\d.e+-]+)",
+                         export_run["proc"].stdout)  # fmt: skip
+    assert len(printed) == 3 and all(float(diff) < 1e-4 for *_, diff in printed)
+
+
+def test_int8_is_written_and_reports_its_agreement(export_run):
+    stdout = export_run["proc"].stdout
+    agreement = float(re.search(r"int8 argmax agreement with fp32 on 2 val images "
+                                r"\(SYNTHETIC data\): ([\d.]+)%", stdout).group(1))  # fmt: skip
+    assert 0 <= agreement <= 100
+    int8 = OnnxModel(export_run["int8"])
+    assert int8.metadata["kd"] == "none"  # carried over from the fp32 file
+    assert export_run["int8"].stat().st_size < 0.5 * export_run["onnx"].stat().st_size
+    assert int8(torch.randn(1, 3, 40, 56)).shape == (1, 21, 40, 56)
+
+
+def test_a_corrupt_onnx_file_is_one_clear_error(tmp_path):
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")
+    with pytest.raises(UserError, match="cannot load .*bad.onnx as an ONNX model"):
+        OnnxModel(tmp_path / "bad.onnx")
+    proc = run_script("test.py", "--checkpoint", tmp_path / "bad.onnx", "--device", "cpu")
+    assert proc.returncode == 1 and proc.stderr.startswith("error: cannot load")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_missing_package_names_the_install_command():
+    with pytest.raises(UserError, match="pip install -r requirements.txt"):
+        require("no_such_package_for_the_deployment")
+
+
+def test_export_refuses_to_replace_an_onnx_file_without_asking(trained, tmp_path):
+    (tmp_path / "s.onnx").write_text("mine")
+    proc = run_script("export.py", "--checkpoint", trained["out"], "--out", tmp_path / "s.onnx")
+    assert proc.returncode == 1 and "--overwrite" in proc.stderr
+    assert (tmp_path / "s.onnx").read_text() == "mine"
+
+
+def test_the_metadata_is_json_of_the_run(export_run):
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(export_run["onnx"])).metadata_props}
+    assert json.loads(props["student"])["args"]["kd"] == "none"

@@ -1,0 +1,38 @@
+"""synthetic.py: the SYNTHETIC tree has VOC's exact layout and never touches a real one."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import dataset
+from cli import UserError
+from dataset import VOC
+from synthetic import make_fake_voc
+
+VOC_VALUES = set(range(21)) | {255}
+
+
+def test_fake_voc_has_the_exact_voc_layout(fake_voc):
+    voc = fake_voc / VOC.subdir
+    train = (voc / "ImageSets/Segmentation/train.txt").read_text().split()
+    val = (voc / "ImageSets/Segmentation/val.txt").read_text().split()
+    assert len(train) == 4 and len(val) == 4 and not set(train) & set(val)
+    for name in train + val:
+        assert Image.open(voc / "JPEGImages" / f"{name}.jpg").format == "JPEG"
+        label = Image.open(voc / "SegmentationClass" / f"{name}.png")
+        assert label.mode == "P" and label.getpalette()[3:6] == [128, 0, 0]
+        values = set(np.unique(np.array(label)).tolist())
+        assert values <= VOC_VALUES and 255 in values  # object boundaries are void, as in VOC
+    assert "SYNTHETIC" in (voc / dataset.SYNTHETIC_MARKER).read_text()
+    assert dataset.is_synthetic(fake_voc)
+
+
+def test_fake_voc_refuses_to_write_into_a_real_dataset(tmp_path):
+    make_fake_voc(tmp_path, num_images=2)
+    (tmp_path / VOC.subdir / dataset.SYNTHETIC_MARKER).unlink()  # now it looks real
+    before = (tmp_path / VOC.subdir / "ImageSets/Segmentation/train.txt").read_text()
+    with pytest.raises(UserError, match="did not make"):
+        make_fake_voc(tmp_path, num_images=6)
+    assert (tmp_path / VOC.subdir / "ImageSets/Segmentation/train.txt").read_text() == before
+    make_fake_voc(tmp_path / "other", num_images=2)
+    make_fake_voc(tmp_path / "other", num_images=4)  # a synthetic tree may be remade
