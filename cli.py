@@ -37,11 +37,20 @@ def run(main: Callable, parse_args: Callable) -> None:
     try:
         main(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {message(e)}", file=sys.stderr)
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt as e:
         print(f"\ninterrupted{': ' + str(e) if e.args else ''}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+
+
+def message(error: UserError) -> str:
+    """The error's one line. A DataLoader worker's error reaches the main process with the
+    worker's traceback as its text; the original message is on that text's last line."""
+    text = str(error).strip()
+    if "Traceback" not in text:
+        return text
+    return text.splitlines()[-1].split(f"{UserError.__name__}: ", 1)[-1]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -162,7 +162,7 @@ def predict_photo(model, image: Image.Image, device: torch.device) -> np.ndarray
     """Class ids at the photo's size; the network sees it scaled to at most MAX_PHOTO_SIDE."""
     work = image.copy()
     work.thumbnail((MAX_PHOTO_SIDE, MAX_PHOTO_SIDE))  # keeps the aspect ratio, never enlarges
-    x = normalize(torch.from_numpy(np.asarray(work)).permute(2, 0, 1))[None].to(device)
+    x = normalize(torch.from_numpy(np.array(work)).permute(2, 0, 1))[None].to(device)
     pred = model_logits(model.eval(), x).argmax(1)[0].to(torch.uint8).cpu().numpy()
     return np.asarray(Image.fromarray(pred).resize(image.size, Image.NEAREST))
 

@@ -166,14 +166,15 @@ def plot_history(history: list, path: Path, title: str) -> None:
     draw(ax_total, "train_loss")
     draw(ax_total, "val_loss", linestyle="--")
     terms = [k for k in history[-1] if k.startswith("train_") and k != "train_loss"]
-    for key in terms:
-        draw(ax_terms, key)
+    for key in terms:  # the per-pair feature distances (train_feat_<pair>) dashed, thinner
+        draw(ax_terms, key, **({"linestyle": ":", "linewidth": 1} if key.count("_") > 1 else {}))
     ax_miou.plot(epochs, [100 * row["val_miou"] for row in history], marker=".", color="C3")
     ax_total.set(xlabel="epoch", ylabel="loss", title="total loss")
     ax_terms.set(xlabel="epoch", ylabel="loss term", title="train loss, term by term")
     ax_miou.set(xlabel="epoch", ylabel="mIoU (%)", title="validation mIoU")
     for ax in (ax_total, ax_terms):
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for ax in (ax_total, ax_terms, ax_miou):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)

@@ -4,7 +4,9 @@ Every test runs offline: tests/netguard/netguard.py makes any connection beyond 
 raise, in this process and (through its sitecustomize.py) in every script a test starts.
 """
 
+import contextlib
 import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import netguard  # noqa: E402
 
 netguard.install()
 
+import cli  # noqa: E402
 from synthetic import make_fake_voc  # noqa: E402
 
 
@@ -48,9 +51,24 @@ def run_python(*argv, cwd: Path | None = None, timeout: float = 300):
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
-def run_script(script: str, *args, **kwargs):
-    """Run a repository script, offline."""
+def run_subprocess(script: str, *args, **kwargs):
+    """Run a repository script in its own interpreter, offline: for what only a real process
+    shows (its exit code and output as a user sees them, signals, torchrun)."""
     return run_python(ROOT / script, *args, **kwargs)
+
+
+def run_script(script: str, *args) -> subprocess.CompletedProcess:
+    """A script's entry point, cli.run(main, parse_args), in this process (a fresh interpreter
+    costs seconds of imports): its exit code and what it printed, as a CompletedProcess."""
+    module = load_script(script.removesuffix(".py"))
+    argv = [str(a) for a in args]
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.run(module.main, lambda: module.parse_args(argv))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())
 
 
 def load_script(name: str):

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 from torch import nn
 from torchvision.models.segmentation import lraspp_mobilenet_v3_large
@@ -33,22 +34,29 @@ def test_gflops_match_a_hand_count_on_a_single_convolution():
     assert benchmark.gflops(conv, 10, torch.device("cpu")) * 1e9 == 2 * 3 * 8 * 9 * 10 * 10
 
 
-def test_benchmark_reports_parameters_and_flops_equal_to_independent_counts(tmp_path):
-    proc = run_script(
-        "benchmark.py", "--device", "cpu", "--size", "64", "--runs", "1", "--batch-size", "2",
-        "--crop-size", "64", "--out", tmp_path,
-    )  # fmt: skip
+def test_benchmark_reports_parameters_flops_and_ratios_against_the_eager_student(tmp_path):
+    proc = run_script("benchmark.py", "--device", "cpu", "--size", "64", "--runs", "1",
+                      "--batch-size", "2", "--crop-size", "64", "--no-onnx",
+                      "--out-dir", tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "benchmark.json").read_text())
-    models = [
-        build_student(),
-        build_teacher("none"),
-        lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21),
+    models = {
+        "student": build_student(),
+        "FCN-ResNet50 (teacher)": build_teacher("none"),
+        "LR-ASPP MobileNetV3-Large": lraspp_mobilenet_v3_large(
+            weights=None, weights_backbone=None, num_classes=21
+        ),
+    }
+    rows = result["models"]
+    assert [(r["model"], r["runtime"]) for r in rows] == [
+        (name, runtime) for name in models for runtime in ("eager", "eager channels_last")
     ]
-    for row, model in zip(result["models"], models):
+    student_ms = rows[0]["ms_per_image"]
+    for row in rows:
+        model = models[row["model"]]
         assert row["params"] == sum(p.numel() for p in model.parameters())
         assert round(row["gflops"] * 1e9) == conv_flops(model, 64)
-        assert row["ms_per_image"] > 0
+        assert row["times_student"] == pytest.approx(row["ms_per_image"] / student_ms)
+        assert row["mb"] > 4 * row["params"] / 1e6  # float32 weights, plus buffers
     assert [r["kd"] for r in result["train_steps"]] == ["none", "response", "feature", "both"]
-    assert result["models"][0]["times_student"] == 1.0
     assert "GFLOPs" in proc.stdout and "training step" in proc.stdout

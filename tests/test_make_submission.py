@@ -50,8 +50,14 @@ def test_missing_deliverables_warn_and_fail_with_strict(repo):
     assert not (repo / "12345678.zip").exists()
 
 
-@pytest.mark.parametrize("bad", ["s1234567", "1234-5678", "１２３"])
-def test_a_student_number_that_is_not_digits_is_refused(repo, bad):
-    proc = run_script("make_submission.py", bad, "--root", repo)
-    assert proc.returncode != 0 and "digits only" in proc.stderr and "Traceback" not in proc.stderr
+@pytest.mark.parametrize("numbers, message", [
+    (["s1234567"], "must be 1 to 20 digits"),
+    (["1234-5678"], "must be 1 to 20 digits"),
+    (["１２３"], "must be 1 to 20 digits"),
+    (["1" * 300], "must be 1 to 20 digits"),
+    (["12345678", "12345678"], "the same student number twice"),
+])  # fmt: skip
+def test_a_bad_student_number_is_refused(repo, numbers, message):
+    proc = run_script("make_submission.py", *numbers, "--root", repo)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not list(repo.glob("*.zip.tmp"))

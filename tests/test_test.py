@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import RESULT_KEYS, load_script, run_script
+from conftest import RESULT_KEYS, load_script, run_script, run_subprocess
 from visualize import voc_palette
 
 FAST = ("--device", "cpu", "--size", "64", "--runs", "1", "--num-workers", "0")
@@ -74,7 +74,9 @@ def test_compare_times_together_and_lists_unreadable_inputs(trained, fake_voc, t
 def test_a_bad_checkpoint_is_one_error_line_before_the_data_is_read(tmp_path, content, message):
     path = tmp_path / "bad.pth"
     path.write_bytes(content) if isinstance(content, bytes) else torch.save(content, path)
-    proc = run_script("test.py", "--checkpoint", path, "--data-root", tmp_path / "no_data", *FAST)
+    proc = run_subprocess(
+        "test.py", "--checkpoint", path, "--data-root", tmp_path / "no_data", *FAST
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ")
     assert message in lines[0] and "not found" not in lines[0]

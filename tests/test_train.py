@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cli import UserError
-from conftest import GUARD, ROOT, TINY_TRAIN, load_script, run_python, train_tiny
+from conftest import GUARD, ROOT, TINY_TRAIN, load_script, run_python, run_script, train_tiny
 from dataset import VOC, image_path, read_split
 from distill import KDConfig, Trainee, teacher_outputs
 from metrics import evaluate
@@ -142,7 +142,7 @@ def test_bad_flag_values_exit_with_a_clear_message(flags, message, capsys):
     (["--data-root", "nowhere"], "--download"),
 ])  # fmt: skip
 def test_bad_environments_exit_with_one_error_line(flags, message, tmp_path):
-    proc = run_python(ROOT / "train.py", "--out", tmp_path / "s.pth", "--device", "cpu", *flags)
+    proc = run_script("train.py", "--out", tmp_path / "s.pth", "--device", "cpu", *flags)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and message in proc.stderr
 
