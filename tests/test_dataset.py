@@ -7,6 +7,7 @@ from PIL import Image
 
 import dataset
 from cli import UserError
+from conftest import run_script
 from dataset import IMAGENET_MEAN, IMAGENET_STD, VOC, EvalTransform, train_transforms, voc_dataset
 from synthetic import make_fake_voc
 
@@ -115,3 +116,104 @@ def test_missing_dataset_stops_with_the_layout_and_the_download_flag(tmp_path):
 
 
 # ----------------------------------------------------------------------------- train_aug
+
+
+def test_eval_and_training_preprocessing_are_both_x_over_255_then_imagenet_normalised():
+    colour = (200, 100, 50)
+    image, mask = Image.new("RGB", (40, 30), colour), Image.new("L", (40, 30), 1)
+    by_hand = torch.tensor([(c / 255 - m) / s for c, m, s in zip(colour, IMAGENET_MEAN,
+                                                                  IMAGENET_STD)])  # fmt: skip
+    evaluated, _ = EvalTransform()(image, mask)
+    assert torch.allclose(evaluated, by_hand[:, None, None].expand(3, 30, 40), atol=1e-5)
+    torch.manual_seed(0)
+    trained, crop_mask = train_transforms(crop_size=32)(image, mask)
+    inside = crop_mask != 255  # away from the crop's padding, the colour is the image's
+    assert inside.any() and torch.allclose(trained[:, inside], by_hand[:, None], atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- damaged data
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def save_mask(voc, name, value, mode="L", size=None):
+    """Replace `name`'s mask by one of `value` everywhere, of the image's size unless given."""
+    width, height = size or Image.open(voc / "JPEGImages" / f"{name}.jpg").size
+    mask = Image.fromarray(np.full((height, width), value, np.uint8)).convert(mode)
+    mask.save(voc / "SegmentationClass" / f"{name}.png")
+
+
+DAMAGES = {
+    "truncated image": lambda voc, n: truncate(voc / "JPEGImages" / f"{n}.jpg"),
+    "missing image": lambda voc, n: (voc / "JPEGImages" / f"{n}.jpg").unlink(),
+    "unreadable mask": lambda voc, n: (voc / "SegmentationClass" / f"{n}.png").write_bytes(b"x"),
+    "label out of range": lambda voc, n: save_mask(voc, n, 30),
+    "RGB mask": lambda voc, n: save_mask(voc, n, 0, "RGB"),
+    "mask size differs": lambda voc, n: save_mask(voc, n, 0, size=(9, 7)),
+}
+MESSAGES = {"truncated image": "cannot read", "missing image": "is missing",
+            "unreadable mask": "cannot read", "label out of range": "label 30",
+            "RGB mask": "not a label map", "mask size differs": "its mask is 9x7"}  # fmt: skip
+
+
+@pytest.fixture
+def damaged(tmp_path):
+    """A fresh SYNTHETIC tree with one val image damaged; returns (data root, damaged id)."""
+
+    def make(damage: str):
+        make_fake_voc(tmp_path, num_images=4)
+        name = read_ids(tmp_path, "val")[0]
+        DAMAGES[damage](tmp_path / VOC.subdir, name)
+        return tmp_path, name
+
+    return make
+
+
+def read_ids(root, split):
+    return (root / VOC.subdir / f"ImageSets/Segmentation/{split}.txt").read_text().split()
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_file_is_one_error_naming_it_in_check_and_test_py(damage, damaged, trained):
+    root, name = damaged(damage)
+    check = run_script("dataset.py", "--check", "--data-root", root)
+    assert check.returncode == 1 and "1 problem(s)" in check.stdout
+    assert name in check.stdout and MESSAGES[damage] in check.stdout
+    proc = run_script(
+        "test.py",
+        "--checkpoint",
+        trained["out"],
+        "--data-root",
+        root,
+        "--device",
+        "cpu",
+        "--size",
+        "64",
+        "--runs",
+        "1",
+        "--num-workers",
+        "1",
+    )  # fmt: skip  (read in a worker process)
+    last = proc.stderr.strip().splitlines()[-1]  # after the progress bar that was running
+    assert proc.returncode == 1 and proc.stderr.count("error") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and last.startswith("error: ")
+    assert name in last and MESSAGES[damage] in last
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "lists no image"),
+    (b"\xff\xfe\x00binary", "cannot read the split file"),
+])  # fmt: skip
+def test_an_empty_or_binary_split_file_is_a_clear_error(tmp_path, content, message):
+    make_fake_voc(tmp_path, num_images=4)
+    (tmp_path / VOC.subdir / "ImageSets/Segmentation/val.txt").write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        voc_dataset(tmp_path, "val", None)
+
+
+def test_check_passes_a_sound_tree_and_compares_the_counts_with_voc(fake_voc):
+    proc = run_script("dataset.py", "--check", "--data-root", fake_voc)
+    assert proc.returncode == 0, proc.stderr
+    assert "val: 4 images (VOC 2012 has 1,449)" in proc.stdout and "SYNTHETIC" in proc.stdout

@@ -12,7 +12,7 @@ import pytest
 
 from cli import UserError
 from dataset import VOC, voc_dataset
-from download import download_source, safe_extract
+from download import COMPLETE_MARKER, download_source, is_complete, safe_extract
 from synthetic import make_fake_voc
 
 
@@ -150,3 +150,42 @@ def test_archive_members_escaping_the_target_are_refused(tmp_path, evil):
         safe_extract(tmp_path / "evil.tar", target)
     assert "escapes" in str(e.value)
     assert list(target.iterdir()) == [] and not (tmp_path / "escaped.txt").exists()
+
+
+def test_an_interrupted_extraction_is_not_taken_for_a_dataset_and_is_redone(tmp_path):
+    archive = tiny_voc_tar(tmp_path)
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / VOC.archive).write_bytes(archive)
+    source = voc_from(["http://example.invalid/never-used"], hashlib.md5(archive).hexdigest())
+    download_source(root, source)
+    masks = sorted((root / VOC.subdir / "SegmentationClass").glob("*.png"))
+    masks[0].unlink()  # what Ctrl+C in the middle of the extraction leaves:
+    (root / VOC.subdir / COMPLETE_MARKER).unlink()  # part of the files, no marker
+    assert not is_complete(VOC, root)
+    download_source(root, source)
+    assert masks[0].exists() and is_complete(VOC, root)
+
+
+def test_a_placed_archive_with_the_wrong_md5_is_refused_before_extraction(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / VOC.archive).write_bytes(tiny_voc_tar(tmp_path))
+    with pytest.raises(UserError, match="wrong md5"):
+        download_source(root, voc_from(["http://example.invalid/never-used"], "0" * 32))
+    assert sorted(p.name for p in root.iterdir()) == [VOC.archive]  # nothing extracted
+
+
+def test_an_archive_with_a_link_member_is_refused_with_nothing_written(tmp_path):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.addfile(tarfile.TarInfo("VOCdevkit/ok.txt"), io.BytesIO(b""))
+        link = tarfile.TarInfo("VOCdevkit/passwd")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    (tmp_path / "links.tar").write_bytes(buffer.getvalue())
+    target = tmp_path / "target"
+    target.mkdir()
+    with pytest.raises(UserError, match="is not a regular file"):
+        safe_extract(tmp_path / "links.tar", target)
+    assert list(target.iterdir()) == []

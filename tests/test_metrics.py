@@ -7,7 +7,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from cli import write_json
 from dataset import VOC_CLASSES, collate_eval, eval_loader
 from metrics import ConfusionMatrix, evaluate, format_iou_table
 from model import build_student
@@ -105,11 +104,6 @@ def test_padded_batches_score_exactly_like_batch_of_one():
     padded = evaluate(model, [collate_eval(samples)], torch.device("cpu"))
     assert one["miou"] == padded["miou"] and one["per_image_miou"] == padded["per_image_miou"]
     assert one["loss"] == pytest.approx(padded["loss"])
-
-
-def test_json_writes_nan_as_null(tmp_path):
-    write_json({"iou": [0.5, math.nan]}, tmp_path / "r.json")
-    assert json.loads((tmp_path / "r.json").read_text()) == {"iou": [0.5, None]}
 
 
 def evaluate_shard(rank: int, world: int, store: str, data_root: str, results: str) -> None:

@@ -36,3 +36,11 @@ def test_fake_voc_refuses_to_write_into_a_real_dataset(tmp_path):
     assert (tmp_path / VOC.subdir / "ImageSets/Segmentation/train.txt").read_text() == before
     make_fake_voc(tmp_path / "other", num_images=2)
     make_fake_voc(tmp_path / "other", num_images=4)  # a synthetic tree may be remade
+
+
+def test_fake_voc_refuses_a_partly_extracted_real_tree(tmp_path):
+    (tmp_path / VOC.subdir / "JPEGImages").mkdir(parents=True)
+    (tmp_path / VOC.subdir / "JPEGImages" / "2007_000032.jpg").write_bytes(b"a real photo")
+    with pytest.raises(UserError, match="did not make"):
+        make_fake_voc(tmp_path, num_images=2)
+    assert sorted(p.name for p in (tmp_path / VOC.subdir).iterdir()) == ["JPEGImages"]

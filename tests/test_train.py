@@ -330,3 +330,25 @@ def test_ctrl_c_mid_epoch_saves_the_last_checkpoint_and_exits_130(fake_voc, tmp_
     assert "Traceback" not in text
     last = load_file(train.last_path(out), "checkpoint")
     assert last["epoch"] == 1 and len(last["history"]) == 1
+
+
+def test_a_nan_validation_loss_stops_the_run_before_anything_is_saved(
+    fake_voc, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: {"loss": float("nan"), "miou": 0.5})
+    with pytest.raises(UserError, match="the val loss, after epoch 1, became nan"):
+        train.main(tiny_args(fake_voc, tmp_path, "--epochs", "1"))
+    assert not list(tmp_path.glob("*.pth"))
+
+
+def test_non_finite_batchnorm_statistics_are_never_saved(fake_voc, tmp_path):
+    args = tiny_args(fake_voc, tmp_path)
+    model = Trainee(build_student(), KDConfig("none"))
+    model.student.aspp.project[1].running_var[0] = float("inf")  # what a diverged run leaves
+    optimizer = train.build_optimizer(args, model.parameters())
+    history = [{"epoch": 1, "lr": 0.01, "train_loss": 1.0, "val_loss": 1.0, "val_miou": 0.1,
+                "epoch_time_s": 1.0}]  # fmt: skip
+    ckpt = train.checkpoint(args, model, optimizer, torch.amp.GradScaler("cpu"), history, True)
+    with pytest.raises(UserError, match="aspp.project.1.running_var became NaN or infinite"):
+        train.save_epoch(args, ckpt, "title")
+    assert not list(tmp_path.glob("*.pth"))
