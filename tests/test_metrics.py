@@ -7,6 +7,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from cli import write_json
 from dataset import VOC_CLASSES, collate_eval, eval_loader
 from metrics import ConfusionMatrix, evaluate, format_iou_table
 from model import build_student
