@@ -61,3 +61,30 @@ def test_a_bad_student_number_is_refused(repo, numbers, message):
     proc = run_script("make_submission.py", *numbers, "--root", repo)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not list(repo.glob("*.zip.tmp"))
+
+
+def test_links_caches_hidden_files_and_own_photos_stay_out(repo, tmp_path_factory):
+    secret = tmp_path_factory.mktemp("elsewhere") / "secret.txt"
+    secret.write_text("not yours to pack")
+    (repo / "outputs/link.txt").symlink_to(secret)
+    (repo / "outputs/linked_dir").symlink_to(secret.parent, target_is_directory=True)
+    for name in ("tests/__pycache__/x.cpython-311.pyc", "outputs/.DS_Store",
+                 "outputs/photos/me_jpg_mask.png", "weights/student_none.onnx"):  # fmt: skip
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(name)
+    (repo / "outputs/test_student_none.json").write_text('{"synthetic": true}')
+    proc = run_script("make_submission.py", "12345678", "--root", repo)
+    assert proc.returncode == 0, proc.stderr
+    names = set(zipfile.ZipFile(repo / "12345678.zip").namelist())
+    assert "weights/student_none.onnx" in names and "outputs/test_student_none.json" in names
+    left_out = {
+        "outputs/link.txt",
+        "outputs/linked_dir/secret.txt",
+        "outputs/.DS_Store",
+        "tests/__pycache__/x.cpython-311.pyc",
+        "outputs/photos/me_jpg_mask.png",
+    }
+    assert not left_out & names
+    assert "skipped outputs/link.txt: a symbolic link" in proc.stdout
+    assert "outputs/photos/ (your own photos) is left out" in proc.stdout
+    assert "test_student_none.json holds SYNTHETIC results" in proc.stdout

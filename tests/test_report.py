@@ -1,5 +1,7 @@
 import shutil
 
+import torch
+
 from conftest import load_script, run_script
 
 
@@ -46,3 +48,21 @@ def test_an_empty_outputs_folder_gives_a_draft_listing_what_is_missing(tmp_path)
                  "student_feature.pth"):  # fmt: skip
         assert item in draft.split("**Missing inputs**")[1]
     assert "## 2. The student network" in draft  # computed from the code, needs no run
+
+
+def test_unreadable_inputs_are_listed_with_their_reason_and_the_rest_is_drafted(tmp_path):
+    outputs, weights = tmp_path / "outputs", tmp_path / "weights"
+    outputs.mkdir()
+    weights.mkdir()
+    (outputs / "step1_fcn_resnet50.json").write_text("{broken")
+    (outputs / "benchmark.json").write_text('{"something": "else"}')
+    torch.save({"model": {}}, weights / "student_none.pth")  # no args, no history
+    (weights / "student_response.pth").mkdir()  # a folder where a checkpoint goes
+    proc = run_script("report.py", "--out-dir", outputs, "--weights-dir", weights)
+    assert proc.returncode == 0, proc.stderr
+    missing = (outputs / "report.md").read_text().split("**Missing inputs**")[1]
+    assert "step1_fcn_resnet50.json`: unreadable" in missing
+    assert "benchmark.json`: not what the lab's commands write" in missing
+    assert "student_none.pth`: unreadable" in missing and "no training arguments" in missing
+    assert "student_response.pth`: unreadable" in missing and "not a regular file" in missing
+    assert f"wrote {outputs / 'report.md'}" in proc.stdout
