@@ -31,6 +31,7 @@ from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
 from cli import (
     add_device,
+    add_timing_args,
     check_output,
     device_name,
     number,
@@ -54,28 +55,17 @@ CALIBRATION_IMAGES = 8  # random inputs: enough for timing an int8 model, not fo
 def parse_args(argv: list | None = None) -> argparse.Namespace:
     p = parser(__doc__)
     add_device(p)
-    p.add_argument(
-        "--size",
-        type=number(int, 32, 4096),
-        default=TEACHER_RESIZE,
-        help="side of the square inference input",
-    )
-    p.add_argument(
-        "--runs",
-        type=number(int, 1, 10_000),
-        default=10,
-        help="timed runs per measurement, the median is kept",
-    )
+    add_timing_args(p, TEACHER_RESIZE, runs=10)
     p.add_argument(
         "--batch-size",
         type=number(int, 1, 256),
-        default=8,
+        default=4,
         help="batch of the timed training steps",
     )
     p.add_argument(
         "--crop-size",
         type=number(int, 32, 4096),
-        default=320,
+        default=256,
         help="crop of the timed training steps",
     )
     p.add_argument("--int8", action="store_true", help="add statically quantised ONNX rows")

@@ -193,6 +193,14 @@ def write_json(obj: dict, path: str | Path) -> None:
     write_text(json.dumps(clean(obj), indent=2) + "\n", path)
 
 
+def add_timing_args(p: argparse.ArgumentParser, size: int, runs: int) -> None:
+    """--size and --runs of the ms/image measurement (metrics.ms_per_image)."""
+    p.add_argument("--size", type=number(int, 32, 4096), default=size,
+                   help="side of the square input timed for ms/image")  # fmt: skip
+    p.add_argument("--runs", type=number(int, 1, 10_000), default=runs,
+                   help="timed passes, after warm-up; the median is kept")  # fmt: skip
+
+
 def add_eval_args(p: argparse.ArgumentParser, size: int) -> None:
     """The flags test_pretrained.py and test.py share; `size` is the timed input's side."""
     add_data_root(p)
@@ -202,13 +210,7 @@ def add_eval_args(p: argparse.ArgumentParser, size: int) -> None:
         "--limit", type=positive_int, metavar="N", help="the first N images only; none given: all"
     )
     add_num_workers(p)
-    p.add_argument(
-        "--size",
-        type=number(int, 32, 4096),
-        default=size,
-        help="side of the square input timed for ms/image",
-    )
-    p.add_argument("--runs", type=number(int, 1, 10_000), default=20, help="timed passes")
+    add_timing_args(p, size, runs=20)
     p.add_argument(
         "--num-overlays", type=number(int, 0, 100), default=3, help="best and worst overlays, each"
     )

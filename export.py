@@ -76,9 +76,11 @@ class OnnxModel:
     def __init__(self, path: str | Path, cuda: bool = False):
         ort = require("onnxruntime")
         providers = ["CUDAExecutionProvider"] if cuda else []
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # the CPU share PyTorch takes
         try:
             self.session = ort.InferenceSession(
-                str(path), providers=providers + ["CPUExecutionProvider"]
+                str(path), options, providers=providers + ["CPUExecutionProvider"]
             )
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
             raise UserError(

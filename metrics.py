@@ -22,6 +22,8 @@ from cli import device_name
 from dataset import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES
 from model import count_params
 
+PAUSE_S = 0.02  # between timed calls, untimed (see median_ms)
+
 
 class ConfusionMatrix:
     """Counts of (true class, predicted class) pixel pairs; rows are ground truth.
@@ -140,11 +142,14 @@ def median_ms(fns: dict, device: torch.device, runs: int = 20, warmup: int = 3) 
 
     The functions take turns, round after round, so a slow spell of the machine hits them all
     alike; warm-up rounds come first (cuDNN autotuning, allocator). On CUDA each call is
-    bracketed by torch.cuda.synchronize(), because kernel launches are asynchronous.
+    bracketed by torch.cuda.synchronize(), because kernel launches are asynchronous. An
+    untimed pause precedes each call: ONNX Runtime's threads keep spinning for a moment after
+    a run, and would otherwise steal the CPU from the function timed next.
     """
     times = {name: [] for name in fns}
     for i in range(warmup + runs):
         for name, fn in fns.items():
+            time.sleep(PAUSE_S)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
@@ -190,7 +195,7 @@ def format_report(result: dict, title: str) -> str:
         f"== {title}{synthetic}",
         format_iou_table(result["iou"]),
         f"mIoU            {100 * result['miou']:.2f} %  ({result['num_images']} images, "
-        f"split {result.get('split', '?')})",
+        f"split {result.get('split', '?')}){' SYNTHETIC' if synthetic else ''}",
         f"pixel accuracy  {100 * result['pixel_acc']:.2f} %",
         f"parameters      {result['params']:,d}",
         f"ms/image        {result['ms_per_image']:.1f}  (batch 1, {result['input_size']}x"

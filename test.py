@@ -14,7 +14,8 @@ present; its ms/image are timed together, interleaved, after every checkpoint is
 A checkpoint that cannot be read is listed in the table's notes, and the rest still run.
 --images segments your own photos (files, or folders of .jpg/.png) without the dataset:
 <out-dir>/photos/<name>_<ext>_mask.png (VOC colours, the photo's size and orientation) and
-<name>_<ext>_overlay.png (blended, with a class legend).
+<name>_<ext>_overlay.png (blended, with a class legend); _SYNTHETIC before _mask when the
+checkpoint was trained on synthetic data.
 """
 
 import argparse
@@ -29,7 +30,6 @@ from PIL import Image, ImageOps
 from cli import (
     UserError,
     add_eval_args,
-    atomic_path,
     check_output,
     parser,
     resolve_device,
@@ -43,11 +43,12 @@ from export import OnnxModel
 from metrics import format_report, measure, model_logits, ms_per_image
 from model import TEACHER_RESIZE, count_params, load_student
 from test_pretrained import RESULT_NAME as TEACHER_RESULT
-from visualize import colorize, photo_overlay, save_overlays
+from visualize import SYNTHETIC_NOTE, colorize, photo_overlay, save_overlays, save_png
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SYNTHETIC_TAG = "_SYNTHETIC"  # in own-photo file names when the model never saw VOC
 MAX_PHOTO_SIDE = 1024  # own photos are segmented at most this large: bounded memory and time
-Image.MAX_IMAGE_PIXELS = 60_000_000  # above this (a 9000 x 6000 photo) PIL refuses: a bomb
+MAX_PHOTO_PIXELS = 60_000_000  # a 9000 x 6000 photo; beyond, a decompression bomb is likelier
 
 
 def parse_args(argv: list | None = None) -> argparse.Namespace:
@@ -151,7 +152,12 @@ def image_files(paths: list) -> list:
 def read_photo(path: Path) -> Image.Image:
     """An RGB photo turned as its EXIF orientation says (as viewers show it), or a UserError."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # reads the header only, so the size is known first
+            if image.width * image.height > MAX_PHOTO_PIXELS:
+                raise UserError(
+                    f"{path}: {image.width}x{image.height} pixels, more than "
+                    f"{MAX_PHOTO_PIXELS:,d}; scale it down first"
+                )
             return ImageOps.exif_transpose(image).convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"{path}: {e}") from None
@@ -179,21 +185,14 @@ def segment_images(model, paths: list, device, out: Path, synthetic: bool) -> in
             print(f"skipped {e}", file=sys.stderr)
             continue
         pred = predict_photo(model, image, device)
-        stem = out / f"{path.stem}_{path.suffix.lstrip('.').lower()}"
+        stem = out / f"{path.stem}_{path.suffix.lstrip('.').lower()}{SYNTHETIC_TAG * synthetic}"
         with_mask, with_overlay = Path(f"{stem}_mask.png"), Path(f"{stem}_overlay.png")
-        for target, picture in (
-            (with_mask, colorize(pred)),
-            (with_overlay, photo_overlay(image, pred, synthetic)),
-        ):
-            write_image(picture, target)
+        title = f"{path.name}, segmented" + f" by a model trained on {SYNTHETIC_NOTE}" * synthetic
+        save_png(colorize(pred), with_mask, title)
+        save_png(photo_overlay(image, pred, synthetic), with_overlay, title)
         print(f"{path} -> {with_mask}, {with_overlay.name}")
         done += 1
     return done
-
-
-def write_image(image: Image.Image, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        image.save(tmp)
 
 
 def comparison_markdown(results: list, teacher: dict | None, failures: list) -> str:

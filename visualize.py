@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure  # the object API: no GUI backend, no pyplot state
 from matplotlib.ticker import MaxNLocator
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from cli import atomic_path
 from dataset import VOC_CLASSES, image_path
@@ -22,6 +22,15 @@ OVERLAY_ALPHA = 0.6  # weight of the label colours over a photo: readable, photo
 MIN_PANEL_HEIGHT = 240  # small images are enlarged to this, so that labels stay readable
 FONT = ImageFont.load_default(size=14)
 SYNTHETIC_NOTE = "SYNTHETIC data, not a VOC result"
+
+
+def save_png(image: Image.Image, path: str | Path, title: str) -> None:
+    """`image` as a PNG, atomically, with `title` in its metadata ("Title", as matplotlib
+    writes it): what the picture shows, SYNTHETIC included, for a reader that cannot see it."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Title", title)
+    with atomic_path(path) as tmp:
+        image.save(tmp, pnginfo=info)
 
 
 def voc_palette() -> list:
@@ -148,8 +157,7 @@ def save_overlays(
             )
             paths.append(Path(out_dir) / f"{prefix}_{kind}{rank}_{source.stem}.png")
             panel = overlay_panel(Image.open(source), mask.numpy(), pred, title, synthetic)
-            with atomic_path(paths[-1]) as tmp:
-                panel.save(tmp)
+            save_png(panel, paths[-1], title + (f" ({SYNTHETIC_NOTE})" if synthetic else ""))
     return paths
 
 
@@ -180,4 +188,4 @@ def plot_history(history: list, path: Path, title: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, dpi=110, metadata={"Title": title})

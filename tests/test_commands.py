@@ -1,16 +1,20 @@
 """train.txt and test.txt: every command names a script and flags that exist, parsed by the
 script's own argument parser, so a renamed flag breaks CI."""
 
+import json
 import shlex
 
 import pytest
+from PIL import Image
 
-from conftest import ROOT, load_script
+from conftest import ROOT, load_script, run_script
 
 
 def commands(name: str) -> list:
     lines = (ROOT / name).read_text().splitlines()
-    return [shlex.split(line) for line in lines if line.strip() and not line.startswith("#")]
+    found = [shlex.split(line) for line in lines if line.strip() and not line.startswith("#")]
+    assert found[0] == ["set", "-e"], f"{name} must stop at the first failing command"
+    return found[1:]
 
 
 @pytest.mark.parametrize("name", ["train.txt", "test.txt"])
@@ -23,17 +27,21 @@ def test_every_command_parses_with_its_scripts_own_parser(name):
         script.parse_args(argv[2:])  # argparse exits (fails the test) on an unknown flag
 
 
-def test_train_txt_trains_every_kd_mode_into_its_weights_file():
-    kds = [load_script("train").parse_args(argv[2:]) for argv in commands("train.txt")]
+def test_train_txt_downloads_then_trains_every_kd_mode_into_its_weights_file():
+    found = commands("train.txt")
+    assert found[0][1:] == ["dataset.py", "--download", "--data-root", "data"]
+    train = load_script("train")
+    kds = [train.parse_args(argv[2:]) for argv in found[1:]]
     assert [(a.kd, a.out) for a in kds] == [
         (kd, f"weights/student_{kd}.pth") for kd in ("none", "response", "feature", "both")
     ]
 
 
-def test_test_txt_runs_step1_each_student_the_comparison_and_the_report():
-    scripts = [argv[1] for argv in commands("test.txt")]
-    assert scripts[0] == "test_pretrained.py" and scripts.count("test.py") == 5
-    assert "--compare" in commands("test.txt")[5] and "report.py" in scripts
+def test_test_txt_runs_step1_each_student_the_comparison_the_export_and_the_report():
+    found = commands("test.txt")
+    scripts = [argv[1] for argv in found]
+    assert scripts[0] == "test_pretrained.py" and scripts.count("test.py") == 6
+    assert "--compare" in found[5] and "export.py" in scripts and "report.py" in scripts
 
 
 def readme_commands() -> list:
@@ -59,3 +67,31 @@ def test_every_readme_example_parses_with_its_scripts_own_parser():
         argv = [a for a in argv if a != "[87654321]"]  # the optional partner, in brackets
         load_script(argv[1].removesuffix(".py")).parse_args(argv[2:])
     assert any("--train-set" in argv for argv in found)  # the train_aug and torchrun examples
+
+
+def readme_block(heading: str) -> list:
+    """The commands of the first bash block after `heading` in README.md, as argv lists."""
+    text = (ROOT / "README.md").read_text().split(heading, 1)[1]
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+
+
+def test_the_offline_demo_runs_as_printed_and_every_output_says_synthetic(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    printed = []
+    for argv in readme_block("## Offline demo on synthetic data"):
+        assert argv[0] == "python", argv
+        proc = run_script(argv[1], *argv[2:])
+        assert proc.returncode == 0, (argv, proc.stderr[-2000:])
+        printed.append(proc.stdout)
+    step1, train, test = printed[1:4]
+    assert "SYNTHETIC" in step1.splitlines()[0] and "SYNTHETIC" in test
+    epoch_lines = [line for line in train.splitlines() if line.startswith("epoch ")]
+    assert epoch_lines and all("SYNTHETIC" in line for line in epoch_lines)
+    outputs = tmp_path / "outputs"
+    for name in ("step1_fcn_resnet50.json", "test_student_response.json"):
+        assert json.loads((outputs / name).read_text())["synthetic"] is True
+    pictures = [outputs / "student_response_curves.png", *outputs.glob("overlays/*.png")]
+    assert len(pictures) > 3
+    assert all("SYNTHETIC" in Image.open(p).text["Title"] for p in pictures)
+    assert "SYNTHETIC" in (outputs / "report.md").read_text()
