@@ -7,7 +7,7 @@ import shlex
 import pytest
 from PIL import Image
 
-from conftest import ROOT, load_script, run_script
+from conftest import RESULT_KEYS, ROOT, load_script, run_script
 
 
 def commands(name: str) -> list:
@@ -86,11 +86,15 @@ def test_the_offline_demo_runs_as_printed_and_every_output_says_synthetic(tmp_pa
         printed.append(proc.stdout)
     step1, train, test = printed[1:4]
     assert "SYNTHETIC" in step1.splitlines()[0] and "SYNTHETIC" in test
+    for text in ("mIoU", "32,957,013", "ms/image", "random weights"):  # Step 1's report
+        assert text in step1
     epoch_lines = [line for line in train.splitlines() if line.startswith("epoch ")]
     assert epoch_lines and all("SYNTHETIC" in line for line in epoch_lines)
     outputs = tmp_path / "outputs"
     for name in ("step1_fcn_resnet50.json", "test_student_response.json"):
-        assert json.loads((outputs / name).read_text())["synthetic"] is True
+        result = json.loads((outputs / name).read_text())
+        assert RESULT_KEYS <= set(result) and result["synthetic"] is True
+        assert result["num_images"] == (2 if name.startswith("step1") else 4)
     pictures = [outputs / "student_response_curves.png", *outputs.glob("overlays/*.png")]
     assert len(pictures) > 3
     assert all("SYNTHETIC" in Image.open(p).text["Title"] for p in pictures)
