@@ -200,3 +200,24 @@ def test_the_feature_term_alone_lowers_the_cosine_distance(batch):
         loss.backward()
         optimizer.step()
     assert distance().item() < 0.7 * start
+
+
+def test_feature_distances_ignore_positions_labelled_void(batch):
+    """Padding and void edges (255) weigh nothing: changing the teacher's maps there changes
+    nothing, changing them elsewhere does."""
+    images, masks = batch
+    masks = masks.clone()
+    masks[:, :, : masks.shape[-1] // 2] = 255  # the left half is void
+    torch.manual_seed(0)
+    student, adapters = build_student().eval(), build_adapters().eval()
+    with torch.no_grad():
+        feats = student(images, return_features=True)[1]
+        teacher = {name: torch.randn(f.shape[0], adapters[name][0].out_channels, *f.shape[-2:])
+                   for name, f in feats.items()}  # fmt: skip
+        base = feature_kd_loss(feats, teacher, adapters, masks)[0]
+        for side, changes in ((slice(0, 2), False), (slice(-2, None), True)):
+            moved = {name: t.clone() for name, t in teacher.items()}
+            for t in moved.values():
+                t[..., side] = -t[..., side]  # the leftmost or rightmost two columns
+            loss = feature_kd_loss(feats, moved, adapters, masks)[0]
+            assert (loss.item() != pytest.approx(base.item(), abs=1e-6)) == changes

@@ -66,3 +66,14 @@ def test_unreadable_inputs_are_listed_with_their_reason_and_the_rest_is_drafted(
     assert "student_none.pth`: unreadable" in missing and "no training arguments" in missing
     assert "student_response.pth`: unreadable" in missing and "not a regular file" in missing
     assert f"wrote {outputs / 'report.md'}" in proc.stdout
+
+
+def test_training_time_counts_every_epoch_not_only_those_up_to_the_best(trained, tmp_path):
+    outputs, weights = tmp_path / "outputs", tmp_path / "weights"
+    weights.mkdir()
+    last = torch.load(load_script("train").last_path(trained["out"]), weights_only=True)
+    rows = [dict(last["history"][0], epoch=e, epoch_time_s=60.0) for e in (1, 2, 3)]
+    torch.save(dict(last, history=rows[:1]), weights / "student_none.pth")  # best: epoch 1
+    torch.save(dict(last, history=rows), weights / "student_none_last.pth")
+    assert run_script("report.py", "--out-dir", outputs, "--weights-dir", weights).returncode == 0
+    assert "| --kd none | 3 | 3.0 min | 60.0 s |" in (outputs / "report.md").read_text()

@@ -218,16 +218,18 @@ def test_the_best_checkpoint_holds_the_best_epoch(tmp_path, fake_voc):
     assert best["epoch"] == 2 and last["epoch"] == 3
 
 
-@pytest.mark.parametrize("flag, value", [("--tau", "4"), ("--alpha", "0.3"), ("--beta", "3"),
-                                         ("--feat-weight", "2")])  # fmt: skip
-def test_every_loss_flag_changes_the_loss_train_py_computes(flag, value, fake_voc, tmp_path):
+@pytest.mark.parametrize("kd, flag, value", [
+    ("response", "--tau", "4"), ("response", "--alpha", "0.3"), ("response", "--beta", "3"),
+    ("feature", "--alpha", "0.3"), ("feature", "--feat-weight", "2"), ("none", "--alpha", "0.3"),
+])  # fmt: skip
+def test_every_loss_flag_changes_the_loss_train_py_computes(kd, flag, value, fake_voc, tmp_path):
     images, masks = fixed_batches(fake_voc, 1)[0]
     teacher = build_teacher("none")
     out = teacher_outputs(teacher, images)
     losses = []
     for flags in ([], [flag, value]):
         torch.manual_seed(0)
-        model, _ = train.build_models(tiny_args(fake_voc, tmp_path, "--kd", "both", *flags), CPU)
+        model, _ = train.build_models(tiny_args(fake_voc, tmp_path, "--kd", kd, *flags), CPU)
         torch.manual_seed(0)
         losses.append(model.train()(images, masks.long(), out)[0].item())
     assert losses[0] != pytest.approx(losses[1], rel=1e-4)
