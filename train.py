@@ -450,7 +450,7 @@ def main(args: argparse.Namespace) -> None:
             torch.manual_seed(args.seed + epoch * world + rank)
             if world > 1:
                 train_loader.sampler.set_epoch(epoch)  # another shuffle each epoch, same on all
-            row = {"epoch": epoch, "lr": scheduler.get_last_lr()[0]}
+            row = {"epoch": epoch, "data": tag, "lr": scheduler.get_last_lr()[0]}
             row |= train_one_epoch(
                 model,
                 teacher,

@@ -44,6 +44,7 @@ def test_a_tiny_run_writes_checkpoints_log_and_plot(trained):
     assert last["epoch"] == 2 and len(last["history"]) == 2
     rows = list(csv.DictReader(open(logs / "student_none_log.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {r["data"] for r in rows} == {"SYNTHETIC data, not a VOC result"}
     assert {"train_loss", "train_ce", "val_loss", "val_miou", "lr", "epoch_time_s"} <= set(rows[0])
     assert (logs / "student_none_curves.png").stat().st_size > 1000
     stdout = trained["proc"].stdout
@@ -310,8 +311,13 @@ def test_ctrl_c_mid_epoch_saves_the_last_checkpoint_and_exits_130(fake_voc, tmp_
                "--out-dir", tmp_path, *TINY_TRAIN, "--epochs", "1000", "--batch-size", "1",
                "--crop-size", "256"]  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=f"{GUARD}{os.pathsep}{ROOT}")
+
+    def default_sigint():  # a shell's background job ignores SIGINT; its children would too
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen(list(map(str, command)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=default_sigint)  # fmt: skip
     stderr, mid_epoch_2 = [], threading.Event()
 
     def read_stderr():  # tqdm draws with \r: read characters, not lines
@@ -330,8 +336,9 @@ def test_ctrl_c_mid_epoch_saves_the_last_checkpoint_and_exits_130(fake_voc, tmp_
     text = "".join(stderr)
     assert proc.returncode == 130 and "interrupted: saved" in text and "--resume" in text
     assert "Traceback" not in text
-    last = load_file(train.last_path(out), "checkpoint")
-    assert last["epoch"] == 1 and len(last["history"]) == 1
+    last, epoch_1 = load_file(train.last_path(out), "c"), load_file(out, "c")  # best: epoch 1
+    assert last["epoch"] == 1 and len(last["history"]) == 1  # the epochs done
+    assert any(not torch.equal(v, epoch_1["model"][k]) for k, v in last["model"].items())
 
 
 def test_a_nan_validation_loss_stops_the_run_before_anything_is_saved(
