@@ -28,9 +28,10 @@ import torch
 
 from cli import UserError, add_data_root, atomic_path, check_output, number, parser, run
 from dataset import EvalTransform, is_synthetic, voc_dataset
-from model import count_params, load_student
+from model import TEACHER_RESIZE, count_params, load_student
 
-PARITY_SIZES = ((520, 520), (333, 500), (97, 65))  # square, VOC's usual landscape, odd sizes
+# A square at the teacher's input size, VOC's usual landscape, odd sizes.
+PARITY_SIZES = ((TEACHER_RESIZE, TEACHER_RESIZE), (333, 500), (97, 65))
 TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| of the logits: float32 rounding, not a bug
 INPUT, OUTPUT = "image", "logits"
 METADATA_KEY = "student"  # metadata_props entry holding export_onnx's metadata as JSON
