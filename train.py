@@ -462,7 +462,8 @@ def main(args: argparse.Namespace) -> None:
                 f"epoch {epoch}/{args.epochs}",
             )
             val = evaluate(model_without_ddp.student, val_loader, device, "val", is_main)
-            stop_if_not_finite(torch.tensor(val["loss"]), f"the val loss, after epoch {epoch},")
+            val_loss = torch.tensor(val["loss"], device=device)  # on the GPU for NCCL
+            stop_if_not_finite(val_loss, f"the val loss, after epoch {epoch},")
             row |= {
                 "val_loss": val["loss"],
                 "val_miou": val["miou"],
