@@ -143,7 +143,9 @@ def test_bad_flag_values_exit_with_a_clear_message(flags, message, capsys):
     (["--data-root", "nowhere"], "--download"),
 ])  # fmt: skip
 def test_bad_environments_exit_with_one_error_line(flags, message, tmp_path):
-    proc = run_script("train.py", "--out", tmp_path / "s.pth", "--device", "cpu", *flags)
+    proc = run_script(
+        "train.py", "--out", tmp_path / "s.pth", "--out-dir", tmp_path, "--device", "cpu", *flags
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and message in proc.stderr
 
