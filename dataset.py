@@ -39,6 +39,7 @@ IGNORE_INDEX = 255  # VOC's void label: object edges and ambiguous pixels, never
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the encoders' pretraining statistics
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VOC_SPLIT_SIZES = {"train": 1464, "val": 1449}  # VOC 2012 segmentation, what --check expects
+MAX_PROBLEMS = 10  # what --check lists of the problems it finds
 SYNTHETIC_MARKER = "SYNTHETIC.txt"  # written by --fake-voc; scripts label their outputs with it
 
 
@@ -340,9 +341,9 @@ def image_path(dataset: Dataset, index: int) -> Path:
     return Path(dataset.images[index])
 
 
-def check_tree(data_root: str | Path, max_problems: int = 10) -> list:
-    """Read every image and mask of VOC train and val as the scripts will: returns the lines of
-    a summary (counts against VOC's, the first `max_problems` problems)."""
+def check_tree(data_root: str | Path) -> tuple:
+    """Read every image and mask of VOC train and val as the scripts will: returns (summary
+    lines, counts against VOC's; the problems found, one line each)."""
     lines, problems = [], []
     for split, expected in VOC_SPLIT_SIZES.items():
         try:
@@ -357,8 +358,7 @@ def check_tree(data_root: str | Path, max_problems: int = 10) -> list:
                 problems.append(str(e))
         note = "" if len(data) == expected else f" (VOC 2012 has {expected:,d})"
         lines.append(f"{split}: {len(data):,d} images{note}")
-    lines.append(f"{len(problems)} problem(s)" + (":" if problems else ""))
-    return lines + [f"  {p}" for p in problems[:max_problems]]
+    return lines, problems
 
 
 # ----------------------------------------------------------------------------- command line
@@ -411,9 +411,10 @@ def main(args: argparse.Namespace) -> None:
         download_source(args.data_root, {"voc": VOC, "sbd": SBD}[args.download])
     tag = " (SYNTHETIC)" if is_synthetic(args.data_root) else ""
     if args.check:
-        lines = check_tree(args.data_root)
-        print("\n".join(lines[:-1] if lines[-1] == "0 problem(s)" else lines) + tag)
-        if not lines[-1].startswith("0 problem"):
+        lines, problems = check_tree(args.data_root)
+        print("\n".join(lines) + tag)
+        if problems:
+            print(f"{len(problems)} problem(s):", *problems[:MAX_PROBLEMS], sep="\n  ")
             raise UserError(f"{args.data_root} has damaged files (listed above)")
         return
     for split in ("train", "val"):

@@ -170,14 +170,21 @@ def ms_per_image(models: dict, device: torch.device, size: int, runs: int) -> di
 
 
 def measure(
-    model: nn.Module, loader, device: torch.device, size: int, runs: int, params: int | None = None
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    size: int,
+    runs: int,
+    params: int | None = None,
+    ms: float | None = None,
 ) -> dict:
     """evaluate() plus everything the report needs next to the mIoU: parameters (counted, unless
-    given), ms/image on a 1 x 3 x size x size input, the device, torch's version and the date."""
+    given), ms/image on a 1 x 3 x size x size input (timed here over `runs`, unless `ms` was
+    measured elsewhere, interleaved with other models), the device, torch's version, the date."""
     result = evaluate(model, loader, device)
     result.update(
         params=params if params is not None else count_params(model),
-        ms_per_image=ms_per_image({"model": model}, device, size, runs)["model"],
+        ms_per_image=ms if ms is not None else ms_per_image({0: model}, device, size, runs)[0],
         input_size=size,
         device=str(device),
         device_name=device_name(device),

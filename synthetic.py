@@ -60,12 +60,13 @@ def make_fake_voc(
                 "folder for --fake-voc"
             )
     try:
-        return write_fake_voc(voc, num_images, np.random.default_rng(seed), with_sbd)
+        return write_fake_voc(data_root, num_images, np.random.default_rng(seed), with_sbd)
     except OSError as e:
         raise UserError(f"cannot write the synthetic dataset under {data_root}: {e}") from None
 
 
-def write_fake_voc(voc: Path, num_images: int, rng: np.random.Generator, with_sbd: bool) -> Path:
+def write_fake_voc(data_root, num_images: int, rng: np.random.Generator, with_sbd: bool) -> Path:
+    voc = Path(data_root) / VOC.subdir
     voc.mkdir(parents=True, exist_ok=True)
     # The marker first: a tree cut short is still recognised as ours, and may be remade.
     (voc / SYNTHETIC_MARKER).write_text(
@@ -85,7 +86,7 @@ def write_fake_voc(voc: Path, num_images: int, rng: np.random.Generator, with_sb
     for split, names in (("train", ids[:n_train]), ("val", ids[n_train:])):
         (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
     if with_sbd:
-        make_fake_sbd(voc.parents[1], ids[0], ids[n_train], num_images, rng)
+        make_fake_sbd(data_root, ids[0], ids[n_train], num_images, rng)
     (voc / COMPLETE_MARKER).write_text("written whole by dataset.py --fake-voc\n")
     return voc
 

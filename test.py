@@ -94,12 +94,12 @@ def load_model(path: str, device: torch.device) -> tuple:
     return model, info
 
 
-def evaluate_checkpoint(path: str, loaded: tuple, loader, device, args, runs: int) -> dict:
+def evaluate_checkpoint(path: str, loaded: tuple, loader, device, args, ms=None) -> dict:
     """Evaluate one loaded checkpoint (load_model), print its report, write its JSON and
-    overlays."""
+    overlays; `ms`: its ms/image when timed already (--compare), else it is timed here."""
     model, info = loaded
     synthetic = is_synthetic(args.data_root) or bool(info.get("synthetic"))
-    result = measure(model, loader, device, args.size, runs, info.get("params"))
+    result = measure(model, loader, device, args.size, args.runs, info.get("params"), ms)
     result.update(
         model="student",
         kd=info.get("kd", "?"),
@@ -241,21 +241,23 @@ def read_teacher(path: Path) -> tuple:
 
 
 def compare(args: argparse.Namespace, loader, device: torch.device) -> None:
-    """Score every checkpoint, time them together interleaved, write the table."""
-    results, models, failures = [], {}, []
+    """Time every readable checkpoint together, interleaved, then score each (its report and
+    JSON carry that time) and write the table; the unreadable ones are listed under it."""
+    loaded, failures = {}, []
     for path in args.compare:
         try:
-            loaded = load_model(path, device)
-            results.append(evaluate_checkpoint(path, loaded, loader, device, args, runs=1))
-            models[path] = loaded[0]
+            loaded[path] = load_model(path, device)
         except UserError as e:
             print(f"skipped {path}: {e}", file=sys.stderr)
             failures.append(f"{path}: {e}")
-    if not results:
+    if not loaded:
         raise UserError("none of the --compare checkpoints could be read")
+    models = {path: model for path, (model, _) in loaded.items()}
     times = ms_per_image(models, device, args.size, args.runs)
-    for r in results:
-        r["ms_per_image"] = times[r["checkpoint"]]
+    results = [
+        evaluate_checkpoint(path, pair, loader, device, args, times[path])
+        for path, pair in loaded.items()
+    ]
     out = Path(args.out_dir)
     teacher, notes = read_teacher(out / TEACHER_RESULT)
     table = comparison_markdown(results, teacher, failures + notes)
@@ -300,7 +302,7 @@ def main(args: argparse.Namespace) -> None:
     loaded = load_model(args.checkpoint, device) if args.checkpoint else None
     loader = eval_loader(args.data_root, args.split, num_workers=args.num_workers, limit=args.limit)
     if loaded:
-        evaluate_checkpoint(args.checkpoint, loaded, loader, device, args, args.runs)
+        evaluate_checkpoint(args.checkpoint, loaded, loader, device, args)
     else:
         compare(args, loader, device)
 
