@@ -77,6 +77,32 @@ class ASPP(nn.Module):
         return self.project(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
 
 
+class Decoder(nn.Sequential):
+    """DeepLabV3+'s decoder: deep N x cd x h x w and skip N x cs x H x W -> N x cout x H x W,
+
+        fuse(cat[up(deep), skip]),  fuse = 1x1 conv W = [W_d | W_s], BatchNorm, ReLU,
+
+    followed by a 3x3 separable block; up is bilinear (align_corners=False) to H x W. The 1x1
+    convolution mixes channels and the upsampling mixes pixels, both linearly, so they commute:
+    W [up(deep); skip] = up(W_d deep) + W_s skip. Computing the right-hand side upsamples cout
+    channels instead of cd, applies W_d at stride 16 instead of 4 and drops the stride-4
+    concatenation, where the head's maps are largest: the same function and the same weights
+    (keys as in nn.Sequential), in less time in eager PyTorch and in ONNX Runtime alike.
+    """
+
+    def __init__(self, deep: int, skip: int, cout: int):
+        super().__init__(conv_bn_relu(deep + skip, cout), separable(cout, cout))
+        self.deep = deep
+
+    def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        fuse, block = self[0], self[1]
+        w_deep, w_skip = fuse[0].weight.split([self.deep, skip.shape[1]], dim=1)
+        y = F.interpolate(
+            F.conv2d(deep, w_deep), size=skip.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return block(fuse[2](fuse[1](y + F.conv2d(skip, w_skip))))
+
+
 class Student(nn.Module):
     """DeepLabV3+ (Chen et al., 2018) on MobileNetV3-Small (Howard et al., 2019), the
     encoder's last stage dilated so the deepest features stay at output stride 16:
@@ -88,7 +114,7 @@ class Student(nn.Module):
         ASPP(high) (Chen et al., 2017): 1x1 | 3x3 separable at rates 6, 12, 18 | image pooling,
             concatenated, 1x1 -> 128 ch
         decoder: upsample to stride 4, concat with low projected to 32 ch, 1x1 -> 64 ch,
-            3x3 separable -> 64 ch
+            3x3 separable -> 64 ch (computed in an equal, cheaper order: see Decoder)
         dropout 0.5, 1x1 classifier -> 21 ch, bilinear upsampling to H x W
 
     The handout's tap numbers are approximate; the ones above are read off torchvision's network
@@ -109,10 +135,7 @@ class Student(nn.Module):
         self.skip = conv_bn_relu(STUDENT_TAPS["low"][0], c.skip_channels)
         # Stride 4 holds the largest maps of the head: reducing 160 -> 64 channels with a 1x1
         # before the only 3x3 keeps the depthwise work there small (it dominated CPU time).
-        self.decoder = nn.Sequential(
-            conv_bn_relu(c.aspp_channels + c.skip_channels, c.decoder_channels),
-            separable(c.decoder_channels, c.decoder_channels),
-        )
+        self.decoder = Decoder(c.aspp_channels, c.skip_channels, c.decoder_channels)
         self.classifier = nn.Sequential(
             nn.Dropout(c.dropout), nn.Conv2d(c.decoder_channels, c.num_classes, 1)
         )
@@ -126,10 +149,7 @@ class Student(nn.Module):
         low = self.low(x)
         mid = self.mid(low)
         high = self.high(mid)
-        y = F.interpolate(
-            self.aspp(high), size=low.shape[-2:], mode="bilinear", align_corners=False
-        )
-        y = self.classifier(self.decoder(torch.cat([y, self.skip(low)], dim=1)))
+        y = self.classifier(self.decoder(self.aspp(high), self.skip(low)))
         logits = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return (logits, {"low": low, "mid": mid, "high": high}) if return_features else logits
 

@@ -2,9 +2,11 @@ import socket
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cli import UserError
 from model import (
+    Decoder,
     STUDENT_TAPS,
     TEACHER_RESIZE,
     TEACHER_TAPS,
@@ -43,6 +45,21 @@ def test_student_taps_have_the_documented_channels_and_strides(student):
     assert set(feats) == set(STUDENT_TAPS)
     for name, (channels, stride) in STUDENT_TAPS.items():
         assert feats[name].shape == (1, channels, 320 // stride, 320 // stride)
+
+
+def test_decoder_equals_its_docstring_formula_upsample_then_concatenate():
+    torch.manual_seed(0)
+    decoder = Decoder(deep=12, skip=5, cout=8).eval()
+    for bn in (m for m in decoder.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        for t in (bn.weight, bn.bias, bn.running_mean):  # not the identity of a fresh BN
+            t.data.normal_()
+        bn.running_var.data.uniform_(0.5, 2)
+    deep, skip = torch.randn(2, 12, 9, 7), torch.randn(2, 5, 33, 26)
+    fuse, block = decoder[0], decoder[1]
+    up = F.interpolate(deep, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+    with torch.inference_mode():
+        want = block(fuse(torch.cat([up, skip], dim=1)))
+        assert torch.allclose(decoder(deep, skip), want, atol=1e-5)
 
 
 def test_teacher_taps_have_the_documented_channels_and_strides(teacher):
