@@ -22,7 +22,7 @@ from cli import device_name
 from dataset import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES
 from model import count_params
 
-PAUSE_S = 0.02  # between timed calls, untimed (see median_ms)
+PAUSE_S = 0.02  # before each function's turn, untimed (see median_ms)
 
 
 class ConfusionMatrix:
@@ -141,15 +141,19 @@ def median_ms(fns: dict, device: torch.device, runs: int = 20, warmup: int = 3) 
     """{name: median wall time in ms of fn()} for zero-argument functions.
 
     The functions take turns, round after round, so a slow spell of the machine hits them all
-    alike; warm-up rounds come first (cuDNN autotuning, allocator). On CUDA each call is
-    bracketed by torch.cuda.synchronize(), because kernel launches are asynchronous. An
-    untimed pause precedes each call: ONNX Runtime's threads keep spinning for a moment after
-    a run, and would otherwise steal the CPU from the function timed next.
+    alike; warm-up rounds come first (cuDNN autotuning, allocator). Within a round each timed
+    call comes right after an untimed call of the same function, after an untimed pause: a
+    model is timed warm, as when it runs over many images, not in the state the previous
+    function left (its caches; ONNX Runtime's threads, which keep spinning for a moment after
+    a run). On this project's CPU a first call after another model was much slower in eager
+    PyTorch and not in ONNX Runtime: timing it would skew the comparison. On CUDA each timed
+    call is bracketed by torch.cuda.synchronize(), because kernel launches are asynchronous.
     """
     times = {name: [] for name in fns}
     for i in range(warmup + runs):
         for name, fn in fns.items():
             time.sleep(PAUSE_S)
+            fn()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()

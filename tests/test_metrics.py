@@ -9,7 +9,8 @@ from torch import nn
 
 from cli import write_json
 from dataset import VOC_CLASSES, collate_eval, eval_loader
-from metrics import ConfusionMatrix, evaluate, format_iou_table
+import metrics
+from metrics import ConfusionMatrix, evaluate, format_iou_table, median_ms
 from model import build_student
 
 # target 255 pixel is ignored whatever its prediction; class 3 is absent from both.
@@ -92,6 +93,27 @@ class PixelwiseModel(nn.Module):
 
     def forward(self, x):
         return self.conv(x)
+
+
+def test_median_ms_times_each_function_warm_and_in_turns(monkeypatch):
+    """A fake clock: every untimed call costs 100 s, timed ones their listed seconds."""
+    clock, calls = [0.0], []
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(metrics.time, "sleep", lambda seconds: None)
+
+    def function(name: str, timed_costs: list):
+        costs = iter(c for t in [0.5] + timed_costs for c in (100, t))  # warm-up round first
+
+        def call():
+            calls.append(name)
+            clock[0] += next(costs)
+
+        return call
+
+    fns = {"a": function("a", [0.001, 0.003, 0.002]), "b": function("b", [0.01, 0.05, 0.04])}
+    times = median_ms(fns, torch.device("cpu"), runs=3, warmup=1)
+    assert times == pytest.approx({"a": 2.0, "b": 40.0})
+    assert calls == ["a", "a", "b", "b"] * 4
 
 
 def test_padded_batches_score_exactly_like_batch_of_one():
