@@ -3,6 +3,7 @@
 import json
 import re
 
+import onnx
 import pytest
 import torch
 
@@ -33,6 +34,17 @@ def test_int8_is_written_and_reports_its_agreement(export_run):
     assert int8.metadata["kd"] == "none"  # carried over from the fp32 file
     assert export_run["int8"].stat().st_size < 0.5 * export_run["onnx"].stat().st_size
     assert int8(torch.randn(1, 3, 40, 56)).shape == (1, 21, 40, 56)
+
+
+def test_int8_report_counts_the_operations_onnx_runtime_runs(export_run):
+    printed = dict(re.findall(r"(fp32|int8) as ONNX Runtime runs it on this CPU: (.*)",
+                              export_run["proc"].stdout))  # fmt: skip
+    ops = {name: {op: int(n) for n, op in re.findall(r"(\d+) (\w+)", line)}
+           for name, line in printed.items()}  # fmt: skip
+    stored = [node.op_type for node in onnx.load(export_run["int8"]).graph.node]
+    # ONNX Runtime fuses each stored DequantizeLinear -> Conv -> QuantizeLinear into one op.
+    assert ops["int8"]["QLinearConv"] == stored.count("Conv") > 0
+    assert "QuantizeLinear" not in ops["fp32"] and ops["fp32"]["Conv"] > 0
 
 
 def test_a_corrupt_onnx_file_is_one_clear_error(tmp_path):
