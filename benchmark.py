@@ -3,13 +3,14 @@ torchvision's LR-ASPP MobileNetV3-Large (the reference compact model), each as d
 (eager PyTorch, eager channels_last, ONNX Runtime fp32 and, with --int8, int8), plus the
 cost of one training step in each --kd mode.
 
-    python benchmark.py --device cpu              # writes outputs/benchmark.json (~2 min here)
+    python benchmark.py --device cpu              # writes outputs/benchmark.json (minutes on a CPU)
     python benchmark.py --device cpu --int8       # + int8 ONNX rows
     python benchmark.py --device cuda
 
 Random weights (speed does not depend on their values): no dataset and no download needed.
 ms/image: batch 1, median of --runs after warm-up, CUDA synchronised; every row takes its turn
-in each round (interleaved), so machine noise hits all alike. "vs student" is a row's time
+in each round (interleaved), so machine noise hits all alike, and is timed warm, right after an
+untimed call of its own (metrics.median_ms). "vs student" is a row's time
 over the eager student's. ONNX rows run on ONNX Runtime's CPU provider (the teacher has none:
 at ~2 s a pass on a CPU it would only lengthen the run). GFLOPs: counted by
 torch.utils.flop_counter.FlopCounterMode (2 per multiply-add of convolutions and matrix

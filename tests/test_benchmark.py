@@ -6,14 +6,15 @@ from torch import nn
 from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
 from conftest import load_script, run_script
-from model import build_student, build_teacher
+from model import Decoder, build_student, build_teacher
 
 benchmark = load_script("benchmark")
 
 
 def conv_flops(model: nn.Module, size: int) -> int:
     """An independent count: 2 x multiply-adds of every Conv2d, read off forward hooks.
-    Convolutions are the only products in these three networks."""
+    Convolutions are the only products in these three networks; the student's Decoder applies
+    its 1x1 with F.conv2d to each of its inputs, so its hook counts that part."""
     total = 0
 
     def hook(module, inputs, output):
@@ -21,7 +22,13 @@ def conv_flops(model: nn.Module, size: int) -> int:
         k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
         total += 2 * k * output.numel()
 
+    def decoder_hook(module, inputs, output):
+        nonlocal total
+        total += 2 * output.shape[1] * sum(x.numel() for x in inputs)  # its 1x1 keeps cout
+
     hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [m.register_forward_hook(decoder_hook) for m in model.modules()
+              if isinstance(m, Decoder)]  # fmt: skip
     with torch.inference_mode():
         model.eval()(torch.zeros(1, 3, size, size))
     for h in hooks:

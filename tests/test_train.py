@@ -193,7 +193,7 @@ def test_train_one_epoch_does_plain_sgd_steps_in_train_mode(fake_voc):
         with torch.no_grad():
             for p, g in zip(params, grads):
                 if g is not None:
-                    p -= 0.05 * g
+                    p.add_(g, alpha=-0.05)  # rounded as torch.optim.SGD rounds it
     for (name, a), b in zip(model.named_parameters(), reference.parameters()):
         assert torch.allclose(a, b, atol=1e-6), name
     assert scheduler.last_epoch == len(batches)  # one scheduler step per iteration
