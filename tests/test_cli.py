@@ -39,12 +39,14 @@ def test_an_error_raised_in_a_dataloader_worker_keeps_its_one_line(capsys):
         raise UserError(f"image {i} is damaged")
 
     loader = torch.utils.data.DataLoader(range(2), num_workers=1, collate_fn=load)
+    batches = iter(loader)
 
     def main(args):
-        next(iter(loader))
+        next(batches)
 
     assert run_main(main) == 1
     assert capsys.readouterr().err == "error: image [0] is damaged\n"
+    batches._shutdown_workers()  # now, not in a 5 s wait when the session ends
 
 
 @pytest.mark.parametrize("text", ["nan", "inf", "-inf", "-1", "1e300", "many"])
