@@ -14,8 +14,9 @@ export fails unless the logits agree to float tolerance.
 
 --int8 writes a statically quantised model (QDQ: int8 weights, uint8 activations), calibrated
 on the first --calib training images, and reports its argmax agreement with the fp32 model on
-as many val images, both file sizes, and the operations ONNX Runtime runs for each file here. Whether int8 is faster depends on the CPU: one
-without int8 dot-product instructions (VNNI) gains little or nothing (benchmark.py measures it).
+as many val images, both file sizes, and the operations ONNX Runtime runs for each file here.
+Whether int8 is faster depends on the CPU: one without int8 dot-product instructions (VNNI)
+gains little or nothing (benchmark.py measures it).
 """
 
 import argparse

@@ -92,11 +92,10 @@ class Decoder(nn.Sequential):
 
     def __init__(self, deep: int, skip: int, cout: int):
         super().__init__(conv_bn_relu(deep + skip, cout), separable(cout, cout))
-        self.deep = deep
 
     def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         fuse, block = self[0], self[1]
-        w_deep, w_skip = fuse[0].weight.split([self.deep, skip.shape[1]], dim=1)
+        w_deep, w_skip = fuse[0].weight.split([deep.shape[1], skip.shape[1]], dim=1)
         y = F.interpolate(
             F.conv2d(deep, w_deep), size=skip.shape[-2:], mode="bilinear", align_corners=False
         )

@@ -7,9 +7,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+import metrics
 from cli import write_json
 from dataset import VOC_CLASSES, collate_eval, eval_loader
-import metrics
 from metrics import ConfusionMatrix, evaluate, format_iou_table, median_ms
 from model import build_student
 

@@ -6,11 +6,11 @@ import torch.nn.functional as F
 
 from cli import UserError
 from model import (
-    Decoder,
     STUDENT_TAPS,
     TEACHER_RESIZE,
     TEACHER_TAPS,
     TEACHER_WEIGHTS,
+    Decoder,
     build_student,
     build_teacher,
     count_params,
