@@ -1,7 +1,8 @@
 """Size and speed, side by side in one process: the student, FCN-ResNet50 (the teacher) and
 torchvision's LR-ASPP MobileNetV3-Large (the reference compact model), each as deployed
 (eager PyTorch, eager channels_last, ONNX Runtime fp32 and, with --int8, int8), plus the
-cost of one training step in each --kd mode.
+cost of one training step in each --kd mode, and with the cached teacher (--teacher-cache):
+one step, and the one-time cost per image of building the cache.
 
     python benchmark.py --device cpu              # writes outputs/benchmark.json (minutes on a CPU)
     python benchmark.py --device cpu --int8       # + int8 ONNX rows
@@ -41,16 +42,25 @@ from cli import (
     run,
     write_json,
 )
-from dataset import NUM_CLASSES
 from distill import KD_MODES, KDConfig, Trainee, teacher_outputs
 from export import OnnxModel, export_onnx, quantize_int8
+from lab import BENCHMARK_RESULT, OUTPUTS_DIR, OptimConfig, build_optimizer
 from metrics import median_ms, model_logits
-from model import TEACHER_RESIZE, build_student, build_teacher, count_params
-from train import build_optimizer
-from train import parse_args as train_args
+from model import (
+    TEACHER_RESIZE,
+    build_student,
+    build_teacher,
+    count_params,
+    teacher_stride8_logits,
+)
+from teacher_cache import TeacherCache
+from voc import NUM_CLASSES
 
 STUDENT, TEACHER, LRASPP = "student", "FCN-ResNet50 (teacher)", "LR-ASPP MobileNetV3-Large"
 CALIBRATION_IMAGES = 8  # random inputs: enough for timing an int8 model, not for its accuracy
+CACHED = "response (cached teacher)"  # the training-step row of train.py --teacher-cache
+# A typical VOC image (500 x 375) resized to a 520 shorter side: the teacher's stride-8 map.
+VOC_IMAGE, CACHED_MAP = (375, 500), (NUM_CLASSES, 65, 87)
 
 
 def parse_args(argv: list | None = None) -> argparse.Namespace:
@@ -71,12 +81,12 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     )
     p.add_argument("--int8", action="store_true", help="add statically quantised ONNX rows")
     p.add_argument(
-        "--no-onnx",
-        dest="onnx",
-        action="store_false",
-        help="eager rows only (no export: a quicker run)",
+        "--onnx",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ONNX Runtime rows (--no-onnx: eager rows only, no export, a quicker run)",
     )
-    p.add_argument("--out-dir", default="outputs", help="folder for benchmark.json")
+    p.add_argument("--out-dir", default=OUTPUTS_DIR, help=f"folder for {BENCHMARK_RESULT}")
     return p.parse_args(argv)
 
 
@@ -137,8 +147,7 @@ def inference_rows(models: dict, args, device: torch.device) -> list:
         variants = deployed_variants(models, args, device, Path(work))
         x = torch.randn(1, 3, args.size, args.size, device=device)
         fns = {key: partial(model_logits, fn, x) for key, (fn, _) in variants.items()}
-        print(f"timing {len(fns)} rows at {args.size}x{args.size} ...", flush=True)
-        times = median_ms(fns, device, args.runs)
+        times = median_ms(fns, device, args.runs, desc=f"{len(fns)} rows at {args.size}px")
     flops = {name: gflops(model, args.size, device) for name, model in models.items()}
     return [
         {
@@ -155,35 +164,55 @@ def inference_rows(models: dict, args, device: torch.device) -> list:
 
 
 def training_step_rows(student: torch.nn.Module, teacher, args, device: torch.device) -> list:
-    """ms of one forward + backward + optimizer step in each --kd mode, on a fixed batch, the
-    modes interleaved; the optimizer is train.py's own (its defaults)."""
+    """ms of one forward + backward + optimizer step in each --kd mode and with the cached
+    teacher, on a fixed batch, all interleaved; the optimizer is train.py's (its defaults)."""
     images = torch.randn(args.batch_size, 3, args.crop_size, args.crop_size, device=device)
     masks = torch.randint(0, NUM_CLASSES, images[:, 0].shape, device=device)
+    cache = in_memory_cache(args.batch_size)
+    where = torch.tensor([[10.0, 20.0, 330.0, 340.0, 1.0]] * args.batch_size)
+    indices = torch.arange(args.batch_size)
+    size = (args.crop_size, args.crop_size)
+    targets = {kd: partial(teacher_outputs, teacher if kd != "none" else None) for kd in KD_MODES}
+    targets[CACHED] = lambda _: (cache.crop_logits(where, indices, size, device), None)
     steps = {}
-    for kd in KD_MODES:
-        trainee = Trainee(student, KDConfig(kd)).to(device).train()
-        optimizer = build_optimizer(train_args([]), trainee.parameters())
-        steps[kd] = partial(
-            training_step,
-            trainee,
-            teacher if kd != "none" else None,
-            optimizer,
-            images,
-            masks,
-            device,
-        )
-    ms = median_ms(steps, device, args.runs, warmup=1)
+    for kd, target in targets.items():
+        trainee = Trainee(student, KDConfig(kd if kd != CACHED else "response"))
+        optimizer = build_optimizer(trainee.to(device).train().parameters(), OptimConfig())
+        steps[kd] = partial(training_step, trainee, target, optimizer, images, masks, device)
+    ms = median_ms(steps, device, args.runs, warmup=1, desc="training steps")
     return [
         {"kd": kd, "ms_per_step": t, "overhead_vs_none": t / ms["none"] - 1} for kd, t in ms.items()
     ]
 
 
-def training_step(trainee, teacher, optimizer, images, masks, device: torch.device) -> None:
+def in_memory_cache(count: int) -> TeacherCache:
+    """A teacher cache of `count` random maps of a typical VOC image's size, held in memory:
+    the per-step work of --teacher-cache (reading a map, RoIAlign over the crop) without
+    the disk."""
+    n = int(np.prod(CACHED_MAP))
+    entries = [
+        {"size": list(VOC_IMAGE), "shape": list(CACHED_MAP), "offset": i * n} for i in range(count)
+    ]
+    logits = np.random.randn(count * n).astype(np.float16)
+    return TeacherCache(Path("(in memory)"), {"images": entries}, logits)
+
+
+def training_step(trainee, targets, optimizer, images, masks, device: torch.device) -> None:
     with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-        loss, _ = trainee(images, masks, teacher_outputs(teacher, images))
+        loss, _ = trainee(images, masks, targets(images))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+
+
+@torch.inference_mode()
+def cache_build_ms(teacher, args, device: torch.device) -> float:
+    """ms per image of building the teacher cache: the teacher's stride-8 logits of one VOC
+    image resized to a 520 shorter side (the disk write is negligible beside it)."""
+    h, w = (TEACHER_RESIZE, round(TEACHER_RESIZE * VOC_IMAGE[1] / VOC_IMAGE[0]))
+    x = torch.randn(1, 3, h, w, device=device)
+    fn = partial(teacher_stride8_logits, teacher, x)
+    return median_ms({"build": fn}, device, max(1, args.runs // 2), warmup=1)["build"]
 
 
 def format_table(result: dict) -> str:
@@ -200,14 +229,19 @@ def format_table(result: dict) -> str:
     lines.append(f"training step: batch {result['batch_size']}, crop {result['crop_size']}")
     for r in result["train_steps"]:
         lines.append(
-            f"  --kd {r['kd']:9s} {r['ms_per_step']:>9.1f} ms  "
-            f"(+{r['overhead_vs_none']:.0%} over none)"
+            f"  --kd {r['kd']:26s} {r['ms_per_step']:>9.1f} ms  "
+            f"({r['ms_per_step'] / (1 + r['overhead_vs_none']):.1f} x "
+            f"{1 + r['overhead_vs_none']:.2f}: {r['overhead_vs_none']:+.0%} over none)"
         )
+    lines.append(
+        f"teacher cache, built once: {result['cache_build_ms_per_image']:.1f} ms per image "
+        f"({VOC_IMAGE[1]}x{VOC_IMAGE[0]} resized to a {TEACHER_RESIZE} shorter side)"
+    )
     return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> None:
-    out = check_output(args.out_dir, folder=True) / "benchmark.json"
+    out = check_output(args.out_dir, folder=True) / BENCHMARK_RESULT
     device = resolve_device(args.device)
     torch.manual_seed(0)
     student = build_student().to(device)
@@ -227,8 +261,8 @@ def main(args: argparse.Namespace) -> None:
         "date": datetime.date.today().isoformat(),
         "models": inference_rows(models, args, device),
     }
-    print(f"timing training steps, batch {args.batch_size}, crop {args.crop_size} ...", flush=True)
     result["train_steps"] = training_step_rows(student, teacher, args, device)
+    result["cache_build_ms_per_image"] = cache_build_ms(teacher, args, device)
     print(format_table(result))
     write_json(result, out)
     print(f"wrote {out}")

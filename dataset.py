@@ -10,12 +10,12 @@ The data root holds VOCdevkit/VOC2012/ (read by torchvision.datasets.VOCSegmenta
 for --train-set train_aug, benchmark_RELEASE/dataset/ (read by torchvision.datasets.SBDataset);
 nothing here re-implements them. Each pair they read is checked (readable, same size, labels
 0-20 or 255) before the transforms, so a damaged file is one error that names it.
-The downloader is download.py, the synthetic data synthetic.py.
+The facts about VOC (classes, sources, markers) are in voc.py; the downloader is download.py,
+the synthetic data synthetic.py, which this module's command line runs.
 """
 
 import argparse
 import bisect
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -28,95 +28,21 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from cli import UserError, add_data_root, number, parser, run
+from download import download_source
+from synthetic import make_fake_voc
+from voc import (
+    IGNORE_INDEX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NUM_CLASSES,
+    SBD,
+    VOC,
+    VOC_SPLIT_SIZES,
+    check_present,
+    is_synthetic,
+)
 
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
-NUM_CLASSES = len(VOC_CLASSES)
-IGNORE_INDEX = 255  # VOC's void label: object edges and ambiguous pixels, never scored
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the encoders' pretraining statistics
-IMAGENET_STD = (0.229, 0.224, 0.225)
-VOC_SPLIT_SIZES = {"train": 1464, "val": 1449}  # VOC 2012 segmentation, what --check expects
 MAX_PROBLEMS = 10  # what --check lists of the problems it finds
-SYNTHETIC_MARKER = "SYNTHETIC.txt"  # written by --fake-voc; scripts label their outputs with it
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """A dataset archive: where it unpacks under the data root and where to get it.
-    The mirrors are tried in order; the md5 decides, whichever host served the file."""
-
-    name: str
-    subdir: Path  # what the archive unpacks to, under the data root
-    needed: tuple  # what the scripts read inside subdir
-    layout: str  # the same, for people
-    archive: str
-    md5: str
-    mirrors: tuple
-    flag: str  # the dataset.py flag that downloads it
-
-
-VOC = Source(
-    name="PASCAL VOC 2012",
-    subdir=Path("VOCdevkit", "VOC2012"),
-    needed=(
-        "JPEGImages",
-        "SegmentationClass",
-        "ImageSets/Segmentation/train.txt",
-        "ImageSets/Segmentation/val.txt",
-    ),
-    layout="{JPEGImages, SegmentationClass, ImageSets/Segmentation/{train,val}.txt}",
-    archive="VOCtrainval_11-May-2012.tar",
-    md5="6cd6e144f989b92b3379bac3b3de84fd",  # the md5 torchvision's VOCSegmentation checks
-    # The Oxford host is often down, hence the mirrors. Add yours here.
-    mirrors=(
-        "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
-        "https://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
-        "http://d2l-data.s3-accelerate.amazonaws.com/VOCtrainval_11-May-2012.tar",  # d2l.ai
-        "https://pjreddie.com/media/files/VOCtrainval_11-May-2012.tar",  # the YOLO author's
-    ),
-    flag="--download",
-)
-# Semantic Boundaries Dataset (Hariharan et al., 2011, "Semantic contours from inverse
-# detectors"): 11,355 VOC 2011 images with full segmentation labels in .mat files.
-SBD = Source(
-    name="SBD (Semantic Boundaries Dataset)",
-    subdir=Path("benchmark_RELEASE", "dataset"),
-    needed=("img", "cls", "train.txt", "val.txt"),
-    layout="{img/*.jpg, cls/*.mat, train.txt, val.txt}",
-    archive="benchmark.tgz",
-    md5="82b4d87ceb2ed10f6038a1cba92111cb",  # the md5 torchvision's SBDataset checks
-    mirrors=(
-        "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/"
-        "benchmark.tgz",
-        "http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/"
-        "benchmark.tgz",
-    ),
-    flag="--download sbd",
-)
-
-
-def is_present(source: Source, data_root: str | Path) -> bool:
-    return all((Path(data_root) / source.subdir / name).exists() for name in source.needed)
-
-
-def check_present(source: Source, data_root: str | Path) -> None:
-    """Raise a UserError with the layout and the ways to get `source` when it is not on disk."""
-    root = Path(data_root)
-    for name in source.needed:
-        if not (root / source.subdir / name).exists():
-            raise UserError(
-                f"{source.name} not found: no {root / source.subdir / name}. Expected layout: "
-                f"{root / source.subdir}/{source.layout}. Get it with: python dataset.py "
-                f"{source.flag} --data-root {root} (md5-checked), or put a downloaded "
-                f"{source.archive} into {root}/ and run that same command to verify and extract it"
-            )
-
-
-def is_synthetic(data_root: str | Path) -> bool:
-    return (Path(data_root) / VOC.subdir / SYNTHETIC_MARKER).exists()
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -131,18 +57,44 @@ def to_tv_tensors(image: Image.Image, mask: Image.Image) -> tuple:
     return v2.functional.to_image(image), tv_tensors.Mask(torch.from_numpy(np.array(mask)))
 
 
-def train_transforms(crop_size: int) -> v2.Compose:
-    """Random scale (shorter side 0.5x to 2x the crop, as torchvision's reference recipe),
-    random crop padded with 0 / 255 when the image is smaller, flip, then `normalize`, the
-    same function evaluation uses."""
-    return v2.Compose([
-        to_tv_tensors,
-        v2.RandomResize(crop_size // 2, 2 * crop_size),
-        v2.RandomCrop(crop_size, pad_if_needed=True,
-                      fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
-        v2.RandomHorizontalFlip(),
-        lambda image, mask: (normalize(image), mask),
-    ])  # fmt: skip
+class RandomScaleCropFlip:
+    """The training augmentation, joint on image and mask: scale so the shorter side is drawn
+    uniformly from [crop / 2, 2 * crop) (torchvision's reference recipe), pad the bottom and
+    right to at least crop x crop (image 0, mask 255: padding is never scored), take a random
+    crop x crop window, flip it horizontally with probability 1/2, then `normalize`, the same
+    function evaluation uses. The mask is resized nearest-neighbour, so 255 stays 255.
+
+    (PIL image, PIL mask) -> (image 3 x crop x crop float, mask crop x crop uint8, where:
+    [x0, y0, x1, y1, flipped]), where the crop's box is in the original image's pixel
+    coordinates (edges, x1 and y1 excluded; beyond the image where the crop was padded):
+    what a stored teacher map needs to be resampled over the same region (teacher_cache).
+    """
+
+    def __init__(self, crop_size: int, short_sides: tuple | None = None):
+        self.crop = crop_size
+        self.short_sides = short_sides or (crop_size // 2, 2 * crop_size)
+
+    def __call__(self, image: Image.Image, mask: Image.Image) -> tuple:
+        image, mask = to_tv_tensors(image, mask)
+        height, width = image.shape[-2:]
+        scale = int(torch.randint(*self.short_sides, ())) / min(height, width)
+        h, w = max(1, round(height * scale)), max(1, round(width * scale))
+        image, mask = TF.resize(image, [h, w], antialias=True), TF.resize(mask, [h, w])
+        pad = [0, 0, max(self.crop - w, 0), max(self.crop - h, 0)]  # left, top, right, bottom
+        image, mask = TF.pad(image, pad, fill=0), TF.pad(mask, pad, fill=IGNORE_INDEX)
+        top = int(torch.randint(h + pad[3] - self.crop + 1, ()))
+        left = int(torch.randint(w + pad[2] - self.crop + 1, ()))
+        image, mask = (TF.crop(x, top, left, self.crop, self.crop) for x in (image, mask))
+        flipped = bool(torch.rand(()) < 0.5)
+        if flipped:
+            image, mask = TF.horizontal_flip(image), TF.horizontal_flip(mask)
+        sx, sy = width / w, height / h  # resized -> original pixel coordinates
+        box = [left * sx, top * sy, (left + self.crop) * sx, (top + self.crop) * sy]
+        return normalize(image), mask.as_subclass(torch.Tensor), torch.tensor(box + [flipped])
+
+
+def train_transforms(crop_size: int) -> RandomScaleCropFlip:
+    return RandomScaleCropFlip(crop_size)
 
 
 def normalize(image: torch.Tensor) -> torch.Tensor:
@@ -285,20 +237,37 @@ def train_aug_dataset(data_root: str | Path, transforms, limit: int | None = Non
     return first(ConcatDataset(parts), limit)
 
 
+class Indexed(Dataset):
+    """dataset[i] with i appended: (image, mask, where) -> (image, mask, where, i), so that a
+    batch says which training images its crops came from."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple:
+        return (*self.dataset[index], index)
+
+
 def training_loader(
     dataset: Dataset, batch_size: int, num_workers: int, seed: int, world: int, cuda: bool
 ) -> DataLoader:
-    """Shuffled batches; under torchrun (world > 1) a DistributedSampler gives each process its
-    share, reshuffled each epoch by loader.sampler.set_epoch."""
+    """Shuffled batches of (images, masks, where, indices); under torchrun (world > 1) a
+    DistributedSampler gives each process its share, reshuffled each epoch by
+    loader.sampler.set_epoch. Workers are started anew each epoch (not persistent): each then
+    takes its seed from the main process's generator, which train.py seeds per epoch, so the
+    augmentations of an epoch depend on the seed and the epoch alone, with workers or without,
+    and a resumed run sees exactly the crops an uninterrupted one does."""
     sampler = DistributedSampler(dataset, seed=seed) if world > 1 else None
     return DataLoader(
-        dataset,
+        Indexed(dataset),
         batch_size=batch_size,
         shuffle=sampler is None,
         sampler=sampler,
         num_workers=num_workers,
         pin_memory=cuda,
-        persistent_workers=num_workers > 0,
     )
 
 
@@ -399,10 +368,6 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
-    # Imported here: both modules build on this one (its constants and sources).
-    from download import download_source
-    from synthetic import make_fake_voc
-
     if args.fake_voc:
         voc = make_fake_voc(args.fake_voc, args.num_images, args.seed, args.with_sbd)
         print(f"wrote a SYNTHETIC dataset of {args.num_images} images in VOC layout at {voc}")

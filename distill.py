@@ -3,7 +3,7 @@
     from distill import KD_MODES, KDConfig, Trainee, response_kd_loss, cosine_distance
 
 Response-based (Hinton et al., 2015, "Distilling the Knowledge in a Neural Network"), per pixel:
-    L = alpha * H(y, softmax(z_s)) + beta * tau^2 * H(softmax(z_t / tau), softmax(z_s / tau))
+    L = alpha * H(y, softmax(z_s)) + beta * tau^2 * KL(softmax(z_t / tau) || softmax(z_s / tau))
 Feature-based, for each pair (student tap, teacher layer) with a trainable 1x1 conv + BN adapter:
     L = alpha * H(y, softmax(z_s)) + feat_weight * sum_pairs mean (1 - cos(adapter(f_s), f_t))
 Both: the sum of the three terms. Every mean runs over the pixels whose label is not 255.
@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataset import IGNORE_INDEX
 from model import STUDENT_TAPS, TEACHER_TAPS, teacher_features
+from voc import IGNORE_INDEX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,30 +81,36 @@ def response_kd_loss(
 ) -> tuple:
     """The lab's response-based loss, with Hinton's tau^2 written out:
 
-        L = alpha * H(y, p_s) + beta * tau^2 * H(p_t^tau, p_s^tau)
-        p_s = softmax(z_s),  p^tau = softmax(z / tau),  H(p, q) = -sum_c p_c log q_c
+        L = alpha * H(y, p_s) + beta * tau^2 * KL(p_t^tau || p_s^tau)
+        p_s = softmax(z_s),  p^tau = softmax(z / tau),  H(p, q) = -sum_c p_c log q_c,
+        KL(p || q) = sum_c p_c (log p_c - log q_c) = H(p, q) - H(p, p)
 
     per pixel, each term averaged over the pixels whose label is not 255. The soft term's
     gradient with respect to z_s is (p_s^tau - p_t^tau) / tau, and for large tau the
     difference itself shrinks as 1/tau: the gradient scales as 1/tau^2. The explicit tau^2
     keeps its scale, so changing tau does not silently reweight it against the hard term
-    (Hinton et al., 2015, section 2).
-    H(p_t, p_s) differs from KL(p_t || p_s) only by the teacher's entropy, a constant for the
-    student, so the two give the same gradients.
+    (Hinton et al., 2015, section 2). KL and Hinton's soft cross-entropy H(p_t^tau, p_s^tau)
+    differ by the teacher's entropy, a constant for the student: the gradients are the same,
+    and KL is 0 exactly when the student matches the teacher, so its logged value shows how
+    far the student is from the teacher (the cross-entropy never falls below that entropy).
 
     student_logits, teacher_logits: N x C x H x W (the teacher's are resized bilinearly to the
     student's size when they differ); target: N x H x W. Returns (L, {"ce": H(y, p_s),
-    "soft": tau^2 * H(p_t^tau, p_s^tau)}), the two terms detached for the training log.
+    "kl": tau^2 * KL(p_t^tau || p_s^tau)}), the two terms detached for the training log.
     """
     if teacher_logits.shape[-2:] != student_logits.shape[-2:]:
         teacher_logits = F.interpolate(
-            teacher_logits, size=student_logits.shape[-2:], mode="bilinear", align_corners=False
+            teacher_logits.float(),
+            size=student_logits.shape[-2:],
+            mode="bilinear",
+            align_corners=False,
         )
     ce = pixel_cross_entropy(student_logits, target)
-    p_teacher = F.softmax(teacher_logits.float() / tau, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / tau, dim=1)
     log_p_student = F.log_softmax(student_logits.float() / tau, dim=1)
-    soft = tau**2 * masked_mean(-(p_teacher * log_p_student).sum(1), target != IGNORE_INDEX)
-    return alpha * ce + beta * soft, {"ce": ce.detach(), "soft": soft.detach()}
+    kl_per_pixel = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(1)
+    kl = tau**2 * masked_mean(kl_per_pixel, target != IGNORE_INDEX)
+    return alpha * ce + beta * kl, {"ce": ce.detach(), "kl": kl.detach()}
 
 
 def cosine_distance(fs: torch.Tensor, ft: torch.Tensor, valid: torch.Tensor | None = None):
@@ -169,7 +175,7 @@ def training_loss(
     """Loss of one batch for config.kd, and its terms (detached) for the log:
 
         L = alpha * H(y, p_s)
-            + beta * tau^2 * H(p_t^tau, p_s^tau)      (response, both: response_kd_loss)
+            + beta * tau^2 * KL(p_t^tau || p_s^tau)   (response, both: response_kd_loss)
             + feat_weight * sum_pairs cosine distance  (feature, both: feature_kd_loss)
 
     teacher_out: teacher_outputs() of exactly this batch, None for --kd none.

@@ -1,7 +1,7 @@
 """Getting a dataset archive: mirrors, md5, resumed transfers, safe extraction.
 
     from download import download_source
-    download_source("data", VOC)   # what `python dataset.py --download` runs
+    download_source("data", voc.VOC)   # what `python dataset.py --download` runs
 
 torchvision's own download helpers take one URL and no resume; VOC's Oxford host is often
 down, so this module tries a list of mirrors, resumes a broken transfer with an HTTP Range
@@ -21,9 +21,7 @@ from torchvision.datasets.utils import calculate_md5
 from tqdm import tqdm
 
 from cli import UserError
-from dataset import Source, is_present
-
-COMPLETE_MARKER = ".extracted"  # in source.subdir, written after a whole extraction
+from voc import COMPLETE_MARKER, Source, is_present
 
 
 def download(url: str, dest: Path, timeout: float = 30) -> None:

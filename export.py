@@ -15,8 +15,10 @@ export fails unless the logits agree to float tolerance.
 --int8 writes a statically quantised model (QDQ: int8 weights, uint8 activations), calibrated
 on the first --calib training images, and reports its argmax agreement with the fp32 model on
 as many val images, both file sizes, and the operations ONNX Runtime runs for each file here.
-Whether int8 is faster depends on the CPU: one without int8 dot-product instructions (VNNI)
-gains little or nothing (benchmark.py measures it).
+Whether int8 is faster depends on the CPU and on how much of the graph stays in int8: the
+operations ONNX Runtime cannot run in int8 (MobileNetV3's hardswish and squeeze-excitation
+gates, the resizes) need conversions around them, which can cost what the int8 convolutions
+save (the printed operation lists show it; benchmark.py times it).
 """
 
 import argparse
@@ -29,8 +31,9 @@ from pathlib import Path
 import torch
 
 from cli import UserError, add_data_root, atomic_path, check_output, number, parser, run
-from dataset import EvalTransform, is_synthetic, voc_dataset
+from dataset import EvalTransform, voc_dataset
 from model import TEACHER_RESIZE, count_params, load_student
+from voc import is_synthetic
 
 # A square at the teacher's input size, VOC's usual landscape, odd sizes.
 PARITY_SIZES = ((TEACHER_RESIZE, TEACHER_RESIZE), (333, 500), (97, 65))
@@ -89,11 +92,19 @@ class OnnxModel:
             raise UserError(
                 f"cannot load {path} as an ONNX model: {str(e).splitlines()[0][:300]}"
             ) from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if [i.name for i in inputs] != [INPUT] or OUTPUT not in [o.name for o in outputs]:
+            raise UserError(
+                f"{path} is not a segmentation model of export.py (its input is not "
+                f"{INPUT!r} or it has no {OUTPUT!r} output)"
+            )
         props = self.session.get_modelmeta().custom_metadata_map
         try:
             self.metadata = json.loads(props.get(METADATA_KEY, "{}"))
         except ValueError:
             raise UserError(f"{path}: its {METADATA_KEY!r} metadata is not JSON") from None
+        if not isinstance(self.metadata, dict):
+            raise UserError(f"{path}: its {METADATA_KEY!r} metadata is not a JSON object")
         self.path = Path(path)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -209,6 +220,9 @@ def main(args: argparse.Namespace) -> None:
         if check_output(path).exists() and not args.overwrite:
             raise UserError(f"{path} already exists; pass --overwrite to replace it")
     student, ckpt = load_student(args.checkpoint)
+    # Everything --int8 needs is read before any file is written.
+    calibration = images(args.data_root, "train", args.calib) if args.int8 else None
+    held_out = images(args.data_root, "val", args.calib) if args.int8 else None
     metadata = {
         "kd": ckpt.get("args", {}).get("kd"),
         "params": count_params(student),
@@ -233,14 +247,13 @@ def main(args: argparse.Namespace) -> None:
             )
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     if args.int8:
-        write_int8(args, out, int8)
+        write_int8(args, out, int8, calibration, held_out)
 
 
-def write_int8(args: argparse.Namespace, fp32: Path, int8: Path) -> None:
+def write_int8(args, fp32: Path, int8: Path, calibration: list, held_out: list) -> None:
     tag = " (SYNTHETIC data)" if is_synthetic(args.data_root) else ""
-    print(f"calibrating int8 on {args.calib} train images{tag} ...", flush=True)
-    quantize_int8(fp32, int8, images(args.data_root, "train", args.calib))
-    held_out = images(args.data_root, "val", args.calib)
+    print(f"calibrating int8 on {len(calibration)} train images{tag} ...", flush=True)
+    quantize_int8(fp32, int8, calibration)
     agree = argmax_agreement(OnnxModel(fp32), OnnxModel(int8), held_out)
     print(f"int8 argmax agreement with fp32 on {len(held_out)} val images{tag}: {100 * agree:.2f}%")
     print(

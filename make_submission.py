@@ -18,18 +18,20 @@ import zipfile
 from pathlib import Path
 
 from cli import UserError, atomic_path, parser, run
+from lab import COMPARISON, OUTPUTS_DIR, PHOTOS, WEIGHTS_DIR, curves_path, student_path
 
 TOP_FILES = ("train.txt", "test.txt", "README.md", "requirements.txt", "pyproject.toml")
 # What the lab asks for; a missing one is a warning, or an error with --strict.
-REQUIRED = (
-    "weights/student_none.pth",
-    "weights/student_response.pth",
-    "weights/student_feature.pth",
-    "outputs/student_none_curves.png",
-    "outputs/kd_comparison.md",
+REQUIRED = tuple(
+    p.as_posix()
+    for p in (
+        *(student_path(kd) for kd in ("none", "response", "feature")),
+        curves_path(student_path("none"), OUTPUTS_DIR),
+        Path(OUTPUTS_DIR, f"{COMPARISON}.md"),
+    )
 )
 MAX_DIGITS = 20  # longer than any student number, short enough for a file name
-PHOTOS = "outputs/photos"  # where test.py --images writes
+OWN_PHOTOS = f"{OUTPUTS_DIR}/{PHOTOS}"  # where test.py --images writes
 
 
 def parse_args(argv: list | None = None) -> argparse.Namespace:
@@ -39,7 +41,9 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     p.add_argument("--root", default=".", help="repository root to pack, also where the zip goes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing zip")
     p.add_argument(
-        "--with-photos", action="store_true", help=f"also pack your own photos' results ({PHOTOS}/)"
+        "--with-photos",
+        action="store_true",
+        help=f"also pack your own photos' results ({OWN_PHOTOS}/)",
     )
     args = p.parse_args(argv)
     if len(args.students) > 2:
@@ -68,11 +72,12 @@ def submission_files(root: Path, with_photos: bool = False) -> list:
     files = list(root.glob("*.py"))
     files += [root / name for name in TOP_FILES]
     files += (root / "tests").rglob("*.py")
-    files += [p for p in (root / "weights").glob("student_*.pth") if not p.stem.endswith("_last")]
-    files += (root / "weights").glob("student_*.onnx")
-    files += (root / "outputs").rglob("*")
+    weights = root / WEIGHTS_DIR
+    files += [p for p in weights.glob("student_*.pth") if not p.stem.endswith("_last")]
+    files += weights.glob("student_*.onnx")
+    files += (root / OUTPUTS_DIR).rglob("*")
     if not with_photos:
-        files = [p for p in files if not p.is_relative_to(root / PHOTOS)]
+        files = [p for p in files if not p.is_relative_to(root / OWN_PHOTOS)]
     for link in sorted({p for p in files if p.is_symlink()}):
         print(f"warning: skipped {link.relative_to(root)}: a symbolic link (never followed)")
     return sorted({p.relative_to(root) for p in files if packable(p, root)})
@@ -103,8 +108,8 @@ def main(args: argparse.Namespace) -> None:
     if zip_path.exists() and not args.overwrite:
         raise UserError(f"{zip_path} already exists; use --overwrite to replace it")
     files = submission_files(root, args.with_photos)
-    if (root / PHOTOS).exists() and not args.with_photos:
-        print(f"note: {PHOTOS}/ (your own photos) is left out; --with-photos packs it")
+    if (root / OWN_PHOTOS).exists() and not args.with_photos:
+        print(f"note: {OWN_PHOTOS}/ (your own photos) is left out; --with-photos packs it")
     for path in synthetic_results(root, files):
         print(f"warning: {path} holds SYNTHETIC results, not VOC ones")
     with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:

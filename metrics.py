@@ -1,4 +1,4 @@
-"""Segmentation metrics, evaluation loop and speed measurement, shared by every script.
+"""Segmentation metrics, the evaluation loop and speed measurement, shared by every script.
 
     from metrics import ConfusionMatrix, evaluate, ms_per_image
 
@@ -19,8 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cli import device_name
-from dataset import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES
-from model import count_params
+from voc import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES
 
 PAUSE_S = 0.02  # before each function's turn, untimed (see median_ms)
 
@@ -95,7 +94,8 @@ def evaluate(
     original label resolution and padded pixels never reach the metric.
 
     Returns ConfusionMatrix.compute() plus `loss` (pixel cross-entropy, 255 ignored, mean over
-    images) and `per_image_miou` (in loader order, to pick the best and worst overlays).
+    images), `per_image_miou` (in loader order, to pick the best and worst overlays) and
+    `pixels`, the number of pixels scored.
     In a torch.distributed group, each process scores its own share of the images and the
     confusion matrices and losses are summed across processes, so mIoU and loss are those of
     the whole split; per_image_miou stays this process's own.
@@ -128,7 +128,31 @@ def evaluate(
     result = cm.compute()
     result["loss"] = (loss_sum[0] / loss_sum[1]).item() if loss_sum[1] > 0 else math.nan
     result["per_image_miou"] = per_image
+    result["pixels"] = int(cm.mat.sum())  # scored, 255 excluded
     return result
+
+
+def best_and_worst(per_image_miou: list, count: int) -> tuple:
+    """(best, worst): indices of the `count` highest and `count` lowest per-image mIoUs,
+    best first and worst first, disjoint, NaN (no scored pixel) left out. With fewer than
+    2 * count scored images the best take the upper half (rounded up), the worst the rest:
+    two images give one best and one worst."""
+    ranked = sorted(
+        (i for i, m in enumerate(per_image_miou) if not math.isnan(m)),
+        key=lambda i: per_image_miou[i],
+        reverse=True,
+    )
+    best = ranked[: min(count, (len(ranked) + 1) // 2)]
+    return best, ranked[len(best) :][::-1][:count]
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, image: torch.Tensor, size: tuple, device: torch.device):
+    """Class ids (h x w numpy array) of one normalised 3 x H x W image, the logits upsampled
+    bilinearly to `size` = (h, w), the label's size, as evaluate() scores them."""
+    logits = model_logits(model.eval(), image[None].to(device))
+    logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+    return logits.argmax(1)[0].cpu().numpy()
 
 
 def model_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -137,20 +161,22 @@ def model_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return out["out"] if isinstance(out, dict) else out
 
 
-def median_ms(fns: dict, device: torch.device, runs: int = 20, warmup: int = 3) -> dict:
+def median_ms(
+    fns: dict, device: torch.device, runs: int = 20, warmup: int = 3, desc: str | None = None
+) -> dict:
     """{name: median wall time in ms of fn()} for zero-argument functions.
 
     The functions take turns, round after round, so a slow spell of the machine hits them all
     alike; warm-up rounds come first (cuDNN autotuning, allocator). Within a round each timed
-    call comes right after an untimed call of the same function, after an untimed pause: a
-    model is timed warm, as when it runs over many images, not in the state the previous
-    function left (its caches; ONNX Runtime's threads, which keep spinning for a moment after
-    a run). On this project's CPU a first call after another model was much slower in eager
-    PyTorch and not in ONNX Runtime: timing it would skew the comparison. On CUDA each timed
-    call is bracketed by torch.cuda.synchronize(), because kernel launches are asynchronous.
+    call comes right after an untimed call of the same function, itself after an untimed
+    pause: each model is timed warm, as when it runs over many images, not in whatever state
+    the previous function left the caches and thread pools in (ONNX Runtime's threads keep
+    spinning for a moment after a run). On CUDA each timed call is bracketed by
+    torch.cuda.synchronize(), because kernel launches are asynchronous. With `desc`, a progress
+    bar counts the rounds.
     """
     times = {name: [] for name in fns}
-    for i in range(warmup + runs):
+    for i in tqdm(range(warmup + runs), desc=desc, disable=desc is None, dynamic_ncols=True):
         for name, fn in fns.items():
             time.sleep(PAUSE_S)
             fn()
@@ -179,15 +205,15 @@ def measure(
     device: torch.device,
     size: int,
     runs: int,
-    params: int | None = None,
+    params: int,
     ms: float | None = None,
 ) -> dict:
-    """evaluate() plus everything the report needs next to the mIoU: parameters (counted, unless
-    given), ms/image on a 1 x 3 x size x size input (timed here over `runs`, unless `ms` was
+    """evaluate() plus everything the report needs next to the mIoU: the caller's parameter
+    count, ms/image on a 1 x 3 x size x size input (timed here over `runs`, unless `ms` was
     measured elsewhere, interleaved with other models), the device, torch's version, the date."""
     result = evaluate(model, loader, device)
     result.update(
-        params=params if params is not None else count_params(model),
+        params=params,
         ms_per_image=ms if ms is not None else ms_per_image({0: model}, device, size, runs)[0],
         input_size=size,
         device=str(device),

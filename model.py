@@ -1,7 +1,7 @@
-"""The compact student (MobileNetV3-Small + ASPP + skip decoder), the FCN-ResNet50 teacher,
-and the checkpoint and device helpers every script shares.
+"""The compact student (MobileNetV3-Small + ASPP + skip decoder), the frozen FCN-ResNet50
+teacher, and reading and writing their weights.
 
-    from model import build_student, build_teacher, teacher_features
+    from model import build_student, build_teacher, teacher_features, load_student
     python model.py   # prints the student layer by layer with parameter counts
 
 The student follows DeepLabV3+ (Chen et al., 2018) on a MobileNetV3-Small encoder (Howard et
@@ -18,7 +18,7 @@ from torchvision.models import MobileNet_V3_Small_Weights, mobilenet_v3_small
 from torchvision.models.segmentation import FCN_ResNet50_Weights, fcn_resnet50
 
 from cli import UserError, atomic_path
-from dataset import NUM_CLASSES
+from voc import NUM_CLASSES
 
 # name: (channels, stride) as measured on torchvision's MobileNetV3-Small with dilated=True.
 STUDENT_TAPS = {"low": (16, 4), "mid": (24, 8), "high": (96, 16)}
@@ -133,7 +133,7 @@ class Student(nn.Module):
         self.aspp = ASPP(STUDENT_TAPS["high"][0], c.aspp_channels, c.rates)
         self.skip = conv_bn_relu(STUDENT_TAPS["low"][0], c.skip_channels)
         # Stride 4 holds the largest maps of the head: reducing 160 -> 64 channels with a 1x1
-        # before the only 3x3 keeps the depthwise work there small (it dominated CPU time).
+        # before the only 3x3 keeps the work at that resolution small.
         self.decoder = Decoder(c.aspp_channels, c.skip_channels, c.decoder_channels)
         self.classifier = nn.Sequential(
             nn.Dropout(c.dropout), nn.Conv2d(c.decoder_channels, c.num_classes, 1)
@@ -219,7 +219,14 @@ def teacher_features(teacher: nn.Module, x: torch.Tensor) -> tuple:
     return logits, {"low": low, "mid": mid, "high": high}
 
 
-# ----------------------------------------------------------------------------- files, devices
+def teacher_stride8_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """x: N x 3 x H x W -> the teacher's logits at its output stride, N x 21 x h x w with
+    h, w about H / 8, W / 8: its forward pass without the final bilinear upsampling, which
+    teacher_features (and torchvision) apply to these very values."""
+    return teacher.classifier(teacher.backbone(x)["out"])
+
+
+# ----------------------------------------------------------------------------- files
 
 
 def load_file(path: str | Path, what: str) -> dict:

@@ -21,11 +21,22 @@ import torch
 import distill
 import model
 from cli import UserError, check_output, parser, run, write_text
-from dataset import VOC_CLASSES
 from distill import KD_MODES
+from lab import (
+    BENCHMARK_RESULT,
+    COMPARISON,
+    OUTPUTS_DIR,
+    OVERLAYS,
+    REPORT,
+    STEP1_RESULT,
+    TEACHER_PREFIX,
+    WEIGHTS_DIR,
+    curves_path,
+    last_path,
+    student_path,
+)
 from model import build_student, count_params, describe_layers, load_file
-from test_pretrained import RESULT_NAME as STEP1_JSON
-from train import last_path
+from voc import VOC_CLASSES
 
 HYPER_PARAMETERS = (
     "train_set",
@@ -50,9 +61,9 @@ HYPER_PARAMETERS = (
 def parse_args(argv: list | None = None) -> argparse.Namespace:
     p = parser(__doc__)
     p.add_argument(
-        "--out-dir", default="outputs", help="folder the runs wrote to, and where report.md goes"
+        "--out-dir", default=OUTPUTS_DIR, help=f"folder the runs wrote to, and where {REPORT} goes"
     )
-    p.add_argument("--weights-dir", default="weights", help="folder of the trained checkpoints")
+    p.add_argument("--weights-dir", default=WEIGHTS_DIR, help="folder of the trained checkpoints")
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -86,7 +97,7 @@ def read_runs(weights: Path, missing: list) -> dict:
     at the best epoch)."""
     runs = {}
     for kd in KD_MODES:
-        path = weights / f"student_{kd}.pth"
+        path = student_path(kd, weights)
         if not path.exists():
             missing.append(f"`{path}` (python train.py --kd {kd})")
             continue
@@ -109,9 +120,14 @@ def md_table(header: list, rows: list) -> list:
 
 
 def step1_section(step1: dict | None) -> list:
-    lines = ["## 1. Step 1: pretrained FCN-ResNet50 on VOC 2012 val", ""]
     if step1 is None:
-        return lines + ["*Missing: run `python test_pretrained.py`.*", ""]
+        return ["## 1. Step 1: FCN-ResNet50", "", "*Missing: run `python test_pretrained.py`.*", ""]
+    weights = {"default": "pretrained", "none": "RANDOM-weight"}.get(step1.get("weights"), "")
+    data = "SYNTHETIC data" if step1.get("synthetic") else "VOC 2012"
+    lines = [
+        f"## 1. Step 1: {weights} FCN-ResNet50 on {data} {step1['split']}".replace("  ", " "),
+        "",
+    ]
     lines += [
         f"Weights: `{step1.get('weights')}`. mIoU **{100 * step1['miou']:.2f} %**, pixel accuracy "
         f"{100 * step1['pixel_acc']:.2f} %, {step1['params']:,d} parameters (without the "
@@ -184,7 +200,7 @@ def training_section(runs: dict, outputs: Path, missing: list) -> list:
         )
     lines += md_table(["run", "epochs", "total", "per epoch", "best val mIoU (%)"], rows) + [""]
     for kd in runs:
-        plot = outputs / f"student_{kd}_curves.png"
+        plot = curves_path(student_path(kd), outputs)
         if plot.exists():
             lines += [f"![loss and mIoU curves, --kd {kd}]({plot.name})", ""]
         else:
@@ -194,7 +210,7 @@ def training_section(runs: dict, outputs: Path, missing: list) -> list:
 
 def results_section(outputs: Path, bench: dict | None, missing: list) -> list:
     lines = ["## 5. Results", ""]
-    table = outputs / "kd_comparison.md"
+    table = outputs / f"{COMPARISON}.md"
     if table.exists():
         lines += table.read_text().replace("# Knowledge", "### Knowledge").splitlines() + [""]
     else:
@@ -246,18 +262,19 @@ def qualitative_section(outputs: Path, runs: dict, missing: list) -> list:
     lines = [
         "## 6. Qualitative results",
         "",
-        "Each panel: image | ground truth | prediction, VOC colours blended on the image.",
+        "Each panel: image | ground truth | prediction, the labels in opaque VOC class colours "
+        "(the legend's), void (255, not scored) in cream.",
         "",
     ]
-    for prefix, title in [("fcn_resnet50", "FCN-ResNet50 (Step 1)")] + [
+    for prefix, title in [(TEACHER_PREFIX, "FCN-ResNet50 (Step 1)")] + [
         (f"student_{kd}", f"student, --kd {kd}") for kd in runs
     ]:
-        found = sorted((outputs / "overlays").glob(f"{prefix}_*.png"))
+        found = sorted((outputs / OVERLAYS).glob(f"{prefix}_*.png"))
         if not found:
-            missing.append(f"overlays `{outputs / 'overlays' / prefix}_*.png`")
+            missing.append(f"overlays `{outputs / OVERLAYS / prefix}_*.png`")
             continue
         lines += [f"### {title}", ""]
-        lines += [f"![{p.stem}](overlays/{p.name})" for p in found] + [""]
+        lines += [f"![{p.stem}]({OVERLAYS}/{p.name})" for p in found] + [""]
     return lines
 
 
@@ -276,8 +293,8 @@ STUDENT_SECTIONS = [
 
 def build_report(outputs: Path, weights: Path) -> str:
     missing = []
-    step1 = read_json(outputs / STEP1_JSON, {"miou", "iou", "params", "ms_per_image"}, missing)
-    bench = read_json(outputs / "benchmark.json", {"models", "train_steps"}, missing)
+    step1 = read_json(outputs / STEP1_RESULT, {"miou", "iou", "params", "ms_per_image"}, missing)
+    bench = read_json(outputs / BENCHMARK_RESULT, {"models", "train_steps"}, missing)
     runs = read_runs(weights, missing)
     body = (
         step1_section(step1)
@@ -312,7 +329,7 @@ def build_report(outputs: Path, weights: Path) -> str:
 
 def main(args: argparse.Namespace) -> None:
     outputs = check_output(args.out_dir, folder=True)
-    path = outputs / "report.md"
+    path = outputs / REPORT
     if path.exists() and not args.overwrite:
         raise UserError(
             f"{path} exists and may hold your own writing; move it away or pass --overwrite"

@@ -2,7 +2,7 @@
 
     python dataset.py --fake-voc data_fake --num-images 8     # calls make_fake_voc
 
-Ellipses of random classes on a grey background. Every tree carries dataset.SYNTHETIC_MARKER,
+Ellipses of random classes on a grey background. Every tree carries voc.SYNTHETIC_MARKER,
 which every script reads to label its outputs SYNTHETIC: no number measured on it is a VOC
 result.
 """
@@ -14,9 +14,16 @@ import numpy as np
 from PIL import Image
 
 from cli import UserError
-from dataset import IGNORE_INDEX, NUM_CLASSES, SBD, SYNTHETIC_MARKER, VOC, is_synthetic
-from download import COMPLETE_MARKER
-from visualize import voc_palette
+from voc import (
+    COMPLETE_MARKER,
+    IGNORE_INDEX,
+    NUM_CLASSES,
+    SBD,
+    SYNTHETIC_MARKER,
+    VOC,
+    is_synthetic,
+    voc_palette,
+)
 
 
 def fake_sample(rng: np.random.Generator, void_edges: bool = True) -> tuple:

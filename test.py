@@ -37,13 +37,14 @@ from cli import (
     write_json,
     write_text,
 )
-from dataset import eval_loader, is_synthetic, normalize
+from dataset import eval_loader, normalize
 from distill import KD_MODES
 from export import OnnxModel
+from lab import COMPARISON, OVERLAYS, PHOTOS, STEP1_RESULT, save_overlays
 from metrics import format_report, measure, model_logits, ms_per_image
 from model import TEACHER_RESIZE, count_params, load_student
-from test_pretrained import RESULT_NAME as TEACHER_RESULT
-from visualize import SYNTHETIC_NOTE, colorize, photo_overlay, save_overlays, save_png
+from visualize import colorize, photo_panel, save_png
+from voc import SYNTHETIC_NOTE, is_synthetic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SYNTHETIC_TAG = "_SYNTHETIC"  # in own-photo file names when the model never saw VOC
@@ -60,12 +61,14 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     what.add_argument(
         "--compare",
         nargs="+",
+        action="extend",
         metavar="CHECKPOINT",
         help="several checkpoints: evaluate each and write the comparison table",
     )
     p.add_argument(
         "--images",
         nargs="+",
+        action="extend",
         metavar="PATH",
         help="with --checkpoint: segment these photos or folders instead of a VOC split",
     )
@@ -82,6 +85,8 @@ def load_model(path: str, device: torch.device) -> tuple:
     if Path(path).suffix == ".onnx":
         model = OnnxModel(path, cuda=device.type == "cuda")
         info = model.metadata
+        if not isinstance(info.get("params"), int) or not isinstance(info.get("kd"), str):
+            raise UserError(f"{path}: no student metadata (kd, params): not written by export.py")
     else:
         model, ckpt = load_student(path)
         model.to(device, memory_format=torch.channels_last if device.type == "cpu" else None)
@@ -109,7 +114,8 @@ def evaluate_checkpoint(path: str, loaded: tuple, loader, device, args, ms=None)
         synthetic=synthetic,
         runtime="onnxruntime" if isinstance(model, OnnxModel) else "pytorch",
     )
-    print(format_report(result, f"student {path} (--kd {result['kd']}, {result['runtime']})"))
+    what = f"student {path} (--kd {result['kd']}, {result['runtime']})"
+    print(format_report(result, what))
     name = Path(path).stem + ("_onnx" if result["runtime"] == "onnxruntime" else "")
     out = Path(args.out_dir)
     write_json(result, out / f"test_{name}.json")
@@ -119,8 +125,9 @@ def evaluate_checkpoint(path: str, loaded: tuple, loader, device, args, ms=None)
         loader.dataset,
         result["per_image_miou"],
         args.num_overlays,
-        out / "overlays",
+        out / OVERLAYS,
         name,
+        what,
         device,
         synthetic,
     ):
@@ -133,11 +140,10 @@ def image_files(paths: list) -> list:
     that is not a regular file (a FIFO, a device, a broken link) is reported and skipped."""
     files = []
     for path in map(Path, paths):
-        found = (
-            sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if path.is_dir()
-            else [path]
-        )
+        found = sorted(path.iterdir()) if path.is_dir() else [path]
+        for p in [p for p in found if path.is_dir() and p.suffix.lower() not in IMAGE_SUFFIXES]:
+            print(f"skipped {p}: not a {'/'.join(IMAGE_SUFFIXES)} file", file=sys.stderr)
+            found.remove(p)
         for p in found:
             if p.is_file():
                 files.append(p)
@@ -173,11 +179,12 @@ def predict_photo(model, image: Image.Image, device: torch.device) -> np.ndarray
     return np.asarray(Image.fromarray(pred).resize(image.size, Image.NEAREST))
 
 
-def segment_images(model, paths: list, device, out: Path, synthetic: bool) -> int:
+def segment_images(model, paths: list, device, out: Path, checkpoint: str, synthetic: bool) -> int:
     """Write <name>_<ext>_mask.png and _overlay.png for each photo (the extension in the name,
-    so that a.jpg and a.png never overwrite each other); report and skip unreadable ones.
+    so that a.jpg and a.png never overwrite each other; a name met again, from another folder
+    or as x.JPG beside x.jpg, gets _2, _3, ...); report and skip unreadable ones.
     Returns how many were segmented."""
-    done = 0
+    done, taken = 0, set()
     for path in image_files(paths):
         try:
             image = read_photo(path)
@@ -185,14 +192,28 @@ def segment_images(model, paths: list, device, out: Path, synthetic: bool) -> in
             print(f"skipped {e}", file=sys.stderr)
             continue
         pred = predict_photo(model, image, device)
-        stem = out / f"{path.stem}_{path.suffix.lstrip('.').lower()}{SYNTHETIC_TAG * synthetic}"
+        name = unique(f"{path.stem}_{path.suffix.lstrip('.').lower()}", taken)
+        stem = out / f"{name}{SYNTHETIC_TAG * synthetic}"
         with_mask, with_overlay = Path(f"{stem}_mask.png"), Path(f"{stem}_overlay.png")
-        title = f"{path.name}, segmented" + f" by a model trained on {SYNTHETIC_NOTE}" * synthetic
+        title = f"{path.name} segmented by {checkpoint}" + (
+            f" (trained on {SYNTHETIC_NOTE})" if synthetic else ""
+        )
         save_png(colorize(pred), with_mask, title)
-        save_png(photo_overlay(image, pred, synthetic), with_overlay, title)
+        save_png(photo_panel(image, pred, title), with_overlay, title)
         print(f"{path} -> {with_mask}, {with_overlay.name}")
         done += 1
     return done
+
+
+def unique(name: str, taken: set) -> str:
+    """`name`, or name_2, name_3, ... the first not in `taken` (case-insensitively, as some
+    file systems compare names); added to `taken`."""
+    candidate, n = name, 1
+    while candidate.lower() in taken:
+        n += 1
+        candidate = f"{name}_{n}"
+    taken.add(candidate.lower())
+    return candidate
 
 
 def comparison_markdown(results: list, teacher: dict | None, failures: list) -> str:
@@ -200,7 +221,7 @@ def comparison_markdown(results: list, teacher: dict | None, failures: list) -> 
     rows = [(KD_MODES[r["kd"]].label if r["kd"] in KD_MODES else r["kd"], r) for r in results]
     if teacher is not None:
         weights, images = teacher.get("weights", "default"), teacher.get("num_images")
-        note = "" if weights == "default" else f", weights: {weights}"
+        note = {"default": "", "none": ", RANDOM weights"}.get(weights, f", weights: {weights}")
         note += "" if images in (None, results[0]["num_images"]) else f", {images} images"
         rows.append((f"FCN-ResNet50 teacher (Step 1, reference{note})", teacher))
     synthetic = any(r.get("synthetic") for _, r in rows)
@@ -210,17 +231,18 @@ def comparison_markdown(results: list, teacher: dict | None, failures: list) -> 
         "",
         f"mIoU on {'SYNTHETIC' if synthetic else 'VOC 2012'} {results[0]['split']} "
         f"({results[0]['num_images']} images) at each label's original resolution. ms/image: "
-        "batch 1, median after warm-up; the students were timed together, interleaved, in one "
-        "process; the teacher's row comes from Step 1's own run.",
+        "batch 1, median after warm-up, on an input of the size given beside it (times at "
+        "different sizes do not compare); the students were timed together, interleaved, in "
+        "one process; the teacher's row comes from Step 1's own run.",
         "",
-        "| KD method | mIoU (%) | # parameters | ms/image | input | device | source |",
-        "|---|---:|---:|---:|---|---|---|",
+        "| KD method | mIoU (%) | # parameters | ms/image (input) | device | source |",
+        "|---|---:|---:|---:|---|---|",
     ]
     for label, r in rows:
+        size = f"{r['input_size']}x{r['input_size']}"
         lines.append(
-            f"| {label} | {100 * r['miou']:.2f} | {r['params']:,d} | {r['ms_per_image']:.1f} | "
-            f"{r['input_size']}x{r['input_size']} | {r['device_name']} | "
-            f"{r.get('checkpoint', TEACHER_RESULT)} |"
+            f"| {label} | {100 * r['miou']:.2f} | {r['params']:,d} | {r['ms_per_image']:.1f} "
+            f"({size}) | {r['device_name']} | {r.get('checkpoint', STEP1_RESULT)} |"
         )
     if failures:
         lines += ["", "Not in the table (could not be read):"] + [f"- {f}" for f in failures]
@@ -235,8 +257,12 @@ def read_teacher(path: Path) -> tuple:
         teacher = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         return None, [f"{path}: {e}"]
-    if not isinstance(teacher, dict) or not {"miou", "params", "ms_per_image"} <= set(teacher):
-        return None, [f"{path}: not a result of test_pretrained.py"]
+    types = {"miou": float, "params": int, "ms_per_image": float, "input_size": int,
+             "num_images": int, "device_name": str}  # fmt: skip
+    if not isinstance(teacher, dict) or not all(
+        isinstance(teacher.get(k), (int, t) if t is float else t) for k, t in types.items()
+    ):
+        return None, [f"{path}: not a result of test_pretrained.py (keys {', '.join(types)})"]
     return teacher, []
 
 
@@ -259,9 +285,10 @@ def compare(args: argparse.Namespace, loader, device: torch.device) -> None:
         for path, pair in loaded.items()
     ]
     out = Path(args.out_dir)
-    teacher, notes = read_teacher(out / TEACHER_RESULT)
+    teacher, notes = read_teacher(out / STEP1_RESULT)
     table = comparison_markdown(results, teacher, failures + notes)
-    write_text(table, out / "kd_comparison.md")
+    md, js = out / f"{COMPARISON}.md", out / f"{COMPARISON}.json"
+    write_text(table, md)
     keep = (
         "kd",
         "checkpoint",
@@ -284,9 +311,9 @@ def compare(args: argparse.Namespace, loader, device: torch.device) -> None:
             "teacher": {k: teacher.get(k) for k in keep} if teacher else None,
             "unreadable": failures + notes,
         },
-        out / "kd_comparison.json",
+        js,
     )
-    print("\n" + table + f"\nwrote {out / 'kd_comparison.md'}\nwrote {out / 'kd_comparison.json'}")
+    print("\n" + table + f"\nwrote {md}\nwrote {js}")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -294,8 +321,9 @@ def main(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     if args.images:
         model, info = load_model(args.checkpoint, device)
-        photos = check_output(out / "photos", folder=True)
-        if segment_images(model, args.images, device, photos, bool(info.get("synthetic"))) == 0:
+        photos = check_output(out / PHOTOS, folder=True)
+        synthetic = bool(info.get("synthetic"))
+        if segment_images(model, args.images, device, photos, args.checkpoint, synthetic) == 0:
             raise UserError("none of the --images could be read")
         return
     # The checkpoint first: a missing one is not reported as missing data.

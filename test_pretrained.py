@@ -16,12 +16,11 @@ writes <out-dir>/step1_fcn_resnet50.json and best/worst overlays under <out-dir>
 import argparse
 
 from cli import add_eval_args, check_output, number, parser, resolve_device, run, write_json
-from dataset import eval_loader, is_synthetic
+from dataset import eval_loader
+from lab import OVERLAYS, STEP1_RESULT, TEACHER_PREFIX, save_overlays
 from metrics import format_report, measure
-from model import TEACHER_RESIZE, build_teacher
-from visualize import save_overlays
-
-RESULT_NAME = "step1_fcn_resnet50.json"  # test.py --compare reads the teacher's row from it
+from model import TEACHER_RESIZE, build_teacher, count_params
+from voc import is_synthetic
 
 
 def parse_args(argv: list | None = None) -> argparse.Namespace:
@@ -56,28 +55,31 @@ def main(args: argparse.Namespace) -> None:
     )
     teacher = build_teacher(args.weights).to(device)
     synthetic = is_synthetic(args.data_root)
-    result = measure(teacher, loader, device, args.size, args.runs)
+    result = measure(teacher, loader, device, args.size, args.runs, count_params(teacher))
     result.update(model="FCN-ResNet50", weights=args.weights, split=args.split, synthetic=synthetic)
-    weights = {"default": "pretrained COCO_WITH_VOC_LABELS_V1", "none": "random"}
-    print(
-        format_report(
-            result, f"Step 1: FCN-ResNet50, {weights.get(args.weights, args.weights)} weights"
-        )
-    )
-    write_json(result, out / RESULT_NAME)
+    what = f"FCN-ResNet50, {describe_weights(args.weights)}"
+    print(format_report(result, f"Step 1: {what}"))
+    write_json(result, out / STEP1_RESULT)
+    print(f"wrote {out / STEP1_RESULT}")
     overlays = save_overlays(
         teacher,
         loader.dataset,
         result["per_image_miou"],
         args.num_overlays,
-        out / "overlays",
-        "fcn_resnet50",
+        out / OVERLAYS,
+        TEACHER_PREFIX,
+        what,
         device,
         synthetic,
     )
-    print(f"wrote {out / RESULT_NAME}")
     for path in overlays:
         print(f"wrote {path}")
+
+
+def describe_weights(weights: str) -> str:
+    """--weights as a title says it: what was really evaluated."""
+    named = {"default": "pretrained COCO_WITH_VOC_LABELS_V1 weights", "none": "RANDOM weights"}
+    return named.get(weights, f"weights {weights}")
 
 
 if __name__ == "__main__":

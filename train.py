@@ -15,7 +15,8 @@ Offline smoke run on SYNTHETIC data (no download, numbers mean nothing):
 
 Each epoch evaluates on val, then writes the last checkpoint (<out stem>_last.pth), the best
 one by val mIoU (--out), the log <out-dir>/<out stem>_log.csv and the plot
-<out-dir>/<out stem>_curves.png. Ctrl+C saves the last checkpoint before leaving.
+<out-dir>/<out stem>_curves.png. Ctrl+C leaves the last completed epoch's checkpoint, from
+which --resume continues exactly as if nothing had stopped.
 """
 
 import argparse
@@ -26,7 +27,6 @@ import math
 import os
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -50,13 +50,22 @@ from cli import (
 )
 from dataset import (
     eval_loader,
-    is_synthetic,
+    image_path,
     train_aug_dataset,
     train_transforms,
     training_loader,
     voc_dataset,
 )
 from distill import KD_MODES, KDConfig, Trainee, teacher_outputs
+from lab import (
+    OPTIMIZERS,
+    OptimConfig,
+    build_optimizer,
+    curves_path,
+    last_path,
+    log_path,
+    student_path,
+)
 from metrics import evaluate
 from model import (
     STUDENT_TAPS,
@@ -68,9 +77,10 @@ from model import (
     non_finite,
     save_file,
 )
+from teacher_cache import TeacherCache
 from visualize import plot_history
+from voc import SYNTHETIC_NOTE, is_synthetic
 
-SGD_MOMENTUM = 0.9  # the standard value for SGD on segmentation (DeepLab, torchvision refs)
 POLY_POWER = 0.9  # lr = base * (1 - step / total)^0.9, DeepLab's "poly" schedule
 # Flags a --resume may change: they do not change what the saved state means.
 RESUMABLE = {
@@ -86,6 +96,7 @@ RESUMABLE = {
 # Below this crop, the ASPP's widest rate reaches past the stride-16 map: those branches see
 # mostly padding, and their BatchNorm statistics do not match full-size images.
 MIN_CROP = STUDENT_TAPS["high"][1] * (max(StudentConfig().rates) + 1)
+DEFAULT_OPTIM = OptimConfig()
 
 
 def parse_args(argv: list | None = None) -> argparse.Namespace:
@@ -93,13 +104,17 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     add_run_flags(p)
     add_loss_flags(p.add_argument_group("loss (alpha applies in every mode, the others with --kd)"))
     args = p.parse_args(argv)
-    args.out = args.out or f"weights/student_{args.kd}.pth"
+    args.out = args.out or str(student_path(args.kd))
     if args.warmup_epochs > args.epochs:
         p.error(f"argument --warmup-epochs: must be at most --epochs ({args.epochs})")
     config = kd_config(args)
     mode = config.mode
     if config.alpha + config.beta * mode.soft + config.feat_weight * mode.features == 0:
         p.error(f"every term of the --kd {args.kd} loss has weight 0: nothing would train")
+    if args.teacher_cache is not None and not mode.soft:
+        p.error(f"argument --teacher-cache: --kd {args.kd} has no response term to cache")
+    if args.teacher_cache == "":
+        p.error("argument --teacher-cache: give a folder")
     if args.crop_size < MIN_CROP:
         print(
             f"warning: --crop-size {args.crop_size} is below {MIN_CROP}: the ASPP's rate-"
@@ -119,7 +134,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
         choices=("train", "train_aug"),
         help="train: VOC 2012 train, 1,464 images, the lab's; train_aug: + SBD, 10,582 images",
     )
-    p.add_argument("--epochs", type=number(int, 1, 100_000), default=100)
+    p.add_argument(
+        "--epochs", type=number(int, 1, 100_000), default=100, help="passes over --train-set"
+    )
     p.add_argument(
         "--batch-size",
         type=number(int, 1, 4096),
@@ -129,14 +146,22 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-size", type=number(int, 32, 4096), default=480, help="square train crop")
     p.add_argument(
         "--optimizer",
-        default="sgd",
-        choices=("sgd", "adamw"),
-        help=f"sgd (momentum {SGD_MOMENTUM}) or adamw",
+        default=DEFAULT_OPTIM.name,
+        choices=OPTIMIZERS,
+        help=f"sgd (momentum {DEFAULT_OPTIM.momentum}) or adamw",
     )
     p.add_argument(
-        "--lr", type=number(float, 0, 10, strict=True), default=0.01, help="peak learning rate"
+        "--lr",
+        type=number(float, 0, 10, strict=True),
+        default=DEFAULT_OPTIM.lr,
+        help="peak learning rate",
     )
-    p.add_argument("--weight-decay", type=number(float, 0, 1), default=1e-4)
+    p.add_argument(
+        "--weight-decay",
+        type=number(float, 0, 1),
+        default=DEFAULT_OPTIM.weight_decay,
+        help="L2 penalty of the optimizer",
+    )
     p.add_argument(
         "--warmup-epochs",
         type=non_negative_float,
@@ -202,15 +227,18 @@ def add_loss_flags(kd: argparse._ArgumentGroup) -> None:
         help="default (torchvision COCO_WITH_VOC_LABELS_V1), a state dict path, or "
         "none (random, smoke tests only)",
     )
+    kd.add_argument(
+        "--teacher-cache",
+        metavar="DIR",
+        help="response, both: the teacher's logits computed once per training image, stored in "
+        "DIR (built on first use) and resampled over each crop, instead of running the teacher "
+        "every step; the teacher then sees whole images, not crops. Feature KD always runs the "
+        "live teacher: its maps are too large to store. None given: the live teacher",
+    )
 
 
 def kd_config(args: argparse.Namespace) -> KDConfig:
     return KDConfig(args.kd, args.alpha, args.beta, args.tau, args.feat_weight)
-
-
-def last_path(out: str | Path) -> Path:
-    out = Path(out)
-    return out.with_name(f"{out.stem}_last{out.suffix}")
 
 
 def warmup_poly(total_steps: int, warmup_steps: int):
@@ -292,12 +320,8 @@ def build_models(args: argparse.Namespace, device: torch.device) -> tuple:
     return trainee, teacher
 
 
-def build_optimizer(args: argparse.Namespace, params) -> torch.optim.Optimizer:
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=args.lr, momentum=SGD_MOMENTUM, weight_decay=args.weight_decay
-        )
-    return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+def optim_config(args: argparse.Namespace) -> OptimConfig:
+    return OptimConfig(args.optimizer, args.lr, args.weight_decay)
 
 
 def build_scheduler(args, optimizer, steps_per_epoch: int, done_epochs: int):
@@ -312,14 +336,15 @@ def build_scheduler(args, optimizer, steps_per_epoch: int, done_epochs: int):
 
 def resume(args: argparse.Namespace, model_without_ddp: Trainee, optimizer, scaler) -> list:
     """Load the last checkpoint's state into the model, optimizer and scaler; returns its
-    history. Refuses a run whose flags differ from the checkpoint's, listing them."""
+    history. Refuses a run whose flags differ from the checkpoint's, listing them; a flag the
+    checkpoint does not record (added to train.py after it was written) counts as its default."""
     last = last_path(args.out)
     ckpt = load_file(last, "checkpoint to resume")
-    saved = ckpt.get("args", {})
+    saved, defaults = ckpt.get("args", {}), vars(parse_args([]))
     changed = [
-        f"--{k.replace('_', '-')} {v} (checkpoint: {saved.get(k)})"
+        f"--{k.replace('_', '-')} {v} (checkpoint: {saved.get(k, defaults.get(k))})"
         for k, v in vars(args).items()
-        if k not in RESUMABLE and saved.get(k) != v
+        if k not in RESUMABLE and saved.get(k, defaults.get(k)) != v
     ]
     if changed:
         raise UserError(
@@ -336,29 +361,51 @@ def resume(args: argparse.Namespace, model_without_ddp: Trainee, optimizer, scal
     return ckpt["history"]
 
 
-def train_one_epoch(model, teacher, loader, optimizer, scheduler, scaler, device, desc) -> dict:
+def teacher_targets(args, teacher, train_set, device: torch.device, is_main: bool):
+    """targets(images, where, indices) -> what the loss takes from the teacher for a batch:
+    None (--kd none), the live teacher's (logits, features), or with --teacher-cache the
+    cached logits resampled over each crop (and, for --kd both, the live features)."""
+    if teacher is None:
+        return lambda images, where, indices: None
+    if args.teacher_cache is None:
+        return lambda images, where, indices: teacher_outputs(teacher, images)
+    files = [image_path(train_set, i) for i in range(len(train_set))]
+    with main_process_first(is_main):  # rank 0 builds it, the others wait, then read it
+        cache = TeacherCache.open_or_build(args.teacher_cache, teacher, files, device)
+    features = KD_MODES[args.kd].features
+
+    def targets(images, where, indices):
+        logits = cache.crop_logits(where, indices, tuple(images.shape[-2:]), device)
+        return logits, teacher_outputs(teacher, images)[1] if features else None
+
+    return targets
+
+
+def train_one_epoch(model, targets, loader, optimizer, scheduler, scaler, device, desc) -> dict:
     """One pass over the loader, one optimizer and scheduler step per batch; returns the mean
-    of each loss term as {"train_<term>": x}, averaged over processes under torchrun."""
+    of each loss term as {"train_<term>": x}, averaged over processes under torchrun. The bar
+    shows the running loss and the lr of the step just taken."""
     model.train()
     sums, steps = {}, 0
     bar = tqdm(
         loader, desc=desc, dynamic_ncols=True, disable=dist.is_initialized() and dist.get_rank() > 0
     )
-    for images, masks in bar:
+    for images, masks, where, indices in bar:
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True).long()
         with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-            loss, terms = model(images, masks, teacher_outputs(teacher, images))
+            loss, terms = model(images, masks, targets(images, where, indices))
         stop_if_not_finite(loss.detach(), f"the loss, at step {steps + 1} of {desc},")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        lr = optimizer.param_groups[0]["lr"]
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
         steps += 1
         for name, value in {"loss": loss.detach(), **terms}.items():
             sums[name] = sums.get(name, 0.0) + value  # on the device: no sync per term
-        bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}", lr=f"{lr:.2e}")
     means = torch.stack(list(sums.values())) / steps
     if dist.is_initialized():  # the mean over all processes, as a single process would log it
         dist.all_reduce(means)
@@ -406,9 +453,8 @@ def save_epoch(args, ckpt: dict, title: str) -> None:
             f"the student's {bad[0]} became NaN or infinite; stopping without "
             "saving this epoch. Try a lower --lr."
         )
-    stem, out_dir = Path(args.out).stem, Path(args.out_dir)
-    write_log(ckpt["history"], out_dir / f"{stem}_log.csv")
-    plot_history(ckpt["history"], out_dir / f"{stem}_curves.png", title)
+    write_log(ckpt["history"], log_path(args.out, args.out_dir))
+    plot_history(ckpt["history"], curves_path(args.out, args.out_dir), title)
     save_file(ckpt, last_path(args.out))
     if ckpt["miou"] == ckpt["best_miou"]:
         save_file(ckpt, args.out)
@@ -423,6 +469,18 @@ def write_log(history: list, path: Path) -> None:
     write_text(text.getvalue(), path)
 
 
+def validate(student, loader, device: torch.device, epoch: int, is_main: bool) -> dict:
+    """The val columns of the epoch's row: val_ce (the same pixel cross-entropy as train_ce,
+    on val), val_miou (a fraction, as in every file; the console shows %)."""
+    val = evaluate(student, loader, device, "val", is_main)
+    if val["pixels"] == 0:
+        raise UserError("no val image has a labelled pixel (all are 255): nothing to score")
+    stop_if_not_finite(
+        torch.tensor(val["loss"], device=device), f"the val CE, after epoch {epoch},"
+    )
+    return {"val_ce": val["loss"], "val_miou": val["miou"]}
+
+
 def main(args: argparse.Namespace) -> None:
     check_outputs(args)
     rank, world, device = init_distributed(resolve_device(args.device))
@@ -432,57 +490,47 @@ def main(args: argparse.Namespace) -> None:
     train_loader, val_loader = build_loaders(args, rank, world, device)
     with main_process_first(is_main):
         model_without_ddp, teacher = build_models(args, device)
+    targets = teacher_targets(args, teacher, train_loader.dataset.dataset, device, is_main)
     model = DistributedDataParallel(model_without_ddp) if world > 1 else model_without_ddp
-    optimizer = build_optimizer(args, model_without_ddp.parameters())
+    optimizer = build_optimizer(model_without_ddp.parameters(), optim_config(args))
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     history = resume(args, model_without_ddp, optimizer, scaler) if args.resume else []
     if is_main and history:
         print(f"resuming {last_path(args.out)} after epoch {len(history)}")
     scheduler = build_scheduler(args, optimizer, len(train_loader), len(history))
-    tag = "SYNTHETIC data, not a VOC result" if synthetic else "VOC 2012"
+    tag = SYNTHETIC_NOTE if synthetic else "VOC 2012"
     title = f"student, --kd {args.kd} ({tag})"
-    saved = partial(checkpoint, args, model_without_ddp, optimizer, scaler, history, synthetic)
     try:
         for epoch in range(len(history) + 1, args.epochs + 1):
             start = time.perf_counter()
-            # Shuffle, augmentation and dropout drawn from the seed, the epoch and the process
-            # alone: a resumed run sees exactly the batches an uninterrupted one would.
+            # Shuffle, augmentation (workers are seeded from this generator) and dropout drawn
+            # from the seed, the epoch and the process alone: a resumed run sees exactly the
+            # batches an uninterrupted one would.
             torch.manual_seed(args.seed + epoch * world + rank)
             if world > 1:
                 train_loader.sampler.set_epoch(epoch)  # another shuffle each epoch, same on all
+            # lr: the first step's, as the bar shows each step's (the schedule is per step)
             row = {"epoch": epoch, "data": tag, "lr": scheduler.get_last_lr()[0]}
             row |= train_one_epoch(
-                model,
-                teacher,
-                train_loader,
-                optimizer,
-                scheduler,
-                scaler,
-                device,
+                model, targets, train_loader, optimizer, scheduler, scaler, device,
                 f"epoch {epoch}/{args.epochs}",
-            )
-            val = evaluate(model_without_ddp.student, val_loader, device, "val", is_main)
-            val_loss = torch.tensor(val["loss"], device=device)  # on the GPU for NCCL
-            stop_if_not_finite(val_loss, f"the val loss, after epoch {epoch},")
-            row |= {
-                "val_loss": val["loss"],
-                "val_miou": val["miou"],
-                "epoch_time_s": time.perf_counter() - start,
-            }
+            )  # fmt: skip
+            row |= validate(model_without_ddp.student, val_loader, device, epoch, is_main)
+            row["epoch_time_s"] = time.perf_counter() - start
             history.append(row)
             if is_main:
                 print(
-                    f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss "
-                    f"{row['val_loss']:.4f}, val mIoU {100 * row['val_miou']:.2f}%, "
-                    f"{row['epoch_time_s']:.1f} s{' (SYNTHETIC)' if synthetic else ''}"
+                    f"epoch {epoch}: train CE {row['train_ce']:.4f}, val CE {row['val_ce']:.4f}, "
+                    f"val mIoU {100 * row['val_miou']:.2f}%, {row['epoch_time_s']:.1f} s"
+                    f"{' (SYNTHETIC)' if synthetic else ''}"
                 )
-                save_epoch(args, saved(), title)
+                ckpt = checkpoint(args, model_without_ddp, optimizer, scaler, history, synthetic)
+                save_epoch(args, ckpt, title)
     except KeyboardInterrupt:
-        # Current weights, counted as the epochs logged so far: --resume redoes an epoch
-        # interrupted before its validation, from these weights, on the schedule of those epochs.
-        if is_main:
-            save_file(saved(), last_path(args.out))
-        raise KeyboardInterrupt(f"saved {last_path(args.out)}; continue with --resume") from None
+        # The last completed epoch is on disk already; the interrupted one is dropped, so that
+        # --resume redoes it from exactly the state an uninterrupted run started it from.
+        done = f"{last_path(args.out)} holds epoch {len(history)}" if history else "no epoch done"
+        raise KeyboardInterrupt(f"{done}; continue with --resume") from None
     if world > 1:
         dist.destroy_process_group()
     if is_main:
@@ -494,14 +542,14 @@ def print_summary(args: argparse.Namespace, history: list, with_teacher: bool, s
     best = max(history, key=lambda row: row["val_miou"])
     print(
         f"best val mIoU {100 * best['val_miou']:.2f}% (epoch {best['epoch']})"
-        f"{' on SYNTHETIC data, not a VOC result' if synthetic else ''} -> {args.out}; "
+        f"{' on ' + SYNTHETIC_NOTE if synthetic else ''} -> {args.out}; "
         f"last -> {last_path(args.out)}"
     )
     print(
         f"training time {sum(times) / 60:.1f} min, {sum(times) / len(times):.1f} s per epoch "
         f"(including validation{' and the teacher' if with_teacher else ''})"
     )
-    print(f"log -> {Path(args.out_dir) / Path(args.out).stem}_log.csv and _curves.png")
+    print(f"log -> {log_path(args.out, args.out_dir)} and {curves_path(args.out, args.out_dir)}")
 
 
 if __name__ == "__main__":

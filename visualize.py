@@ -1,27 +1,28 @@
-"""Drawing, kept apart from the data and the metric: VOC colours, overlay panels with titles
-and a legend, own-photo overlays, and the training curves.
+"""Drawing only: it draws what it is given (images, label maps, a training history) and never
+runs a model or reads a dataset. VOC colours, prediction panels with titles and a legend, and
+the training curves.
 
-    from visualize import colorize, overlay_panel, save_overlays, plot_history
+    from visualize import colorize, overlay_panel, photo_panel, plot_history, save_png
+
+Label maps are drawn as opaque VOC colours, exactly the legend's: blending them over the image
+would let the photo show through a prediction, so that a model that predicts nothing would
+still seem to outline the objects.
 """
 
 import math
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure  # the object API: no GUI backend, no pyplot state
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from cli import atomic_path
-from dataset import VOC_CLASSES, image_path
-from metrics import model_logits
+from voc import IGNORE_INDEX, SYNTHETIC_NOTE, class_name, voc_palette
 
-OVERLAY_ALPHA = 0.6  # weight of the label colours over a photo: readable, photo still visible
 MIN_PANEL_HEIGHT = 240  # small images are enlarged to this, so that labels stay readable
 FONT = ImageFont.load_default(size=14)
-SYNTHETIC_NOTE = "SYNTHETIC data, not a VOC result"
+PALETTE = voc_palette()
 
 
 def save_png(image: Image.Image, path: str | Path, title: str) -> None:
@@ -33,27 +34,10 @@ def save_png(image: Image.Image, path: str | Path, title: str) -> None:
         image.save(tmp, pnginfo=info)
 
 
-def voc_palette() -> list:
-    """The VOC colour map as a flat [r0, g0, b0, r1, ...] list of 256 colours.
-
-    For k = 0..7, bit (7 - k) of (r, g, b) is bit (3k, 3k + 1, 3k + 2) of the class id:
-    1 -> (128, 0, 0), 15 (person) -> (192, 128, 128), 255 (void) -> (224, 224, 192).
-    """
-    palette = []
-    for c in range(256):
-        r = g = b = 0
-        for k in range(8):
-            r |= (c >> (3 * k) & 1) << (7 - k)
-            g |= (c >> (3 * k + 1) & 1) << (7 - k)
-            b |= (c >> (3 * k + 2) & 1) << (7 - k)
-        palette += [r, g, b]
-    return palette
-
-
 def colorize(mask: np.ndarray) -> Image.Image:
-    """An h x w class-id array as an RGB image in VOC colours."""
+    """An h x w class-id array as an RGB image, each pixel exactly its class's VOC colour."""
     image = Image.fromarray(mask.astype(np.uint8), mode="P")
-    image.putpalette(voc_palette())
+    image.putpalette(PALETTE)
     return image.convert("RGB")
 
 
@@ -68,24 +52,26 @@ def side_by_side(parts: list) -> Image.Image:
 
 
 def with_title(image: Image.Image, title: str, height: int = 22) -> Image.Image:
-    """`image` under a white band holding `title`."""
-    out = Image.new("RGB", (image.width, image.height + height), "white")
+    """`image` under a white band holding `title`, widened when the title is longer."""
+    width = max(image.width, int(FONT.getlength(title)) + 8)
+    out = Image.new("RGB", (width, image.height + height), "white")
     out.paste(image, (0, height))
     ImageDraw.Draw(out).text((4, 3), title, fill="black", font=FONT)
     return out
 
 
-def legend(classes: list) -> Image.Image:
-    """A column of VOC colour swatches with the names of `classes` (class ids)."""
-    palette, row = voc_palette(), 20
-    image = Image.new("RGB", (150, row * len(classes) + 4), "white")
+def legend(labels: list) -> Image.Image:
+    """A column of swatches, each exactly the colour colorize() gives the label, named (255:
+    "void", not scored)."""
+    row = 20
+    image = Image.new("RGB", (170, row * len(labels) + 4), "white")
     draw = ImageDraw.Draw(image)
-    for i, c in enumerate(classes):
+    for i, c in enumerate(labels):
         y = 2 + i * row
-        draw.rectangle([4, y, 4 + 14, y + 14], fill=tuple(palette[3 * c : 3 * c + 3]))
-        draw.text(
-            (24, y), VOC_CLASSES[c] if c < len(VOC_CLASSES) else "void", fill="black", font=FONT
-        )
+        colour = tuple(PALETTE[3 * c : 3 * c + 3])
+        draw.rectangle([4, y, 4 + 14, y + 14], fill=colour, outline="black")
+        name = class_name(c) + (" (not scored)" if c == IGNORE_INDEX else "")
+        draw.text((24, y), name, fill="black", font=FONT)
     return image
 
 
@@ -101,89 +87,75 @@ def enlarged(image: Image.Image, masks: list) -> tuple:
     ]
 
 
+def labels_in(*masks: np.ndarray) -> list:
+    return sorted(set().union(*(np.unique(m).tolist() for m in masks)))
+
+
 def overlay_panel(
     image: Image.Image, target: np.ndarray, pred: np.ndarray, title: str, synthetic: bool = False
 ) -> Image.Image:
-    """image | ground truth blended on it | prediction blended on it, each panel titled, a
-    legend of the classes present, `title` (and the SYNTHETIC mark) above."""
+    """image | ground truth | prediction, the label maps in opaque class colours, a legend of
+    the labels present, each panel titled, `title` (and the SYNTHETIC mark) above."""
     image, (target, pred) = enlarged(image.convert("RGB"), [target, pred])
     panels = [
         with_title(image, "image"),
-        with_title(Image.blend(image, colorize(target), OVERLAY_ALPHA), "ground truth"),
-        with_title(Image.blend(image, colorize(pred), OVERLAY_ALPHA), "prediction"),
+        with_title(colorize(target), "ground truth"),
+        with_title(colorize(pred), "prediction"),
+        with_title(legend(labels_in(target, pred)), "classes"),
     ]
-    present = sorted(set(np.unique(target).tolist()) | set(np.unique(pred).tolist()))
-    body = side_by_side(panels + [with_title(legend(present), "classes")])
-    return with_title(body, f"{title}{'   -- ' + SYNTHETIC_NOTE if synthetic else ''}")
+    return with_title(side_by_side(panels), f"{title}{'   -- ' + SYNTHETIC_NOTE * synthetic}")
 
 
-def photo_overlay(image: Image.Image, pred: np.ndarray, synthetic: bool = False) -> Image.Image:
-    """An own photo with its predicted classes blended on it and their legend beside it."""
-    blended = Image.blend(image.convert("RGB"), colorize(pred), OVERLAY_ALPHA)
-    panel = side_by_side([blended, legend(sorted(set(pred.flat)))])
-    return with_title(panel, "model trained on " + SYNTHETIC_NOTE) if synthetic else panel
+def photo_panel(image: Image.Image, pred: np.ndarray, title: str) -> Image.Image:
+    """photo | prediction in opaque class colours | legend, under `title`."""
+    image, (pred,) = enlarged(image.convert("RGB"), [pred])
+    panels = [
+        with_title(image, "photo"),
+        with_title(colorize(pred), "prediction"),
+        with_title(legend(labels_in(pred)), "classes"),
+    ]
+    return with_title(side_by_side(panels), title)
 
 
-def save_overlays(
-    model: torch.nn.Module,
-    dataset,
-    per_image_miou: list,
-    count: int,
-    out_dir: str | Path,
-    prefix: str,
-    device: torch.device,
-    synthetic: bool = False,
-) -> list:
-    """Overlay panels of the `count` best and `count` worst images by per-image mIoU, as
-    <out_dir>/<prefix>_{best,worst}<rank>_<image id>.png. Returns the paths written."""
-    scored = [i for i, m in enumerate(per_image_miou) if not math.isnan(m)]
-    ranked = sorted(scored, key=lambda i: per_image_miou[i], reverse=True)
-    best = ranked[:count]
-    worst = [i for i in reversed(ranked) if i not in best][:count]  # disjoint on small splits
-    model.eval()
-    paths = []
-    for kind, picks in (("best", best), ("worst", worst)):
-        for rank, index in enumerate(picks, 1):
-            image, mask = dataset[index]
-            with torch.inference_mode():
-                logits = model_logits(model, image[None].to(device))
-                logits = F.interpolate(
-                    logits, size=mask.shape[-2:], mode="bilinear", align_corners=False
-                )
-            source = image_path(dataset, index)
-            pred = logits.argmax(1)[0].cpu().numpy()
-            title = (
-                f"{prefix}: {source.stem}, {kind} {rank}, mIoU {100 * per_image_miou[index]:.1f}%"
-            )
-            paths.append(Path(out_dir) / f"{prefix}_{kind}{rank}_{source.stem}.png")
-            panel = overlay_panel(Image.open(source), mask.numpy(), pred, title, synthetic)
-            save_png(panel, paths[-1], title + (f" ({SYNTHETIC_NOTE})" if synthetic else ""))
-    return paths
+# ----------------------------------------------------------------------------- training curves
+
+# Curves of history keys, by panel. train_ce and val_ce are the same quantity, the pixel
+# cross-entropy with the labels, on the training crops and on val; the distillation terms
+# are 0 when the student matches the teacher (train_kl is the KL divergence, not the soft
+# cross-entropy, whose floor is the teacher's entropy).
+CE_KEYS = ("train_ce", "val_ce")
+KD_PREFIXES = ("train_kl", "train_feat")
 
 
 def plot_history(history: list, path: Path, title: str) -> None:
-    """Three panels against the epoch: the total losses (train and val), the train loss's
-    terms, and the val mIoU; integer epoch ticks, legends outside the data."""
+    """Three panels against the epoch: cross-entropy with the labels (train and val), the
+    distillation terms, val mIoU in %; integer epoch ticks, legends outside the data."""
     epochs = [row["epoch"] for row in history]
     fig = Figure(figsize=(15, 4.2))
-    ax_total, ax_terms, ax_miou = fig.subplots(1, 3)
+    ax_ce, ax_kd, ax_miou = fig.subplots(1, 3)
 
     def draw(ax, key, **style):
         ax.plot(epochs, [row.get(key, math.nan) for row in history], marker=".", label=key, **style)
 
-    draw(ax_total, "train_loss")
-    draw(ax_total, "val_loss", linestyle="--")
-    terms = [k for k in history[-1] if k.startswith("train_") and k != "train_loss"]
-    for key in terms:  # the per-pair feature distances (train_feat_<pair>) dashed, thinner
-        draw(ax_terms, key, **({"linestyle": ":", "linewidth": 1} if key.count("_") > 1 else {}))
+    draw(ax_ce, CE_KEYS[0])
+    draw(ax_ce, CE_KEYS[1], linestyle="--")
+    kd_keys = [k for k in history[-1] if k.startswith(KD_PREFIXES)]
+    for key in kd_keys:  # the per-pair feature distances (train_feat_<pair>) dotted, thinner
+        draw(ax_kd, key, **({"linestyle": ":", "linewidth": 1} if key.count("_") > 1 else {}))
+    if not kd_keys:
+        ax_kd.text(0.5, 0.5, "no distillation term", ha="center", transform=ax_kd.transAxes)
     ax_miou.plot(epochs, [100 * row["val_miou"] for row in history], marker=".", color="C3")
-    ax_total.set(xlabel="epoch", ylabel="loss", title="total loss")
-    ax_terms.set(xlabel="epoch", ylabel="loss term", title="train loss, term by term")
+    ax_ce.set(xlabel="epoch", ylabel="cross-entropy (nats/pixel)", title="cross-entropy")
+    ax_kd.set(
+        xlabel="epoch",
+        ylabel="term, before its weight",
+        title="distillation terms (0 = matches the teacher)",
+    )
     ax_miou.set(xlabel="epoch", ylabel="mIoU (%)", title="validation mIoU")
-    for ax in (ax_total, ax_terms):
+    for ax in (ax_ce, ax_kd):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    for ax in (ax_total, ax_terms, ax_miou):
+    for ax in (ax_ce, ax_kd, ax_miou):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()

@@ -65,5 +65,10 @@ def test_benchmark_reports_parameters_flops_and_ratios_against_the_eager_student
         assert round(row["gflops"] * 1e9) == conv_flops(model, 64)
         assert row["times_student"] == pytest.approx(row["ms_per_image"] / student_ms)
         assert row["mb"] > 4 * row["params"] / 1e6  # float32 weights, plus buffers
-    assert [r["kd"] for r in result["train_steps"]] == ["none", "response", "feature", "both"]
+    steps = result["train_steps"]
+    assert [r["kd"] for r in steps] == ["none", "response", "feature", "both", benchmark.CACHED]
+    for r in steps:
+        assert r["overhead_vs_none"] == pytest.approx(r["ms_per_step"] / steps[0]["ms_per_step"] - 1)
+    assert result["cache_build_ms_per_image"] > 0
     assert "GFLOPs" in proc.stdout and "training step" in proc.stdout
+    assert "teacher cache, built once" in proc.stdout

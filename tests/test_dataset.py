@@ -6,10 +6,12 @@ import torch
 from PIL import Image
 
 import dataset
+import voc
 from cli import UserError
 from conftest import run_script
-from dataset import IMAGENET_MEAN, IMAGENET_STD, VOC, EvalTransform, train_transforms, voc_dataset
+from dataset import EvalTransform, train_transforms, voc_dataset
 from synthetic import make_fake_voc
+from voc import IMAGENET_MEAN, IMAGENET_STD, VOC
 
 VOC_VALUES = set(range(21)) | {255}
 
@@ -85,7 +87,7 @@ def test_train_aug_is_voc_train_plus_sbd_minus_voc_val(tmp_path):
     make_fake_voc(tmp_path, num_images=8, with_sbd=True)
     voc_train = (tmp_path / VOC.subdir / "ImageSets/Segmentation/train.txt").read_text().split()
     voc_val = (tmp_path / VOC.subdir / "ImageSets/Segmentation/val.txt").read_text().split()
-    sbd = tmp_path / dataset.SBD.subdir
+    sbd = tmp_path / voc.SBD.subdir
     sbd_ids = (sbd / "train.txt").read_text().split() + (sbd / "val.txt").read_text().split()
     assert set(sbd_ids) & set(voc_train) and set(sbd_ids) & set(voc_val)  # both overlaps exist
     assert (sbd / "img").is_dir() and len(list((sbd / "cls").glob("*.mat"))) == len(sbd_ids)

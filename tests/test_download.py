@@ -11,9 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from cli import UserError
-from dataset import VOC, voc_dataset
-from download import COMPLETE_MARKER, download_source, is_complete, safe_extract
+from dataset import voc_dataset
+from download import download_source, is_complete, safe_extract
 from synthetic import make_fake_voc
+from voc import COMPLETE_MARKER, VOC
 
 
 class ArchiveServer:

@@ -9,9 +9,10 @@ from torch import nn
 
 import metrics
 from cli import write_json
-from dataset import VOC_CLASSES, collate_eval, eval_loader
+from dataset import collate_eval, eval_loader
 from metrics import ConfusionMatrix, evaluate, format_iou_table, median_ms
 from model import build_student
+from voc import VOC_CLASSES
 
 # target 255 pixel is ignored whatever its prediction; class 3 is absent from both.
 TARGET = torch.tensor([[0, 0, 1], [1, 2, 255]])

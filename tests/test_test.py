@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import RESULT_KEYS, load_script, run_script, run_subprocess
-from visualize import voc_palette
+from voc import voc_palette
 
 FAST = ("--device", "cpu", "--size", "64", "--runs", "1", "--num-workers", "0")
 PERSON = 15

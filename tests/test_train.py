@@ -14,11 +14,12 @@ import torch
 
 from cli import UserError
 from conftest import GUARD, ROOT, TINY_TRAIN, load_script, run_python, run_script, train_tiny
-from dataset import VOC, image_path, read_split
+from dataset import image_path, read_split
 from distill import KDConfig, Trainee, teacher_outputs
 from metrics import evaluate
 from model import build_student, build_teacher, load_file, load_student
 from synthetic import make_fake_voc
+from voc import VOC
 
 train = load_script("train")
 CPU = torch.device("cpu")

@@ -1,0 +1,95 @@
+"""What the lab's scripts share, written once: where each output goes, the optimizer, and the
+best/worst prediction panels. The layer right below the six scripts (train.py, test.py,
+test_pretrained.py, benchmark.py, report.py, make_submission.py), which import nothing of
+each other.
+
+    from lab import OptimConfig, build_optimizer, student_path, last_path, save_overlays
+"""
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from dataset import image_path
+from metrics import best_and_worst, predict
+from visualize import overlay_panel, save_png
+from voc import SYNTHETIC_NOTE
+
+WEIGHTS_DIR, OUTPUTS_DIR = "weights", "outputs"
+STEP1_RESULT = "step1_fcn_resnet50.json"  # test_pretrained.py writes it, test.py reads it
+COMPARISON = "kd_comparison"  # test.py --compare writes <out-dir>/kd_comparison.{md,json}
+BENCHMARK_RESULT = "benchmark.json"
+REPORT = "report.md"
+OVERLAYS, PHOTOS = "overlays", "photos"  # folders under <out-dir>
+TEACHER_PREFIX = "fcn_resnet50"  # Step 1's overlay names
+
+
+def student_path(kd: str, weights_dir: str | Path = WEIGHTS_DIR) -> Path:
+    """The best checkpoint of train.py --kd <kd>: weights/student_<kd>.pth."""
+    return Path(weights_dir) / f"student_{kd}.pth"
+
+
+def last_path(out: str | Path) -> Path:
+    """The last epoch's checkpoint beside the best one: <stem>_last.pth, what --resume reads."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_last{out.suffix}")
+
+
+def log_path(out: str | Path, out_dir: str | Path) -> Path:
+    return Path(out_dir) / f"{Path(out).stem}_log.csv"
+
+
+def curves_path(out: str | Path, out_dir: str | Path) -> Path:
+    return Path(out_dir) / f"{Path(out).stem}_curves.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """The optimizer of train.py (its flags' defaults) and of benchmark.py's timed steps."""
+
+    name: str = "sgd"  # DeepLab's VOC recipe; "adamw" is the other choice
+    lr: float = 0.01  # peak lr, DeepLab's 0.007-0.01 at batch 16
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # SGD's usual value for segmentation (DeepLab, torchvision refs)
+
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def build_optimizer(params, config: OptimConfig) -> torch.optim.Optimizer:
+    if config.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def save_overlays(
+    model: torch.nn.Module,
+    dataset,
+    per_image_miou: list,
+    count: int,
+    out_dir: str | Path,
+    prefix: str,
+    what: str,
+    device: torch.device,
+    synthetic: bool,
+) -> list:
+    """Panels (image | ground truth | prediction) of the `count` best and `count` worst
+    images by per-image mIoU (metrics.best_and_worst), as <out_dir>/<prefix>_{best,worst}
+    <rank>_<image id>.png, titled with `what` was evaluated. Returns the paths written."""
+    best, worst = best_and_worst(per_image_miou, count)
+    paths = []
+    for kind, picks in (("best", best), ("worst", worst)):
+        for rank, index in enumerate(picks, 1):
+            image, mask = dataset[index]
+            pred = predict(model, image, tuple(mask.shape[-2:]), device)
+            source = image_path(dataset, index)
+            title = f"{what}: {source.stem}, {kind} {rank}, mIoU {100 * per_image_miou[index]:.1f}%"
+            paths.append(Path(out_dir) / f"{prefix}_{kind}{rank}_{source.stem}.png")
+            with Image.open(source) as photo:
+                panel = overlay_panel(photo, mask.numpy(), pred, title, synthetic)
+            save_png(panel, paths[-1], title + (f" ({SYNTHETIC_NOTE})" if synthetic else ""))
+    return paths

@@ -1,0 +1,208 @@
+"""The frozen teacher's logits, computed once per training image and reused by every epoch of
+response-based distillation (train.py --teacher-cache DIR).
+
+    cache = TeacherCache.open_or_build("cache/fcn", teacher, "default", image_files, device)
+    logits = cache.crop_logits(where, indices, (crop, crop), device)   # N x 21 x crop x crop
+
+The idea of ReLabel (Yun et al., CVPR 2021, "Re-labeling ImageNet") and FKD (Shen and Xing,
+ECCV 2022, "A Fast Knowledge Distillation Framework for Visual Recognition"): the teacher never
+changes, so its dense output is stored once for each whole image, and each random crop reads
+its region of the stored map (RoIAlign) instead of running the teacher again.
+
+What it changes: the teacher sees the whole image, resized so its shorter side is 520 (as in
+Step 1), instead of the student's crop at the crop's scale; its logits for a crop are then
+bilinear samples of its whole-image map, which is what the live teacher's logits are too,
+only computed in another context. The effect of that on VOC mIoU is not measured here.
+
+On disk, DIR holds logits.f16 (raw float16: every image's 21 x ceil(H'/8) x ceil(W'/8) map, float16,
+one after another) and index.json (the teacher's fingerprint, the resize, and for each image
+its file name, a SHA-1 of its bytes, its size, its map's shape and offset). DIR appears whole
+or not at all: it is written under a temporary name and renamed last.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.ops import roi_align
+from tqdm import tqdm
+
+from cli import UserError
+from dataset import EvalTransform
+from model import TEACHER_RESIZE, teacher_stride8_logits
+
+FORMAT = 1  # of index.json; a cache of another format is refused
+LOGITS, INDEX = "logits.f16", "index.json"  # raw float16 values; their layout
+
+
+def file_sha1(path: str | Path) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def teacher_fingerprint(teacher: nn.Module) -> str:
+    """SHA-256 over the teacher's state dict (names and values): another teacher, or the same
+    architecture with other weights, has another fingerprint."""
+    digest = hashlib.sha256()
+    for name, tensor in teacher.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def crop_logits(stored: torch.Tensor, image_size: tuple, where: torch.Tensor, size: tuple):
+    """The stored whole-image map resampled over one crop's box, as the live teacher's logits
+    enter the loss: stored 1 x C x h x w (stride 8 of the image resized for the teacher),
+    image_size (H, W) of the original image, where = [x0, y0, x1, y1, flipped] (the box in
+    original pixel coordinates, dataset.RandomScaleCropFlip) -> 1 x C x size.
+
+    A pixel at original coordinate x (pixel centres at i + 1/2) sits at x * w / W - 1/2 in the
+    map, as bilinear upsampling (align_corners=False) of the map to the image places it; output
+    pixel j of the crop is at x = x0 + (j + 1/2) (x1 - x0) / size_w. RoIAlign with aligned=True
+    and one sample per bin takes exactly that bilinear sample; the result is flipped left-right
+    when the crop was. Outside the image (the padding of small crops) it gives 0, where the
+    mask holds 255 and nothing is scored.
+    """
+    height, width = image_size
+    h, w = stored.shape[-2:]
+    box = where[:4].double() * torch.tensor([w / width, h / height] * 2, dtype=torch.float64)
+    rois = torch.cat([torch.zeros(1, dtype=torch.float64), box])[None].to(stored.device)
+    out = roi_align(
+        stored.float(), rois.float(), size, spatial_scale=1.0, sampling_ratio=1, aligned=True
+    )
+    return out.flip(-1) if where[4] > 0.5 else out
+
+
+class TeacherCache:
+    """A built cache, validated against the teacher and the training images."""
+
+    def __init__(self, directory: Path, index: dict, logits: np.ndarray):
+        self.directory, self.index, self.logits = directory, index, logits
+
+    @classmethod
+    def open_or_build(
+        cls, directory: str | Path, teacher: nn.Module, images: list, device: torch.device
+    ) -> "TeacherCache":
+        """The cache at `directory` for this teacher and these image files (in training-set
+        order), built first when `directory` does not exist."""
+        directory = Path(directory)
+        fingerprint = teacher_fingerprint(teacher)
+        if not directory.exists():
+            build(directory, teacher, fingerprint, images, device)
+        cache = cls.open(directory)
+        cache.check(fingerprint, images)
+        return cache
+
+    @classmethod
+    def open(cls, directory: Path) -> "TeacherCache":
+        if not directory.is_dir():
+            raise UserError(f"--teacher-cache {directory} is not a folder")
+        try:
+            index = json.loads((directory / INDEX).read_text())
+            total = int(index["values"])
+            size = (directory / LOGITS).stat().st_size
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(
+                f"teacher cache {directory}: cannot read {INDEX} or {LOGITS} ({e}); "
+                f"delete {directory} to rebuild it"
+            ) from None
+        if size != 2 * total or total == 0:
+            raise UserError(
+                f"teacher cache {directory}: {directory / LOGITS} is damaged ({size:,d} bytes, "
+                f"{INDEX} says {2 * total:,d}); delete {directory} to rebuild it"
+            )
+        logits = np.memmap(directory / LOGITS, dtype=np.float16, mode="r", shape=(total,))
+        return cls(directory, index, logits)
+
+    def check(self, fingerprint: str, images: list) -> None:
+        """Refuse a cache made by another teacher, with another resize, or for other or
+        changed image files."""
+        rebuild = f"delete {self.directory} (or pass another --teacher-cache) to rebuild it"
+        index = self.index
+        if index.get("format") != FORMAT or index.get("resize") != TEACHER_RESIZE:
+            raise UserError(f"teacher cache {self.directory} has another format; {rebuild}")
+        if index.get("teacher") != fingerprint:
+            raise UserError(
+                f"teacher cache {self.directory} was made by another teacher; {rebuild}"
+            )
+        names = [entry["name"] for entry in index["images"]]
+        if names != [Path(p).name for p in images]:
+            raise UserError(
+                f"teacher cache {self.directory} was made for other images ({len(names)} "
+                f"listed, the training set has {len(images)}); {rebuild}"
+            )
+        for entry, path in zip(
+            index["images"], tqdm(images, desc="checking the cache", leave=False)
+        ):
+            if entry["sha1"] != file_sha1(path):
+                raise UserError(
+                    f"teacher cache {self.directory}: {path} changed since the cache was "
+                    f"made; {rebuild}"
+                )
+
+    def stored(self, i: int) -> torch.Tensor:
+        """Image i's stored map, 1 x C x h x w float16."""
+        entry = self.index["images"][i]
+        shape, offset = entry["shape"], entry["offset"]
+        flat = np.array(self.logits[offset : offset + int(np.prod(shape))])
+        return torch.from_numpy(flat).reshape(1, *shape)
+
+    def crop_logits(self, where: torch.Tensor, indices: torch.Tensor, size: tuple, device):
+        """N x C x size logits of a batch's crops (where: N x 5, indices: N), on `device`."""
+        crops = []
+        for box, i in zip(where.cpu(), indices.tolist()):
+            entry = self.index["images"][i]
+            stored = self.stored(i).to(device)
+            crops.append(crop_logits(stored, tuple(entry["size"]), box, size))
+        return torch.cat(crops)
+
+
+@torch.no_grad()
+def build(
+    directory: Path, teacher: nn.Module, fingerprint: str, images: list, device: torch.device
+) -> None:
+    """Run the teacher once over every image (shorter side TEACHER_RESIZE, normalised as in
+    evaluation) and write its stride-8 logits as float16, under a temporary name renamed
+    to `directory` only once whole."""
+    tmp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
+    transform, entries, offset = EvalTransform(TEACHER_RESIZE), [], 0
+    start = time.perf_counter()
+    try:
+        tmp.mkdir(parents=True)
+        with open(tmp / LOGITS, "wb") as out:
+            for path in tqdm(images, desc="teacher cache", unit="image"):
+                with Image.open(path) as photo:
+                    size = [photo.height, photo.width]
+                    x, _ = transform(photo.convert("RGB"), Image.new("L", photo.size))
+                logits = teacher_stride8_logits(teacher, x[None].to(device))[0].half().cpu()
+                out.write(logits.numpy().tobytes())
+                entries.append(
+                    {
+                        "name": Path(path).name,
+                        "sha1": file_sha1(path),
+                        "size": size,
+                        "shape": list(logits.shape),
+                        "offset": offset,
+                    }  # fmt: skip
+                )
+                offset += logits.numel()
+        index = {"format": FORMAT, "teacher": fingerprint, "resize": TEACHER_RESIZE,
+                 "values": offset, "images": entries}  # fmt: skip
+        (tmp / INDEX).write_text(json.dumps(index))
+        os.replace(tmp, directory)
+    except OSError as e:
+        raise UserError(f"cannot write the teacher cache {directory}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    mb = (directory / LOGITS).stat().st_size / 1e6
+    seconds = time.perf_counter() - start
+    print(
+        f"teacher cache: {len(images)} images, {mb:.1f} MB on disk, built in {seconds:.1f} s "
+        f"({1000 * seconds / len(images):.0f} ms per image) -> {directory}"
+    )
