@@ -68,7 +68,9 @@ def test_benchmark_reports_parameters_flops_and_ratios_against_the_eager_student
     steps = result["train_steps"]
     assert [r["kd"] for r in steps] == ["none", "response", "feature", "both", benchmark.CACHED]
     for r in steps:
-        assert r["overhead_vs_none"] == pytest.approx(r["ms_per_step"] / steps[0]["ms_per_step"] - 1)
+        assert r["overhead_vs_none"] == pytest.approx(
+            r["ms_per_step"] / steps[0]["ms_per_step"] - 1
+        )
     assert result["cache_build_ms_per_image"] > 0
     assert "GFLOPs" in proc.stdout and "training step" in proc.stdout
     assert "teacher cache, built once" in proc.stdout

@@ -19,7 +19,7 @@ VOC_VALUES = set(range(21)) | {255}
 def test_every_training_and_eval_mask_holds_only_voc_labels(fake_voc):
     torch.manual_seed(0)
     for split, transforms in (("train", train_transforms(64)), ("val", EvalTransform(520))):
-        for image, mask in voc_dataset(fake_voc, split, transforms):
+        for image, mask, *_ in voc_dataset(fake_voc, split, transforms):
             assert mask.dtype == torch.uint8 and image.dtype == torch.float32
             assert set(mask.unique().tolist()) <= VOC_VALUES
 
@@ -63,7 +63,7 @@ def interior(mask: torch.Tensor, margin: int = 3) -> torch.Tensor:
 @pytest.mark.parametrize("seed", range(6))
 def test_random_transforms_move_image_and_mask_together(seed):
     torch.manual_seed(seed)
-    image, mask = train_transforms(crop_size=64)(*encoded_pair())
+    image, mask, _ = train_transforms(crop_size=64)(*encoded_pair())
     inside = interior(mask) & (mask != 255)
     assert inside.float().mean() > 0.2
     decoded = (decode_red(image)[inside] / 10).round()
@@ -74,9 +74,9 @@ def test_random_transforms_move_image_and_mask_together(seed):
 def test_crop_padding_gives_void_mask_and_black_image():
     torch.manual_seed(0)
     small = Image.new("RGB", (10, 10), (255, 255, 255)), Image.new("L", (10, 10), 3)
-    transform = train_transforms(crop_size=80)
-    transform.transforms[1] = lambda image, mask: (image, mask)  # no rescale: force padding
-    image, mask = transform(*small)
+    transform = dataset.RandomScaleCropFlip(80, short_sides=(10, 11))  # no rescale: padding
+    image, mask, where = transform(*small)
+    assert where[:4].tolist() == [0, 0, 80, 80]  # the box reaches past the 10 x 10 image
     assert tuple(mask.shape) == (80, 80)
     assert (mask == 3).sum() == 100 and (mask == 255).sum() == 80 * 80 - 100
     padded_red = image[0][mask == 255]
@@ -98,7 +98,7 @@ def test_train_aug_is_voc_train_plus_sbd_minus_voc_val(tmp_path):
     assert set(ids) == (set(voc_train) | set(sbd_ids)) - set(voc_val)
     shared = next(i for i in ids if i in voc_train and i in sbd_ids)
     assert "VOCdevkit" in str(dataset.image_path(union, ids.index(shared)))  # VOC's label wins
-    for _, mask in union:
+    for _, mask, _ in union:
         assert set(mask.unique().tolist()) <= VOC_VALUES
     limited = dataset.train_aug_dataset(tmp_path, None, limit=5)
     assert len(limited) == 5
@@ -128,7 +128,7 @@ def test_eval_and_training_preprocessing_are_both_x_over_255_then_imagenet_norma
     evaluated, _ = EvalTransform()(image, mask)
     assert torch.allclose(evaluated, by_hand[:, None, None].expand(3, 30, 40), atol=1e-5)
     torch.manual_seed(0)
-    trained, crop_mask = train_transforms(crop_size=32)(image, mask)
+    trained, crop_mask, _ = train_transforms(crop_size=32)(image, mask)
     inside = crop_mask != 255  # away from the crop's padding, the colour is the image's
     assert inside.any() and torch.allclose(trained[:, inside], by_hand[:, None], atol=1e-4)
 

@@ -31,9 +31,9 @@ def hand_response_loss(zs, zt, y, alpha, beta, tau):
                 s, t = zs[i, :, r, k], zt[i, :, r, k]
                 log_p = s - np.log(np.exp(s).sum())
                 log_p_tau = s / tau - np.log(np.exp(s / tau).sum())
-                p_t_tau = np.exp(t / tau) / np.exp(t / tau).sum()
+                log_p_t_tau = t / tau - np.log(np.exp(t / tau).sum())
                 ce += -log_p[y[i, r, k]]
-                soft += -(p_t_tau * log_p_tau).sum()
+                soft += (np.exp(log_p_t_tau) * (log_p_t_tau - log_p_tau)).sum()  # KL(p_t || p_s)
                 count += 1
     ce, soft = ce / count, tau**2 * soft / count
     return alpha * ce + beta * soft, ce, soft
@@ -55,7 +55,7 @@ def test_response_loss_equals_the_hand_computation(logits, alpha, beta, tau):
     total, ce, soft = hand_response_loss(*logits, alpha, beta, tau)
     assert loss.item() == pytest.approx(total, rel=1e-5)
     assert terms["ce"].item() == pytest.approx(ce, rel=1e-5)
-    assert terms["soft"].item() == pytest.approx(soft, rel=1e-5)
+    assert terms["kl"].item() == pytest.approx(soft, rel=1e-5)
 
 
 def test_soft_term_carries_the_tau_squared_factor(logits):
@@ -63,8 +63,15 @@ def test_soft_term_carries_the_tau_squared_factor(logits):
     for tau in (1.0, 3.0):
         _, terms = response_kd_loss(zs, zt, y, alpha=0.0, beta=1.0, tau=tau)
         p_t = torch.softmax(zt / tau, 1)
-        cross_entropy = -(p_t * torch.log_softmax(zs / tau, 1)).sum(1)[y != 255].mean()
-        assert terms["soft"].item() == pytest.approx(tau**2 * cross_entropy.item(), rel=1e-5)
+        kl = (p_t * (p_t.log() - torch.log_softmax(zs / tau, 1))).sum(1)[y != 255].mean()
+        assert terms["kl"].item() == pytest.approx(tau**2 * kl.item(), rel=1e-5)
+
+
+def test_the_logged_soft_term_is_zero_when_the_student_matches_the_teacher(logits):
+    """KL, not the soft cross-entropy, whose floor is the teacher's entropy (> 0 here)."""
+    _, zt, y = logits
+    _, terms = response_kd_loss(zt.clone(), zt, y, alpha=1.0, beta=1.0, tau=2.0)
+    assert terms["kl"].item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_soft_gradient_vanishes_when_student_equals_teacher(logits):
@@ -124,7 +131,7 @@ def test_cosine_distance_is_taken_along_the_channels_at_each_position():
 def batch(fake_voc):
     torch.manual_seed(0)
     data = voc_dataset(fake_voc, "train", train_transforms(64))
-    images, masks = zip(*(data[i] for i in range(4)))
+    images, masks, _ = zip(*(data[i] for i in range(4)))
     return torch.stack(images), torch.stack(masks).long()
 
 
@@ -151,7 +158,7 @@ def test_a_kd_step_trains_student_and_adapters_and_leaves_the_teacher_bit_identi
             if k.endswith("weight")
         )
     if kd != "feature":
-        assert {"ce", "soft"} <= set(terms)
+        assert {"ce", "kl"} <= set(terms)
 
 
 def agreement(student, teacher, images) -> float:

@@ -21,7 +21,7 @@ def test_the_draft_holds_the_table_the_plots_and_the_overlays(trained, tmp_path)
     proc = run_script("report.py", "--out-dir", outputs, "--weights-dir", weights)
     assert proc.returncode == 0, proc.stderr
     draft = (outputs / "report.md").read_text()
-    assert "| none (cross-entropy only) | 25.00 | 1,035,733 | 12.5 |" in draft
+    assert "| none (cross-entropy only) | 25.00 | 1,035,733 | 12.5 (520x520) |" in draft
     assert "![loss and mIoU curves, --kd none](student_none_curves.png)" in draft
     assert "](overlays/student_none_best1_fake_000004.png)" in draft
     assert "| crop_size | 64 |" in draft  # hyper-parameters come from the checkpoint's args

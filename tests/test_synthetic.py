@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import voc
 from cli import UserError
 from synthetic import make_fake_voc
-from voc import VOC
+from voc import SYNTHETIC_MARKER, VOC, is_synthetic
 
 VOC_VALUES = set(range(21)) | {255}
 
@@ -23,13 +22,13 @@ def test_fake_voc_has_the_exact_voc_layout(fake_voc):
         assert label.mode == "P" and label.getpalette()[3:6] == [128, 0, 0]
         values = set(np.unique(np.array(label)).tolist())
         assert values <= VOC_VALUES and 255 in values  # object boundaries are void, as in VOC
-    assert "SYNTHETIC" in (voc / voc.SYNTHETIC_MARKER).read_text()
-    assert voc.is_synthetic(fake_voc)
+    assert "SYNTHETIC" in (voc / SYNTHETIC_MARKER).read_text()
+    assert is_synthetic(fake_voc)
 
 
 def test_fake_voc_refuses_to_write_into_a_real_dataset(tmp_path):
     make_fake_voc(tmp_path, num_images=2)
-    (tmp_path / VOC.subdir / voc.SYNTHETIC_MARKER).unlink()  # now it looks real
+    (tmp_path / VOC.subdir / SYNTHETIC_MARKER).unlink()  # now it looks real
     before = (tmp_path / VOC.subdir / "ImageSets/Segmentation/train.txt").read_text()
     with pytest.raises(UserError, match="did not make"):
         make_fake_voc(tmp_path, num_images=6)

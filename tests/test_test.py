@@ -52,7 +52,7 @@ def test_compare_times_together_and_lists_unreadable_inputs(trained, fake_voc, t
     (tmp_path / "broken.pth").write_text("not a checkpoint")
     (tmp_path / "step1_fcn_resnet50.json").write_text(json.dumps({
         "miou": 0.5, "params": 32957013, "ms_per_image": 100.0, "input_size": 520,
-        "device_name": "some CPU", "synthetic": True}))  # fmt: skip
+        "num_images": 2, "device_name": "some CPU", "synthetic": True}))  # fmt: skip
     proc = run_script("test.py", "--compare", trained["out"], tmp_path / "broken.pth", copy,
                       "--data-root", fake_voc, "--limit", "2", "--num-overlays", "1",
                       "--out-dir", tmp_path, *FAST)  # fmt: skip
@@ -163,7 +163,7 @@ def test_comparison_table_names_each_kd_method():
         "split": "val",
         "num_images": 4,
     }
-    assert "| feature-based | 25.00 | 10 | 1.5 | 64x64 | a CPU | w.pth |" in (
+    assert "| feature-based | 25.00 | 10 | 1.5 (64x64) | a CPU | w.pth |" in (
         test.comparison_markdown([row], None, [])
     )
 

@@ -9,8 +9,10 @@ import subprocess
 import sys
 import threading
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cli import UserError
 from conftest import GUARD, ROOT, TINY_TRAIN, load_script, run_python, run_script, train_tiny
@@ -46,7 +48,7 @@ def test_a_tiny_run_writes_checkpoints_log_and_plot(trained):
     rows = list(csv.DictReader(open(logs / "student_none_log.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert {r["data"] for r in rows} == {"SYNTHETIC data, not a VOC result"}
-    assert {"train_loss", "train_ce", "val_loss", "val_miou", "lr", "epoch_time_s"} <= set(rows[0])
+    assert {"train_loss", "train_ce", "val_ce", "val_miou", "lr", "epoch_time_s"} <= set(rows[0])
     assert (logs / "student_none_curves.png").stat().st_size > 1000
     stdout = trained["proc"].stdout
     assert "training time" in stdout and "SYNTHETIC" in stdout.splitlines()[-3]
@@ -111,8 +113,8 @@ def test_each_kd_mode_runs_end_to_end_and_trains_the_adapters(kd, tmp_path, fake
     ckpt = load_file(out, "checkpoint")
     assert ckpt["args"]["kd"] == kd
     header = (tmp_path / f"student_{kd}_log.csv").read_text().splitlines()[0].split(",")
-    expected = {"response": {"train_soft"}, "feature": {"train_feat"},
-                "both": {"train_soft", "train_feat"}}[kd]  # fmt: skip
+    expected = {"response": {"train_kl"}, "feature": {"train_feat"},
+                "both": {"train_kl", "train_feat"}}[kd]  # fmt: skip
     assert expected | {"train_ce"} <= set(header)
     assert (ckpt["adapters"] is not None) == (kd != "response")
     if ckpt["adapters"] is not None:  # the run's adapters, rebuilt as main builds them
@@ -167,16 +169,19 @@ def test_warmup_then_poly_decay():
     assert factor(50) == pytest.approx(0.5**0.9) and factor(100) == 0.0 and factor(120) == 0.0
 
 
-def fixed_batches(fake_voc, count: int = 2) -> list:
+def fixed_batches(fake_voc, tmp_path, count: int = 2) -> list:
     torch.manual_seed(0)
-    loader = train.build_loaders(tiny_args(fake_voc, ROOT), 0, 1, CPU)[0]
+    loader = train.build_loaders(tiny_args(fake_voc, tmp_path), 0, 1, CPU)[0]
     return [batch for batch, _ in zip(loader, range(count))]
 
 
-def test_train_one_epoch_does_plain_sgd_steps_in_train_mode(fake_voc):
+NO_TEACHER = train.teacher_targets(None, None, None, CPU, True)  # what --kd none trains with
+
+
+def test_train_one_epoch_does_plain_sgd_steps_in_train_mode(fake_voc, tmp_path):
     """Against steps made by hand: gradients cleared each step, train mode (BatchNorm batch
     statistics, dropout) even for a model coming back from validation in eval mode."""
-    batches = fixed_batches(fake_voc)
+    batches = fixed_batches(fake_voc, tmp_path)
     torch.manual_seed(0)
     model = Trainee(build_student(), KDConfig("none"))
     reference = copy.deepcopy(model).train()
@@ -184,11 +189,11 @@ def test_train_one_epoch_does_plain_sgd_steps_in_train_mode(fake_voc):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     torch.manual_seed(1)
-    train.train_one_epoch(model.eval(), None, batches, optimizer, scheduler, scaler, CPU, "e")
+    train.train_one_epoch(model.eval(), NO_TEACHER, batches, optimizer, scheduler, scaler, CPU, "e")
     torch.manual_seed(1)
     with torch.no_grad():
         params = list(reference.parameters())
-    for images, masks in batches:
+    for images, masks, *_ in batches:
         loss, _ = reference(images, masks.long())
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         with torch.no_grad():
@@ -209,11 +214,11 @@ def test_validation_reads_the_val_split(fake_voc, tmp_path):
 def test_the_best_checkpoint_holds_the_best_epoch(tmp_path, fake_voc):
     args = tiny_args(fake_voc, tmp_path)
     model = Trainee(build_student(), KDConfig("none"))
-    optimizer = train.build_optimizer(args, model.parameters())
+    optimizer = train.build_optimizer(model.parameters(), train.optim_config(args))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     history = []
     for epoch, miou in enumerate([0.3, 0.5, 0.4], 1):
-        history.append({"epoch": epoch, "lr": 0.01, "train_loss": 1.0, "val_loss": 1.0,
+        history.append({"epoch": epoch, "lr": 0.01, "train_loss": 1.0, "val_ce": 1.0,
                         "val_miou": miou, "epoch_time_s": 1.0})  # fmt: skip
         ckpt = train.checkpoint(args, model, optimizer, scaler, history, True)
         train.save_epoch(args, ckpt, "title")
@@ -227,7 +232,7 @@ def test_the_best_checkpoint_holds_the_best_epoch(tmp_path, fake_voc):
     ("feature", "--alpha", "0.3"), ("feature", "--feat-weight", "2"), ("none", "--alpha", "0.3"),
 ])  # fmt: skip
 def test_every_loss_flag_changes_the_loss_train_py_computes(kd, flag, value, fake_voc, tmp_path):
-    images, masks = fixed_batches(fake_voc, 1)[0]
+    images, masks, *_ = fixed_batches(fake_voc, tmp_path, 1)[0]
     teacher = build_teacher("none")
     out = teacher_outputs(teacher, images)
     losses = []
@@ -239,8 +244,8 @@ def test_every_loss_flag_changes_the_loss_train_py_computes(kd, flag, value, fak
     assert losses[0] != pytest.approx(losses[1], rel=1e-4)
 
 
-def test_a_nan_loss_stops_the_run_with_a_message(fake_voc):
-    batches = fixed_batches(fake_voc, 1)
+def test_a_nan_loss_stops_the_run_with_a_message(fake_voc, tmp_path):
+    batches = fixed_batches(fake_voc, tmp_path, 1)
     model = Trainee(build_student(), KDConfig("none"))
     with torch.no_grad():
         model.student.classifier[1].bias.fill_(float("nan"))
@@ -248,7 +253,9 @@ def test_a_nan_loss_stops_the_run_with_a_message(fake_voc):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     with pytest.raises(UserError, match="the loss, at step 1 of epoch 1/1, became nan"):
-        train.train_one_epoch(model, None, batches, optimizer, scheduler, scaler, CPU, "epoch 1/1")
+        train.train_one_epoch(
+            model, NO_TEACHER, batches, optimizer, scheduler, scaler, CPU, "epoch 1/1"
+        )
 
 
 def test_short_runs_learn_what_eval_mode_shows(tmp_path):
@@ -265,11 +272,13 @@ def test_short_runs_learn_what_eval_mode_shows(tmp_path):
     torch.manual_seed(0)
     train_loader, val_loader = train.build_loaders(args, 0, 1, CPU)
     model, _ = train.build_models(args, CPU)
-    optimizer = train.build_optimizer(args, model.parameters())
+    optimizer = train.build_optimizer(model.parameters(), train.optim_config(args))
     scheduler = train.build_scheduler(args, optimizer, len(train_loader), 0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     for _ in range(args.epochs):
-        train.train_one_epoch(model, None, train_loader, optimizer, scheduler, scaler, CPU, "e")
+        train.train_one_epoch(
+            model, NO_TEACHER, train_loader, optimizer, scheduler, scaler, CPU, "e"
+        )
     learned = evaluate(model.student, val_loader, CPU, progress=False)["miou"]
     background = evaluate(AllBackground(), val_loader, CPU, progress=False)["miou"]
     assert learned > background + 0.2
@@ -301,14 +310,14 @@ def test_torchrun_with_two_gloo_processes_writes_one_loadable_checkpoint(fake_vo
         "--kd", "response", "--epochs", 1,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("epoch 1: train loss") == 1  # only rank 0 reports
+    assert proc.stdout.count("epoch 1: train CE") == 1  # only rank 0 reports
     assert sorted(p.name for p in tmp_path.glob("*.pth")) == [out.name, "student_response_last.pth"]
     ckpt = load_file(out, "checkpoint")
     assert not any(key.startswith("module.") for key in ckpt["model"])
     load_student(out)  # what test.py does with it
 
 
-def test_ctrl_c_mid_epoch_saves_the_last_checkpoint_and_exits_130(fake_voc, tmp_path):
+def test_ctrl_c_mid_epoch_keeps_the_last_completed_epoch_and_exits_130(fake_voc, tmp_path):
     out = tmp_path / "student_none.pth"
     command = [sys.executable, ROOT / "train.py", "--data-root", fake_voc, "--out", out,
                "--out-dir", tmp_path, *TINY_TRAIN, "--epochs", "1000", "--batch-size", "1",
@@ -337,28 +346,40 @@ def test_ctrl_c_mid_epoch_saves_the_last_checkpoint_and_exits_130(fake_voc, tmp_
     proc.wait(timeout=60)
     reader.join(timeout=10)
     text = "".join(stderr)
-    assert proc.returncode == 130 and "interrupted: saved" in text and "--resume" in text
+    assert proc.returncode == 130 and "holds epoch 1; continue with --resume" in text
     assert "Traceback" not in text
     last, epoch_1 = load_file(train.last_path(out), "c"), load_file(out, "c")  # best: epoch 1
     assert last["epoch"] == 1 and len(last["history"]) == 1  # the epochs done
-    assert any(not torch.equal(v, epoch_1["model"][k]) for k, v in last["model"].items())
+    # the half-trained epoch 2 is not saved over it: --resume starts epoch 2 where it began
+    assert all(torch.equal(v, epoch_1["model"][k]) for k, v in last["model"].items())
 
 
 def test_a_nan_validation_loss_stops_the_run_before_anything_is_saved(
     fake_voc, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(train, "evaluate", lambda *a, **k: {"loss": float("nan"), "miou": 0.5})
-    with pytest.raises(UserError, match="the val loss, after epoch 1, became nan"):
+    result = {"loss": float("nan"), "miou": 0.5, "pixels": 10}
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: result)
+    with pytest.raises(UserError, match="the val CE, after epoch 1, became nan"):
         train.main(tiny_args(fake_voc, tmp_path, "--epochs", "1"))
     assert not list(tmp_path.glob("*.pth"))
+
+
+def test_val_without_a_labelled_pixel_is_named_not_blamed_on_the_lr(tmp_path):
+    make_fake_voc(tmp_path, num_images=4)
+    for mask in (tmp_path / VOC.subdir / "SegmentationClass").glob("*.png"):
+        Image.fromarray(np.full((48, 48), 255, np.uint8)).save(mask)  # all void
+    for jpg in (tmp_path / VOC.subdir / "JPEGImages").glob("*.jpg"):
+        Image.new("RGB", (48, 48)).save(jpg)
+    with pytest.raises(UserError, match="no val image has a labelled pixel"):
+        train.main(tiny_args(tmp_path, tmp_path, "--epochs", "1"))
 
 
 def test_non_finite_batchnorm_statistics_are_never_saved(fake_voc, tmp_path):
     args = tiny_args(fake_voc, tmp_path)
     model = Trainee(build_student(), KDConfig("none"))
     model.student.aspp.project[1].running_var[0] = float("inf")  # what a diverged run leaves
-    optimizer = train.build_optimizer(args, model.parameters())
-    history = [{"epoch": 1, "lr": 0.01, "train_loss": 1.0, "val_loss": 1.0, "val_miou": 0.1,
+    optimizer = train.build_optimizer(model.parameters(), train.optim_config(args))
+    history = [{"epoch": 1, "lr": 0.01, "train_loss": 1.0, "val_ce": 1.0, "val_miou": 0.1,
                 "epoch_time_s": 1.0}]  # fmt: skip
     ckpt = train.checkpoint(args, model, optimizer, torch.amp.GradScaler("cpu"), history, True)
     with pytest.raises(UserError, match="aspp.project.1.running_var became NaN or infinite"):
