@@ -32,19 +32,21 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
 from cli import (
+    OUTPUTS_DIR,
     add_device,
     add_timing_args,
     check_output,
     device_name,
     number,
     parser,
+    path_arg,
     resolve_device,
     run,
     write_json,
 )
 from distill import KD_MODES, KDConfig, Trainee, teacher_outputs
 from export import OnnxModel, export_onnx, quantize_int8
-from lab import BENCHMARK_RESULT, OUTPUTS_DIR, OptimConfig, build_optimizer
+from lab import BENCHMARK_RESULT, OptimConfig, build_optimizer
 from metrics import median_ms, model_logits
 from model import (
     TEACHER_RESIZE,
@@ -86,7 +88,9 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
         default=True,
         help="ONNX Runtime rows (--no-onnx: eager rows only, no export, a quicker run)",
     )
-    p.add_argument("--out-dir", default=OUTPUTS_DIR, help=f"folder for {BENCHMARK_RESULT}")
+    p.add_argument(
+        "--out-dir", type=path_arg, default=OUTPUTS_DIR, help=f"folder for {BENCHMARK_RESULT}"
+    )
     return p.parse_args(argv)
 
 

@@ -14,12 +14,14 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
+WEIGHTS_DIR, OUTPUTS_DIR = "weights", "outputs"  # where the lab's scripts write by default
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130  # 130 = 128 + SIGINT, what shells report for Ctrl+C
 # More loader processes than cores only contend for them (and PyTorch warns about it).
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
@@ -32,8 +34,12 @@ class UserError(Exception):
 def run(main: Callable, parse_args: Callable) -> None:
     """main(parse_args()), the entry point of every script: a UserError becomes one
     `error: ...` line and exit 1; Ctrl+C one `interrupted` line (with what was saved, when
-    main says so in the KeyboardInterrupt) and exit 130."""
+    main says so in the KeyboardInterrupt) and exit 130. SIGTERM and SIGHUP (a `kill`, a
+    closed terminal) are handled as Ctrl+C is, so that every temporary file is removed on the
+    way out; a closed pipe (`| head`) ends the output quietly."""
     args = parse_args()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
     try:
         main(args)
     except UserError as e:
@@ -42,6 +48,14 @@ def run(main: Callable, parse_args: Callable) -> None:
     except KeyboardInterrupt as e:
         print(f"\ninterrupted{': ' + str(e) if e.args else ''}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        sys.exit(EXIT_ERROR)
+
+
+def interrupt(signum: int, frame) -> None:
+    """A termination signal, raised as Ctrl+C is, where the program is."""
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
 
 
 def message(error: UserError) -> str:
@@ -85,6 +99,17 @@ def number(kind: type = int, minimum: float = 0, maximum: float = math.inf, stri
 
 
 positive_int, non_negative_int = number(int, 1), number(int, 0)
+seed_int = number(int, 0, 2**63 - 1)  # what torch.manual_seed accepts
+
+
+def path_arg(text: str) -> str:
+    """An argparse type for paths: any text but the empty one, which would silently mean the
+    current folder or the default."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 positive_float, non_negative_float = number(float, 0, strict=True), number(float, 0)
 
 
@@ -92,7 +117,7 @@ positive_float, non_negative_float = number(float, 0, strict=True), number(float
 
 
 def add_data_root(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", default="data", help="folder holding VOCdevkit/")
+    p.add_argument("--data-root", type=path_arg, default="data", help="folder holding VOCdevkit/")
 
 
 def add_num_workers(p: argparse.ArgumentParser) -> None:
@@ -204,7 +229,7 @@ def add_timing_args(p: argparse.ArgumentParser, size: int, runs: int) -> None:
 def add_eval_args(p: argparse.ArgumentParser, size: int) -> None:
     """The flags test_pretrained.py and test.py share; `size` is the timed input's side."""
     add_data_root(p)
-    p.add_argument("--split", default="val", choices=("train", "val"))
+    p.add_argument("--split", default="val", choices=("train", "val"), help="VOC split scored")
     add_device(p)
     p.add_argument(
         "--limit", type=positive_int, metavar="N", help="the first N images only; none given: all"
@@ -214,4 +239,6 @@ def add_eval_args(p: argparse.ArgumentParser, size: int) -> None:
     p.add_argument(
         "--num-overlays", type=number(int, 0, 100), default=3, help="best and worst overlays, each"
     )
-    p.add_argument("--out-dir", default="outputs", help="folder for the JSON and the images")
+    p.add_argument(
+        "--out-dir", type=path_arg, default=OUTPUTS_DIR, help="folder for the JSON and the images"
+    )

@@ -27,7 +27,7 @@ from torchvision.datasets import SBDataset, VOCSegmentation
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from cli import UserError, add_data_root, number, parser, run
+from cli import UserError, add_data_root, number, parser, path_arg, run, seed_int
 from download import download_source
 from synthetic import make_fake_voc
 from voc import (
@@ -351,6 +351,7 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--fake-voc",
+        type=path_arg,
         metavar="DIR",
         help="write a SYNTHETIC dataset in VOC layout under DIR and exit",
     )
@@ -363,7 +364,7 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     p.add_argument(
         "--with-sbd", action="store_true", help="--fake-voc also writes a SYNTHETIC SBD tree"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the synthetic dataset")
     return p.parse_args(argv)
 
 

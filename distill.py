@@ -106,10 +106,13 @@ def response_kd_loss(
             align_corners=False,
         )
     ce = pixel_cross_entropy(student_logits, target)
-    log_p_teacher = F.log_softmax(teacher_logits.float() / tau, dim=1)
+    valid = target != IGNORE_INDEX
+    with torch.no_grad():  # the teacher's side is a constant: no graph, computed once
+        log_p_teacher = F.log_softmax(teacher_logits.float() / tau, dim=1)
+        p_teacher = log_p_teacher.exp()
+        neg_entropy = (p_teacher * log_p_teacher).sum(1)
     log_p_student = F.log_softmax(student_logits.float() / tau, dim=1)
-    kl_per_pixel = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(1)
-    kl = tau**2 * masked_mean(kl_per_pixel, target != IGNORE_INDEX)
+    kl = tau**2 * masked_mean(neg_entropy - (p_teacher * log_p_student).sum(1), valid)
     return alpha * ce + beta * kl, {"ce": ce.detach(), "kl": kl.detach()}
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from cli import UserError, add_data_root, atomic_path, check_output, number, parser, run
+from cli import UserError, add_data_root, atomic_path, check_output, number, parser, path_arg, run
 from dataset import EvalTransform, voc_dataset
 from model import TEACHER_RESIZE, count_params, load_student
 from voc import is_synthetic
@@ -193,8 +193,15 @@ def argmax_agreement(a: OnnxModel, b: OnnxModel, inputs: list) -> float:
 
 def parse_args(argv: list | None = None) -> argparse.Namespace:
     p = parser(__doc__)
-    p.add_argument("--checkpoint", required=True, help="a student checkpoint written by train.py")
-    p.add_argument("--out", help="the .onnx file; none given: the checkpoint's path as .onnx")
+    p.add_argument(
+        "--checkpoint",
+        type=path_arg,
+        required=True,
+        help="a student checkpoint written by train.py",
+    )
+    p.add_argument(
+        "--out", type=path_arg, help="the .onnx file; none given: the checkpoint's path as .onnx"
+    )
     p.add_argument(
         "--int8", action="store_true", help="also write <out stem>_int8.onnx, statically quantised"
     )

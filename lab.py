@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from cli import WEIGHTS_DIR
 from dataset import image_path
 from metrics import best_and_worst, predict
 from visualize import overlay_panel, save_png
 from voc import SYNTHETIC_NOTE
 
-WEIGHTS_DIR, OUTPUTS_DIR = "weights", "outputs"
 STEP1_RESULT = "step1_fcn_resnet50.json"  # test_pretrained.py writes it, test.py reads it
 COMPARISON = "kd_comparison"  # test.py --compare writes <out-dir>/kd_comparison.{md,json}
 BENCHMARK_RESULT = "benchmark.json"

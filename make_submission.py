@@ -17,8 +17,8 @@ import json
 import zipfile
 from pathlib import Path
 
-from cli import UserError, atomic_path, parser, run
-from lab import COMPARISON, OUTPUTS_DIR, PHOTOS, WEIGHTS_DIR, curves_path, student_path
+from cli import OUTPUTS_DIR, WEIGHTS_DIR, UserError, atomic_path, parser, path_arg, run
+from lab import COMPARISON, PHOTOS, curves_path, student_path
 
 TOP_FILES = ("train.txt", "test.txt", "README.md", "requirements.txt", "pyproject.toml")
 # What the lab asks for; a missing one is a warning, or an error with --strict.
@@ -38,7 +38,12 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     p = parser(__doc__)
     p.add_argument("students", nargs="+", metavar="STUDENT_NUMBER", help="one or two numbers")
     p.add_argument("--strict", action="store_true", help="exit 1 when a deliverable is missing")
-    p.add_argument("--root", default=".", help="repository root to pack, also where the zip goes")
+    p.add_argument(
+        "--root",
+        type=path_arg,
+        default=".",
+        help="repository root to pack, also where the zip goes",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing zip")
     p.add_argument(
         "--with-photos",

@@ -249,9 +249,14 @@ def load_file(path: str | Path, what: str) -> dict:
 
 
 def save_file(obj: dict, path: str | Path) -> None:
-    """torch.save through cli.atomic_path: a crash never leaves half a checkpoint."""
+    """torch.save through cli.atomic_path: a crash never leaves half a checkpoint. torch.save
+    reports a full disk or a file-size limit as a RuntimeError: a UserError here, the old
+    file intact."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            raise UserError(f"cannot write {path}: {str(e).splitlines()[0][:200]}") from None
 
 
 def non_finite(state: dict) -> list:

@@ -20,17 +20,15 @@ import torch
 
 import distill
 import model
-from cli import UserError, check_output, parser, run, write_text
+from cli import OUTPUTS_DIR, WEIGHTS_DIR, UserError, check_output, parser, path_arg, run, write_text
 from distill import KD_MODES
 from lab import (
     BENCHMARK_RESULT,
     COMPARISON,
-    OUTPUTS_DIR,
     OVERLAYS,
     REPORT,
     STEP1_RESULT,
     TEACHER_PREFIX,
-    WEIGHTS_DIR,
     curves_path,
     last_path,
     student_path,
@@ -61,9 +59,17 @@ HYPER_PARAMETERS = (
 def parse_args(argv: list | None = None) -> argparse.Namespace:
     p = parser(__doc__)
     p.add_argument(
-        "--out-dir", default=OUTPUTS_DIR, help=f"folder the runs wrote to, and where {REPORT} goes"
+        "--out-dir",
+        type=path_arg,
+        default=OUTPUTS_DIR,
+        help=f"folder the runs wrote to, and where {REPORT} goes",
     )
-    p.add_argument("--weights-dir", default=WEIGHTS_DIR, help="folder of the trained checkpoints")
+    p.add_argument(
+        "--weights-dir",
+        type=path_arg,
+        default=WEIGHTS_DIR,
+        help="folder of the trained checkpoints",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -72,23 +78,68 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def read_json(path: Path, keys: set, missing: list) -> dict | None:
-    """The JSON object at `path` holding `keys`; else None, with the reason added to
-    `missing` (absent, unreadable, or not what a command of the lab writes)."""
-    if not path.exists():
-        missing.append(f"`{path}`")
+NUMBER = (int, float)
+STEP1_KEYS = {"miou": NUMBER, "iou": list, "params": int, "ms_per_image": NUMBER,
+              "pixel_acc": NUMBER, "input_size": int, "device_name": str, "num_images": int,
+              "split": str, "date": str}  # fmt: skip
+BENCH_KEYS = {"models": list, "train_steps": list, "device_name": str, "torch": str,
+              "date": str, "size": int, "batch_size": int, "crop_size": int}  # fmt: skip
+BENCH_MODEL_KEYS = {"model": str, "runtime": str, "params": int, "gflops": NUMBER,
+                    "ms_per_image": NUMBER, "times_student": NUMBER, "mb": NUMBER}  # fmt: skip
+BENCH_STEP_KEYS = {"kd": str, "ms_per_step": NUMBER, "overhead_vs_none": NUMBER}
+HISTORY_KEYS = {"epoch_time_s": NUMBER}
+
+
+def mismatch(data, schema: dict) -> str | None:
+    """None when `data` is a dict whose every key of `schema` holds a value of its type (bool
+    is not a number); else the first key that does not."""
+    if not isinstance(data, dict):
+        return f"a {type(data).__name__}, not an object"
+    for key, kind in schema.items():
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            return f"entry {key!r} missing or of the wrong type"
+    return None
+
+
+def own_file(path: Path, outputs: Path, missing: list) -> bool:
+    """`path` exists and is a file of this tree: a link is never followed (it could point at
+    any file of the machine, which the report and the zip would then copy)."""
+    if path.is_symlink() or not path.resolve().is_relative_to(outputs.resolve()):
+        missing.append(f"`{path}`: a link, not followed")
+        return False
+    return path.is_file()
+
+
+def read_json(path: Path, schema: dict, missing: list) -> dict | None:
+    """The JSON object at `path` matching `schema` ({key: type}); else None, with the reason
+    added to `missing` (absent, a link, unreadable, or not what a command of the lab writes)."""
+    if not own_file(path, path.parent, missing):
+        if not path.is_symlink():
+            missing.append(f"`{path}`")
         return None
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         missing.append(f"`{path}`: unreadable ({e})")
         return None
-    if not isinstance(data, dict) or not keys <= set(data):
-        missing.append(
-            f"`{path}`: not what the lab's commands write (no {', '.join(sorted(keys))})"
-        )
+    problem = mismatch(data, schema)
+    if problem:
+        missing.append(f"`{path}`: not what the lab's commands write ({problem})")
         return None
     return data
+
+
+def read_bench(path: Path, missing: list) -> dict | None:
+    """benchmark.json, each of its rows checked too."""
+    bench = read_json(path, BENCH_KEYS, missing)
+    rows = [(r, BENCH_MODEL_KEYS) for r in bench["models"]] if bench else []
+    rows += [(r, BENCH_STEP_KEYS) for r in bench["train_steps"]] if bench else []
+    problem = next((p for r, schema in rows if (p := mismatch(r, schema))), None)
+    if problem:
+        missing.append(f"`{path}`: a row is not what benchmark.py writes ({problem})")
+        return None
+    return bench
 
 
 def read_runs(weights: Path, missing: list) -> dict:
@@ -105,8 +156,17 @@ def read_runs(weights: Path, missing: list) -> dict:
             ckpt = load_file(path, "checkpoint")
             if last_path(path).exists():
                 ckpt["history"] = load_file(last_path(path), "checkpoint")["history"]
-            if not isinstance(ckpt.get("args"), dict) or not ckpt.get("history"):
+            history = ckpt.get("history")
+            if (
+                not isinstance(ckpt.get("args"), dict)
+                or not history
+                or not isinstance(history, list)
+            ):
                 raise UserError(f"{path} has no training arguments or history")
+            problem = next((p for row in history if (p := mismatch(row, HISTORY_KEYS))), None)
+            problem = problem or mismatch(ckpt, {"best_miou": NUMBER})
+            if problem:
+                raise UserError(f"{path}: its history is not train.py's ({problem})")
         except (UserError, KeyError) as e:
             missing.append(f"`{path}`: unreadable ({e})")
             continue
@@ -201,9 +261,9 @@ def training_section(runs: dict, outputs: Path, missing: list) -> list:
     lines += md_table(["run", "epochs", "total", "per epoch", "best val mIoU (%)"], rows) + [""]
     for kd in runs:
         plot = curves_path(student_path(kd), outputs)
-        if plot.exists():
+        if own_file(plot, outputs, missing):
             lines += [f"![loss and mIoU curves, --kd {kd}]({plot.name})", ""]
-        else:
+        elif not plot.is_symlink():
             missing.append(f"`{plot}`")
     return lines
 
@@ -211,9 +271,9 @@ def training_section(runs: dict, outputs: Path, missing: list) -> list:
 def results_section(outputs: Path, bench: dict | None, missing: list) -> list:
     lines = ["## 5. Results", ""]
     table = outputs / f"{COMPARISON}.md"
-    if table.exists():
+    if own_file(table, outputs, missing):
         lines += table.read_text().replace("# Knowledge", "### Knowledge").splitlines() + [""]
-    else:
+    elif not table.is_symlink():
         missing.append(f"`{table}` (python test.py --compare ...)")
     if bench is not None:
         lines += [
@@ -269,7 +329,8 @@ def qualitative_section(outputs: Path, runs: dict, missing: list) -> list:
     for prefix, title in [(TEACHER_PREFIX, "FCN-ResNet50 (Step 1)")] + [
         (f"student_{kd}", f"student, --kd {kd}") for kd in runs
     ]:
-        found = sorted((outputs / OVERLAYS).glob(f"{prefix}_*.png"))
+        found = [p for p in sorted((outputs / OVERLAYS).glob(f"{prefix}_*.png"))
+                 if own_file(p, outputs, missing)]  # fmt: skip
         if not found:
             missing.append(f"overlays `{outputs / OVERLAYS / prefix}_*.png`")
             continue
@@ -293,8 +354,8 @@ STUDENT_SECTIONS = [
 
 def build_report(outputs: Path, weights: Path) -> str:
     missing = []
-    step1 = read_json(outputs / STEP1_RESULT, {"miou", "iou", "params", "ms_per_image"}, missing)
-    bench = read_json(outputs / BENCHMARK_RESULT, {"models", "train_steps"}, missing)
+    step1 = read_json(outputs / STEP1_RESULT, STEP1_KEYS, missing)
+    bench = read_bench(outputs / BENCHMARK_RESULT, missing)
     runs = read_runs(weights, missing)
     body = (
         step1_section(step1)

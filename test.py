@@ -32,6 +32,7 @@ from cli import (
     add_eval_args,
     check_output,
     parser,
+    path_arg,
     resolve_device,
     run,
     write_json,
@@ -56,7 +57,9 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     p = parser(__doc__)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument(
-        "--checkpoint", help="a student checkpoint of train.py (.pth) or export.py (.onnx)"
+        "--checkpoint",
+        type=path_arg,
+        help="a student checkpoint of train.py (.pth) or export.py (.onnx)",
     )
     what.add_argument(
         "--compare",

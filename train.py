@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from cli import (
+    OUTPUTS_DIR,
     UserError,
     add_data_root,
     add_device,
@@ -43,9 +44,11 @@ from cli import (
     non_negative_float,
     number,
     parser,
+    path_arg,
     positive_int,
     resolve_device,
     run,
+    seed_int,
     write_text,
 )
 from dataset import (
@@ -113,8 +116,6 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
         p.error(f"every term of the --kd {args.kd} loss has weight 0: nothing would train")
     if args.teacher_cache is not None and not mode.soft:
         p.error(f"argument --teacher-cache: --kd {args.kd} has no response term to cache")
-    if args.teacher_cache == "":
-        p.error("argument --teacher-cache: give a folder")
     if args.crop_size < MIN_CROP:
         print(
             f"warning: --crop-size {args.crop_size} is below {MIN_CROP}: the ASPP's rate-"
@@ -170,7 +171,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     add_device(p)
     add_num_workers(p)
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed")
     p.add_argument(
         "--pretrained-backbone",
         action=argparse.BooleanOptionalAction,
@@ -186,8 +187,12 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--limit-val", type=positive_int, metavar="N", help="validate on the first N images only"
     )
-    p.add_argument("--out", help="best checkpoint's path; none given: weights/student_<kd>.pth")
-    p.add_argument("--out-dir", default="outputs", help="folder of the CSV log and the plot")
+    p.add_argument(
+        "--out", type=path_arg, help="best checkpoint's path; none given: weights/student_<kd>.pth"
+    )
+    p.add_argument(
+        "--out-dir", type=path_arg, default=OUTPUTS_DIR, help="folder of the CSV log and the plot"
+    )
     p.add_argument(
         "--resume", action="store_true", help="continue from the last checkpoint beside --out"
     )
@@ -211,9 +216,9 @@ def add_loss_flags(kd: argparse._ArgumentGroup) -> None:
     )
     kd.add_argument(
         "--tau",
-        type=number(float, 0, 100, strict=True),
+        type=number(float, 0.1, 100),
         default=2.0,
-        help="temperature (response, both)",
+        help="temperature (response, both); below 0.1 the soft targets are one-hot in float32",
     )
     kd.add_argument(
         "--feat-weight",
@@ -229,6 +234,7 @@ def add_loss_flags(kd: argparse._ArgumentGroup) -> None:
     )
     kd.add_argument(
         "--teacher-cache",
+        type=path_arg,
         metavar="DIR",
         help="response, both: the teacher's logits computed once per training image, stored in "
         "DIR (built on first use) and resampled over each crop, instead of running the teacher "

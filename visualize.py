@@ -128,6 +128,13 @@ KD_PREFIXES = ("train_kl", "train_feat")
 
 
 def plot_history(history: list, path: Path, title: str) -> None:
+    """history_figure(history, title) as a PNG at `path`, atomically, titled in its metadata."""
+    fig = history_figure(history, title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, metadata={"Title": title})
+
+
+def history_figure(history: list, title: str) -> Figure:
     """Three panels against the epoch: cross-entropy with the labels (train and val), the
     distillation terms, val mIoU in %; integer epoch ticks, legends outside the data."""
     epochs = [row["epoch"] for row in history]
@@ -159,5 +166,4 @@ def plot_history(history: list, path: Path, title: str) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, metadata={"Title": title})
+    return fig

@@ -3,12 +3,15 @@
 import argparse
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
 import cli
 from cli import UserError, atomic_path, check_output, number, write_json
+from conftest import load_script, run_python
 from model import save_file
 
 
@@ -100,3 +103,68 @@ def test_output_paths_of_the_wrong_kind_are_refused(tmp_path):
         check_output(tmp_path, folder=False)
     with pytest.raises(UserError, match="cannot create the folder"):
         check_output(tmp_path / "file" / "below" / "out.json")
+
+
+def test_a_failing_torch_save_is_one_error_and_the_old_file_stays(tmp_path, monkeypatch):
+    """torch.save reports a full disk as a RuntimeError, not an OSError."""
+    path = tmp_path / "ckpt.pth"
+    path.write_bytes(b"the previous checkpoint")
+
+    def full_disk(obj, f):
+        Path(f).write_bytes(b"half")
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError, match="cannot write .*ckpt.pth: PytorchStreamWriter failed"):
+        save_file({"model": {}}, path)
+    assert path.read_bytes() == b"the previous checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]  # no temporary file left
+
+
+SIGTERM_DURING_A_WRITE = """
+import os, signal, sys, time
+import cli
+
+def main(args):
+    with cli.atomic_path(sys.argv[1]) as tmp:
+        tmp.write_text("half of a new file")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+
+cli.run(main, lambda: None)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "out.json"
+    path.write_text("old")
+    proc = run_python("-c", SIGTERM_DURING_A_WRITE, path, timeout=60)
+    assert proc.returncode == cli.EXIT_INTERRUPTED and "SIGTERM received" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+@pytest.mark.parametrize("script", ["train", "test", "test_pretrained", "benchmark", "export",
+                                    "report", "make_submission", "dataset"])  # fmt: skip
+def test_help_shows_every_default_and_no_negative_flag_reads_true(script, capsys):
+    with pytest.raises(SystemExit):
+        load_script(script).parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert not re.search(r"--no-[\w-]+ +[^-]*\(default: True\)", text)
+    for flag, default in {"train": [("--epochs", "100"), ("--weight-decay", "0.0001")],
+                          "test": [("--split", "val")], "benchmark": [("--onnx", "True")]
+                          }.get(script, []):  # fmt: skip
+        assert re.search(rf"{flag}\b.*?\(default: {re.escape(default)}\)", text), flag
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--out", ""], "--out: must not be empty"),
+    (["--seed", "-1"], "--seed: must be at least 0"),
+    (["--seed", str(2**64)], "--seed: must be at least 0 and at most"),
+    (["--tau", "1e-300"], "--tau: must be at least 0.1"),
+])  # fmt: skip
+def test_degenerate_and_empty_flag_values_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        load_script("train").parse_args(argv)
+    assert message in capsys.readouterr().err

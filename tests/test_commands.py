@@ -44,29 +44,31 @@ def test_test_txt_runs_step1_each_student_the_comparison_the_export_and_the_repo
     assert "--compare" in found[5] and "export.py" in scripts and "report.py" in scripts
 
 
-def readme_commands() -> list:
-    """The `python <script>.py ...` and `torchrun ... train.py ...` lines of README.md's bash
-    blocks, continuation lines joined and comments dropped."""
-    text = (ROOT / "README.md").read_text()
-    blocks = [b.split("```", 1)[0] for b in text.split("```bash\n")[1:]]
-    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def documented_commands() -> list:
+    """The `python <script>.py ...` and `torchrun ... train.py ...` lines of the bash blocks
+    of README.md and docs/*.md, continuation lines joined and comments dropped."""
     found = []
-    for line in lines:
-        argv = shlex.split(line, comments=True)
-        if argv and argv[0] == "torchrun":
-            argv = argv[next(i for i, a in enumerate(argv) if a.endswith(".py")) - 1 :]
-        if len(argv) > 1 and argv[1].endswith(".py"):
-            found.append(argv)
+    for doc in DOCS:
+        blocks = [b.split("```", 1)[0] for b in doc.read_text().split("```bash\n")[1:]]
+        for line in "\n".join(blocks).replace("\\\n", " ").splitlines():
+            argv = shlex.split(line, comments=True)
+            if argv and argv[0] == "torchrun":
+                argv = argv[next(i for i, a in enumerate(argv) if a.endswith(".py")) - 1 :]
+            if len(argv) > 1 and argv[1].endswith(".py") and not argv[1].startswith("tools/"):
+                found.append(argv)
     return found
 
 
-def test_every_readme_example_parses_with_its_scripts_own_parser():
-    found = readme_commands()
-    assert len(found) >= 18
+def test_every_documented_example_parses_with_its_scripts_own_parser():
+    found = documented_commands()
+    assert len(found) >= 20
     for argv in found:
-        argv = [a for a in argv if a != "[87654321]"]  # the optional partner, in brackets
         load_script(argv[1].removesuffix(".py")).parse_args(argv[2:])
     assert any("--train-set" in argv for argv in found)  # the train_aug and torchrun examples
+    assert any("--teacher-cache" in argv for argv in found)
 
 
 def readme_block(heading: str) -> list:
@@ -76,26 +78,40 @@ def readme_block(heading: str) -> list:
     return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
 
 
-def test_the_offline_demo_runs_as_printed_and_every_output_says_synthetic(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def run_demo() -> list:
     printed = []
     for argv in readme_block("## Offline demo on synthetic data"):
         assert argv[0] == "python", argv
         proc = run_script(argv[1], *argv[2:])
         assert proc.returncode == 0, (argv, proc.stderr[-2000:])
         printed.append(proc.stdout)
-    step1, train, test = printed[1:4]
+    return printed
+
+
+@pytest.mark.slow
+def test_the_offline_demo_runs_twice_as_printed_in_its_own_folder(tmp_path, monkeypatch):
+    """Twice in a row, as a user reruns it: both succeed, every output says SYNTHETIC, and
+    nothing lands in the lab's own weights/ or outputs/."""
+    monkeypatch.chdir(tmp_path)
+    run_demo()
+    step1, train, test = run_demo()[1:4]
+    assert not (tmp_path / "weights").exists() and not (tmp_path / "outputs").exists()
     assert "SYNTHETIC" in step1.splitlines()[0] and "SYNTHETIC" in test
-    for text in ("mIoU", "32,957,013", "ms/image", "random weights"):  # Step 1's report
+    for text in ("mIoU", "32,957,013", "ms/image", "RANDOM weights"):  # Step 1's report
         assert text in step1
     epoch_lines = [line for line in train.splitlines() if line.startswith("epoch ")]
     assert epoch_lines and all("SYNTHETIC" in line for line in epoch_lines)
-    outputs = tmp_path / "outputs"
+    outputs = tmp_path / "demo" / "outputs"
     for name in ("step1_fcn_resnet50.json", "test_student_response.json"):
         result = json.loads((outputs / name).read_text())
         assert RESULT_KEYS <= set(result) and result["synthetic"] is True
         assert result["num_images"] == (2 if name.startswith("step1") else 4)
+    step1_panels = sorted(p.name.split("_")[2] for p in outputs.glob("overlays/fcn_resnet50_*"))
+    assert step1_panels == ["best1", "worst1"]  # --limit 2: one of each
     pictures = [outputs / "student_response_curves.png", *outputs.glob("overlays/*.png")]
     assert len(pictures) > 3
     assert all("SYNTHETIC" in Image.open(p).text["Title"] for p in pictures)
-    assert "SYNTHETIC" in (outputs / "report.md").read_text()
+    assert all("RANDOM weights" in Image.open(p).text["Title"]
+               for p in outputs.glob("overlays/fcn_resnet50_*"))  # fmt: skip
+    report = (outputs / "report.md").read_text()
+    assert "SYNTHETIC" in report and "RANDOM-weight FCN-ResNet50 on SYNTHETIC data" in report

@@ -125,8 +125,13 @@ def test_a_server_ignoring_range_gets_the_download_restarted_from_zero(tmp_path,
     assert (root / VOC.archive).read_bytes() == archive
 
 
-def test_an_extracted_dataset_is_used_as_is_without_the_network(fake_voc):
-    download_source(fake_voc, voc_from(["http://example.invalid/never-used"], "0" * 32))
+def test_an_extracted_dataset_is_used_as_is_without_the_network(tmp_path, capsys):
+    make_fake_voc(tmp_path, num_images=4)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    download_source(tmp_path, voc_from(["http://example.invalid/never-used"], "0" * 32))
+    assert "nothing to do" in capsys.readouterr().out
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no archive
+    assert not list(tmp_path.glob("*.part")) and not (tmp_path / VOC.archive).exists()
 
 
 def test_a_manually_placed_archive_is_used_without_the_network(tmp_path):

@@ -9,7 +9,7 @@ import torch
 
 from cli import UserError
 from conftest import run_script
-from export import OnnxModel, parity, require
+from export import OnnxModel, argmax_agreement, images, parity, require
 from model import load_student
 
 
@@ -25,11 +25,14 @@ def test_the_export_matches_pytorch_at_several_sizes_and_carries_the_metadata(tr
     assert len(printed) == 3 and all(float(diff) < 1e-4 for *_, diff in printed)
 
 
-def test_int8_is_written_and_reports_its_agreement(export_run):
+def test_int8_is_written_and_reports_its_agreement(export_run, fake_voc):
     stdout = export_run["proc"].stdout
     agreement = float(re.search(r"int8 argmax agreement with fp32 on 2 val images "
                                 r"\(SYNTHETIC data\): ([\d.]+)%", stdout).group(1))  # fmt: skip
-    assert 0 <= agreement <= 100
+    fp32, int8 = OnnxModel(export_run["onnx"]), OnnxModel(export_run["int8"])
+    expected = argmax_agreement(fp32, int8, images(fake_voc, "val", 2))
+    assert agreement == pytest.approx(100 * expected, abs=0.005)  # as printed, 2 decimals
+    assert "calibrating int8 on 2 train images (SYNTHETIC data)" in stdout
     int8 = OnnxModel(export_run["int8"])
     assert int8.metadata["kd"] == "none"  # carried over from the fp32 file
     assert export_run["int8"].stat().st_size < 0.5 * export_run["onnx"].stat().st_size
@@ -73,3 +76,24 @@ def test_the_metadata_is_json_of_the_run(export_run):
 
     props = {p.key: p.value for p in onnx.load(str(export_run["onnx"])).metadata_props}
     assert json.loads(props["student"])["args"]["kd"] == "none"
+
+
+def test_int8_without_calibration_data_is_one_error_and_writes_nothing(trained, tmp_path):
+    out = tmp_path / "s.onnx"
+    proc = run_script("export.py", "--checkpoint", trained["out"], "--out", out, "--int8",
+                      "--data-root", tmp_path / "no_data")  # fmt: skip
+    assert proc.returncode == 1 and "PASCAL VOC 2012 not found" in proc.stderr
+    assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_an_onnx_model_of_another_kind_is_refused(tmp_path):
+    onnx = require("onnx")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )  # fmt: skip
+    path = tmp_path / "other.onnx"
+    onnx.save_model(onnx.helper.make_model(graph), str(path))
+    with pytest.raises(UserError, match="is not a segmentation model of export.py"):
+        OnnxModel(path)

@@ -3,6 +3,7 @@ import socket
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
 from cli import UserError
 from model import (
@@ -91,12 +92,22 @@ def test_teacher_resize_is_the_one_its_weights_document():
 
 
 def test_random_models_touch_no_network(monkeypatch):
-    def no_download(*args, **kwargs):
-        raise AssertionError("a download was attempted")
+    """torchvision's weights call the load_state_dict_from_url that torchvision.models._api
+    imported (patching torch.hub's would miss it): patched there, random models never call it,
+    and the pretrained backbone does, which shows the patch is live."""
+    calls = []
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    def no_download(url, *args, **kwargs):
+        calls.append(url)
+        raise OSError("offline (test)")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_download)
     build_student(pretrained_backbone=False)
     build_teacher("none")
+    assert calls == []
+    with pytest.raises(UserError, match="could not download torchvision weights"):
+        build_student(pretrained_backbone=True)
+    assert len(calls) == 1 and "mobilenet_v3_small" in calls[0]
 
 
 def test_the_network_guard_refuses_anything_beyond_localhost():

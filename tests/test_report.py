@@ -1,8 +1,10 @@
+import json
 import shutil
 
 import torch
 
 from conftest import load_script, run_script
+from model import load_file
 
 
 def test_the_draft_holds_the_table_the_plots_and_the_overlays(trained, tmp_path):
@@ -77,3 +79,24 @@ def test_training_time_counts_every_epoch_not_only_those_up_to_the_best(trained,
     torch.save(dict(last, history=rows), weights / "student_none_last.pth")
     assert run_script("report.py", "--out-dir", outputs, "--weights-dir", weights).returncode == 0
     assert "| --kd none | 3 | 3.0 min | 60.0 s |" in (outputs / "report.md").read_text()
+
+
+def test_links_out_of_the_tree_and_damaged_inputs_are_listed_not_followed(trained, tmp_path):
+    outputs, weights = tmp_path / "outputs", tmp_path / "weights"
+    outputs.mkdir()
+    weights.mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a private file elsewhere on the machine")
+    (outputs / "kd_comparison.md").symlink_to(secret)
+    (outputs / "step1_fcn_resnet50.json").write_text(json.dumps({"miou": "high"}))
+    (outputs / "benchmark.json").write_text(json.dumps({"models": [{"model": 1}],
+                                                         "train_steps": []}))  # fmt: skip
+    history = load_file(trained["out"], "c")
+    history["history"] = [{"epoch": 1}]  # no epoch_time_s
+    torch.save(history, weights / "student_none.pth")
+    proc = run_script("report.py", "--out-dir", outputs, "--weights-dir", weights)
+    assert proc.returncode == 0, proc.stderr
+    draft = (outputs / "report.md").read_text()
+    assert "a private file" not in draft and "kd_comparison.md`: a link, not followed" in draft
+    for name in ("step1_fcn_resnet50.json`: not what", "benchmark.json`: ", "history is not"):
+        assert name in draft

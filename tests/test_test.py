@@ -120,18 +120,24 @@ def test_own_photos_give_masks_of_the_predicted_class_in_display_orientation(
     (photos / "notes.txt").write_text("not an image, not even tried")
     os.mkfifo(photos / "fifo.jpg")  # would block a reader forever
     Image.new("1", (10_000, 7_000)).save(photos / "huge.png")  # 70 megapixels, 1 bit each
+    more = tmp_path / "more"  # a second folder whose photo has the same name
+    more.mkdir()
+    Image.new("RGB", (30, 20), "white").save(more / "dup.jpg")
     out = tmp_path / "out"
     proc = run_script("test.py", "--checkpoint", person_checkpoint, "--images", photos,
-                      tmp_path / "missing.png", "--out-dir", out, "--device", "cpu")  # fmt: skip
+                      tmp_path / "missing.png", "--images", more, "--out-dir", out,
+                      "--device", "cpu")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     for name in ("broken.jpg", "missing.png", "fifo.jpg: not a regular file",
-                 "huge.png: 10000x7000 pixels"):  # fmt: skip
+                 "huge.png: 10000x7000 pixels", "notes.txt: not a .jpg"):  # fmt: skip
         assert name in proc.stderr
     written = sorted(p.name for p in (out / "photos").iterdir())
-    stems = ("dup_jpg", "dup_png", "phone_jpg")  # the checkpoint was trained on SYNTHETIC data
+    # the checkpoint was trained on SYNTHETIC data; the second dup.jpg does not overwrite the first
+    stems = ("dup_jpg", "dup_png", "phone_jpg", "dup_jpg_2")
     assert written == sorted(f"{s}_SYNTHETIC_{k}.png" for s in stems for k in ("mask", "overlay"))
     mask = Image.open(out / "photos" / "phone_jpg_SYNTHETIC_mask.png")
-    assert "SYNTHETIC" in mask.text["Title"]
+    title = mask.text["Title"]
+    assert "SYNTHETIC" in title and "phone.jpg" in title and str(person_checkpoint) in title
     assert mask.size == (24, 40)  # turned as the EXIF orientation says
     colours = {tuple(c) for c in np.asarray(mask).reshape(-1, 3)}
     assert colours == {tuple(voc_palette()[3 * PERSON : 3 * PERSON + 3])}

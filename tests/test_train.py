@@ -61,23 +61,48 @@ def test_the_logged_lr_follows_warmup_then_poly_stepped_every_iteration(trained)
     assert [row["lr"] for row in history] == pytest.approx([0.01 * factor(0), 0.01 * factor(2)])
 
 
-def test_resume_after_ctrl_c_ends_exactly_where_an_uninterrupted_run_does(
-    fake_voc, tmp_path, monkeypatch
-):
-    """train.main in this process: Ctrl+C as epoch 3 of 3 begins, --resume, and the same
-    run without a stop end with the same weights, optimizer state, epochs and lrs."""
-    run_epoch = train.train_one_epoch
+def interrupt_epoch_3(where: str, monkeypatch) -> None:
+    """Ctrl+C in epoch 3 of train.main: as it begins, after its first training step (the
+    weights, optimizer and schedule already moved), or during its validation."""
+    run_epoch, validate = train.train_one_epoch, train.validate
 
-    def ctrl_c_in_epoch_3(*args):
-        if args[-1] == "epoch 3/3":
+    def first_step_then_stop(loader):
+        batches = iter(loader)
+        yield next(batches)
+        raise KeyboardInterrupt
+
+    def epoch(model, targets, loader, *rest):
+        if rest[-1] == "epoch 3/3":
+            if where == "start":
+                raise KeyboardInterrupt
+            if where == "mid-epoch":
+                loader = first_step_then_stop(loader)
+        return run_epoch(model, targets, loader, *rest)
+
+    def validation(student, loader, device, epoch, is_main):
+        if epoch == 3 and where == "validation":
+            next(iter(loader))
             raise KeyboardInterrupt
-        return run_epoch(*args)
+        return validate(student, loader, device, epoch, is_main)
 
-    flags = ("--epochs", "3", "--warmup-epochs", "0.5")
-    monkeypatch.setattr(train, "train_one_epoch", ctrl_c_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt, match="continue with --resume"):
-        train.main(tiny_args(fake_voc, tmp_path / "a", *flags))
-    monkeypatch.setattr(train, "train_one_epoch", run_epoch)
+    monkeypatch.setattr(train, "train_one_epoch", epoch)
+    monkeypatch.setattr(train, "validate", validation)
+
+
+@pytest.mark.parametrize("where, workers", [
+    ("start", "0"), ("mid-epoch", "0"), ("validation", "0"), ("mid-epoch", "1"),
+])  # fmt: skip
+def test_resume_after_ctrl_c_ends_exactly_where_an_uninterrupted_run_does(
+    fake_voc, tmp_path, monkeypatch, where, workers
+):
+    """train.main in this process: Ctrl+C in epoch 3 of 3, --resume, and the same run without
+    a stop end with the same weights, BatchNorm counts, optimizer state and lrs, also with a
+    loader worker process (each epoch's workers are seeded from that epoch's generator)."""
+    flags = ("--epochs", "3", "--warmup-epochs", "0.5", "--num-workers", workers)
+    with monkeypatch.context() as patched:
+        interrupt_epoch_3(where, patched)
+        with pytest.raises(KeyboardInterrupt, match="holds epoch 2; continue with --resume"):
+            train.main(tiny_args(fake_voc, tmp_path / "a", *flags))
     train.main(tiny_args(fake_voc, tmp_path / "a", *flags, "--resume"))
     train.main(tiny_args(fake_voc, tmp_path / "b", *flags))
     a, b = (load_file(tmp_path / run / "s_last.pth", "c") for run in "ab")
@@ -87,6 +112,22 @@ def test_resume_after_ctrl_c_ends_exactly_where_an_uninterrupted_run_does(
         assert torch.allclose(a["model"][key].float(), value.float(), atol=1e-6), key
     for state_a, state_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.allclose(state_a["momentum_buffer"], state_b["momentum_buffer"], atol=1e-6)
+
+
+def test_a_checkpoint_written_before_a_flag_existed_resumes_with_its_default(
+    trained, fake_voc, tmp_path
+):
+    """An older _last.pth has no entry for a flag added since (here --teacher-cache, as if
+    it were new): it resumes with that flag's default instead of being refused."""
+    out = tmp_path / "student_none.pth"
+    ckpt = load_file(train.last_path(trained["out"]), "c")
+    del ckpt["args"]["teacher_cache"]
+    torch.save(ckpt, train.last_path(out))
+    proc = train_tiny(fake_voc, out, "--kd", "none", "--epochs", 3, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming" in proc.stdout and load_file(train.last_path(out), "c")["epoch"] == 3
+    refused = train_tiny(fake_voc, out, "--kd", "none", "--epochs", 4, "--resume", "--lr", "0.5")
+    assert refused.returncode == 1 and "--lr 0.5 (checkpoint: 0.01)" in refused.stderr
 
 
 def test_resume_refuses_changed_flags_and_names_them(trained, tmp_path, fake_voc):

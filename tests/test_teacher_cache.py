@@ -1,0 +1,192 @@
+"""teacher_cache.py and train.py --teacher-cache: the stored logits are the live teacher's, each
+crop reads its own region of them, and a cache that does not belong to the run is refused."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cli import UserError
+from conftest import train_tiny
+from dataset import EvalTransform, RandomScaleCropFlip, image_path, voc_dataset
+from model import TEACHER_RESIZE, build_teacher, teacher_features
+from synthetic import make_fake_voc
+from teacher_cache import LOGITS, TeacherCache, crop_logits
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(0)
+    return build_teacher("none")
+
+
+def train_files(data_root) -> list:
+    data = voc_dataset(data_root, "train", None)
+    return [image_path(data, i) for i in range(len(data))]
+
+
+@pytest.fixture(scope="module")
+def cache(fake_voc, teacher, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("cache") / "fcn"
+    return TeacherCache.open_or_build(directory, teacher, train_files(fake_voc), CPU)
+
+
+def test_the_whole_image_unflipped_gives_the_live_teachers_logits(fake_voc, teacher, cache):
+    """At the teacher's own input size, the box being the whole image: the cached targets are
+    what teacher_features (the live teacher of train.py) gives, to float16 precision."""
+    for i, path in enumerate(train_files(fake_voc)):
+        with Image.open(path) as photo:
+            x, _ = EvalTransform(TEACHER_RESIZE)(photo.convert("RGB"), Image.new("L", photo.size))
+            width, height = photo.size
+        with torch.no_grad():
+            live = teacher_features(teacher, x[None])[0]
+        where = torch.tensor([[0.0, 0.0, width, height, 0.0]])
+        cached = cache.crop_logits(where, torch.tensor([i]), tuple(live.shape[-2:]), CPU)
+        scale = live.abs().max().item()
+        assert (cached - live).abs().max().item() < 2e-3 * scale  # float16: 11 bits
+
+
+def reference(stored: torch.Tensor, image_size: tuple, where: torch.Tensor, size: int):
+    """An independent resampling: grid_sample at each output pixel's centre mapped into the
+    original image (x = x0 + (j + 1/2)(x1 - x0) / size), in the normalised coordinates in
+    which the map spans the whole image (2 x / W - 1), flipped when the crop was."""
+    height, width = image_size
+    x0, y0, x1, y1, flipped = where.tolist()
+    xs = x0 + (torch.arange(size) + 0.5) * (x1 - x0) / size
+    ys = y0 + (torch.arange(size) + 0.5) * (y1 - y0) / size
+    gy, gx = torch.meshgrid(2 * ys / height - 1, 2 * xs / width - 1, indexing="ij")
+    grid = torch.stack([gx, gy], -1)[None]
+    out = F.grid_sample(stored.float(), grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)  # fmt: skip
+    return out.flip(-1) if flipped else out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_random_crop_reads_its_own_box_of_the_stored_map_flipped_as_the_crop(seed):
+    """Plant: forget the flip, or the scale from image to map coordinates."""
+    g = torch.Generator().manual_seed(seed)
+    stored = torch.randn(1, 21, 9, 13, generator=g).half()
+    height, width = 70, 100
+    x0, y0 = torch.rand(2, generator=g) * torch.tensor([40.0, 25.0])
+    side = 20 + 20 * torch.rand(1, generator=g).item()
+    where = torch.tensor([x0, y0, x0 + side, y0 + side, float(seed % 2)])
+    got = crop_logits(stored, (height, width), where, (32, 32))
+    assert torch.allclose(got, reference(stored, (height, width), where, 32), atol=1e-4)
+
+
+def test_the_recorded_box_is_where_the_crop_came_from():
+    """The crop's mask is the original mask sampled over the recorded box (flipped when the
+    crop was): at least 95 % of the pixels agree (nearest-neighbour resizing rounds at the
+    block edges). Plant: record the box in the resized image's coordinates."""
+    mask = np.zeros((90, 120), np.uint8)
+    for k in range(6):
+        mask[:, 20 * k : 20 * k + 20] = k + 1  # columns of distinct labels
+    mask[45:] += 10
+    image = Image.new("RGB", (120, 90))
+    for seed in range(6):
+        torch.manual_seed(seed)
+        _, crop, where = RandomScaleCropFlip(64)(image, Image.fromarray(mask))
+        x0, y0, x1, y1, flipped = where.tolist()
+        centres = torch.arange(64) + 0.5
+        cols = (x0 + centres * (x1 - x0) / 64).floor().long()
+        rows = (y0 + centres * (y1 - y0) / 64).floor().long()
+        inside = (cols < 120)[None] & (rows < 90)[:, None]
+        expected = torch.from_numpy(mask)[rows.clamp(max=89)][:, cols.clamp(max=119)]
+        if flipped:
+            expected, inside = expected.flip(-1), inside.flip(-1)
+        assert ((crop == expected) | ~inside).float().mean() > 0.95
+        assert (crop[~inside] == 255).all()  # the padding, beyond the image
+
+
+def test_a_cache_of_another_teacher_is_refused(fake_voc, cache):
+    torch.manual_seed(1)
+    other = build_teacher("none")
+    with pytest.raises(UserError, match="made by another teacher; delete .* to rebuild it"):
+        TeacherCache.open_or_build(cache.directory, other, train_files(fake_voc), CPU)
+
+
+def test_a_cache_of_other_images_is_refused(fake_voc, teacher, cache):
+    with pytest.raises(UserError, match="made for other images"):
+        TeacherCache.open_or_build(cache.directory, teacher, train_files(fake_voc)[:2], CPU)
+
+
+def test_a_changed_image_is_refused_and_a_truncated_cache_named(tmp_path, teacher):
+    make_fake_voc(tmp_path / "data", num_images=4)
+    files = train_files(tmp_path / "data")
+    directory = tmp_path / "cache"
+    TeacherCache.open_or_build(directory, teacher, files, CPU)
+    kept = files[1].read_bytes()
+    Image.new("RGB", (50, 60), "red").save(files[1])
+    with pytest.raises(UserError, match=f"{files[1].name} changed since the cache was made"):
+        TeacherCache.open_or_build(directory, teacher, files, CPU)
+    files[1].write_bytes(kept)
+    TeacherCache.open_or_build(directory, teacher, files, CPU)  # the same bytes: accepted
+    logits = directory / LOGITS
+    logits.write_bytes(logits.read_bytes()[:1000])
+    with pytest.raises(UserError, match=f"{LOGITS} is damaged .* delete .* to rebuild it"):
+        TeacherCache.open_or_build(directory, teacher, files, CPU)
+
+
+def test_an_interrupted_build_leaves_no_cache_that_looks_whole(tmp_path, teacher, monkeypatch):
+    make_fake_voc(tmp_path / "data", num_images=4)
+    files = train_files(tmp_path / "data")
+    calls = []
+
+    def stop_at_second(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    import teacher_cache
+
+    real = teacher_cache.teacher_stride8_logits
+    monkeypatch.setattr(teacher_cache, "teacher_stride8_logits", stop_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        TeacherCache.open_or_build(tmp_path / "cache", teacher, files, CPU)
+    assert list(tmp_path.glob("*cache*")) == []
+
+
+def read_log(path) -> list:
+    return list(csv.DictReader(open(path)))
+
+
+@pytest.mark.slow
+def test_a_cached_run_learns_and_writes_what_a_live_run_writes(fake_voc, tmp_path):
+    """train.py --kd response, live and cached, 4 epochs on the SYNTHETIC tree: the cached
+    run's distillation term falls, and both runs leave the same files with the same columns."""
+    flags = ("--kd", "response", "--epochs", 4, "--lr", "0.05", "--warmup-epochs", "0")
+    runs = {}
+    for name, extra in (("live", ()), ("cached", ("--teacher-cache", tmp_path / "cache"))):
+        out = tmp_path / name / "student_response.pth"
+        proc = train_tiny(fake_voc, out, *flags, *extra)
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = out.parent
+    assert "teacher cache: 4 images" in proc.stdout and "MB on disk" in proc.stdout
+    live, cached = (sorted(p.name for p in runs[n].iterdir()) for n in ("live", "cached"))
+    assert live == cached
+    log = read_log(runs["cached"] / "student_response_log.csv")
+    assert log[0].keys() == read_log(runs["live"] / "student_response_log.csv")[0].keys()
+    kl = [float(row["train_kl"]) for row in log]
+    assert kl[-1] < 0.7 * kl[0]
+    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    assert [e["name"] for e in index["images"]] == [p.name for p in train_files(fake_voc)]
+
+
+def test_the_flag_is_refused_where_there_is_no_response_term(fake_voc, tmp_path):
+    proc = train_tiny(fake_voc, tmp_path / "s.pth", "--kd", "feature", "--teacher-cache", "c")
+    assert proc.returncode == 2 and "--kd feature has no response term" in proc.stderr
+
+
+def test_a_cache_folder_that_is_a_file_is_one_error(fake_voc, tmp_path):
+    (tmp_path / "c").write_text("not a folder")
+    proc = train_tiny(fake_voc, tmp_path / "s.pth", "--kd", "response", "--teacher-cache",
+                      tmp_path / "c", "--epochs", 1)  # fmt: skip
+    assert proc.returncode == 1 and "is not a folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
