@@ -79,8 +79,14 @@ def save_overlays(
 ) -> list:
     """Panels (image | ground truth | prediction) of the `count` best and `count` worst
     images by per-image mIoU (metrics.best_and_worst), as <out_dir>/<prefix>_{best,worst}
-    <rank>_<image id>.png, titled with `what` was evaluated. Returns the paths written."""
+    <rank>_<image id>.png, titled with `what` was evaluated; the panels a previous run left
+    under that prefix are removed first. Returns the paths written."""
     best, worst = best_and_worst(per_image_miou, count)
+    for old in [
+        *Path(out_dir).glob(f"{prefix}_best*.png"),
+        *Path(out_dir).glob(f"{prefix}_worst*.png"),
+    ]:
+        old.unlink()  # a previous run's panels: they would be taken for this run's
     paths = []
     for kind, picks in (("best", best), ("worst", worst)):
         for rank, index in enumerate(picks, 1):

@@ -52,7 +52,7 @@ def teacher_fingerprint(teacher: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in teacher.state_dict().items():
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 

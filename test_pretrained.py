@@ -15,6 +15,8 @@ writes <out-dir>/step1_fcn_resnet50.json and best/worst overlays under <out-dir>
 
 import argparse
 
+import torch
+
 from cli import add_eval_args, check_output, number, parser, resolve_device, run, write_json
 from dataset import eval_loader
 from lab import OVERLAYS, STEP1_RESULT, TEACHER_PREFIX, save_overlays
@@ -53,6 +55,7 @@ def main(args: argparse.Namespace) -> None:
         resize=TEACHER_RESIZE,
         limit=args.limit,
     )
+    torch.manual_seed(0)  # --weights none: the same random weights at every run
     teacher = build_teacher(args.weights).to(device)
     synthetic = is_synthetic(args.data_root)
     result = measure(teacher, loader, device, args.size, args.runs, count_params(teacher))
