@@ -220,10 +220,18 @@ def write_json(obj: dict, path: str | Path) -> None:
 
 def add_timing_args(p: argparse.ArgumentParser, size: int, runs: int) -> None:
     """--size and --runs of the ms/image measurement (metrics.ms_per_image)."""
-    p.add_argument("--size", type=number(int, 32, 4096), default=size,
-                   help="side of the square input timed for ms/image")  # fmt: skip
-    p.add_argument("--runs", type=number(int, 1, 10_000), default=runs,
-                   help="timed passes, after warm-up; the median is kept")  # fmt: skip
+    p.add_argument(
+        "--size",
+        type=number(int, 32, 4096),
+        default=size,
+        help="side of the square input timed for ms/image",
+    )
+    p.add_argument(
+        "--runs",
+        type=number(int, 1, 10_000),
+        default=runs,
+        help="timed passes, after warm-up; the median is kept",
+    )
 
 
 def add_eval_args(p: argparse.ArgumentParser, size: int) -> None:

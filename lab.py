@@ -9,12 +9,13 @@ each other.
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
 from cli import WEIGHTS_DIR
 from dataset import image_path
-from metrics import best_and_worst, predict
+from metrics import best_and_worst
 from visualize import overlay_panel, save_png
 from voc import SYNTHETIC_NOTE
 
@@ -67,35 +68,34 @@ def build_optimizer(params, config: OptimConfig) -> torch.optim.Optimizer:
 
 
 def save_overlays(
-    model: torch.nn.Module,
     dataset,
-    per_image_miou: list,
+    scores: list,
+    predictions: list,
     count: int,
     out_dir: str | Path,
     prefix: str,
     what: str,
-    device: torch.device,
     synthetic: bool,
 ) -> list:
     """Panels (image | ground truth | prediction) of the `count` best and `count` worst
-    images by per-image mIoU (metrics.best_and_worst), as <out_dir>/<prefix>_{best,worst}
-    <rank>_<image id>.png, titled with `what` was evaluated; the panels a previous run left
-    under that prefix are removed first. Returns the paths written."""
-    best, worst = best_and_worst(per_image_miou, count)
-    for old in [
-        *Path(out_dir).glob(f"{prefix}_best*.png"),
-        *Path(out_dir).glob(f"{prefix}_worst*.png"),
-    ]:
+    images by per-image mIoU (`scores`, metrics.best_and_worst), their predicted classes read
+    from `predictions` (kept by metrics.evaluate: exactly what was scored), written as
+    <out_dir>/<prefix>_{best,worst}<rank>_<image id>.png and titled with `what` was
+    evaluated; the panels a previous run left under that prefix are removed first. Returns the
+    paths written."""
+    best, worst = best_and_worst(scores, count)
+    out_dir = Path(out_dir)
+    for old in [*out_dir.glob(f"{prefix}_best*.png"), *out_dir.glob(f"{prefix}_worst*.png")]:
         old.unlink()  # a previous run's panels: they would be taken for this run's
     paths = []
     for kind, picks in (("best", best), ("worst", worst)):
         for rank, index in enumerate(picks, 1):
-            image, mask = dataset[index]
-            pred = predict(model, image, tuple(mask.shape[-2:]), device)
+            _, mask = dataset[index]
             source = image_path(dataset, index)
-            title = f"{what}: {source.stem}, {kind} {rank}, mIoU {100 * per_image_miou[index]:.1f}%"
-            paths.append(Path(out_dir) / f"{prefix}_{kind}{rank}_{source.stem}.png")
+            title = f"{what}: {source.stem}, {kind} {rank}, mIoU {100 * scores[index]:.1f}%"
+            paths.append(out_dir / f"{prefix}_{kind}{rank}_{source.stem}.png")
+            pred = predictions[index].array()
             with Image.open(source) as photo:
-                panel = overlay_panel(photo, mask.numpy(), pred, title, synthetic)
+                panel = overlay_panel(photo, np.asarray(mask), pred, title, synthetic)
             save_png(panel, paths[-1], title + (f" ({SYNTHETIC_NOTE})" if synthetic else ""))
     return paths

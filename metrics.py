@@ -10,8 +10,10 @@ import datetime
 import math
 import statistics
 import time
+import zlib
 from functools import partial
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -84,7 +86,12 @@ def format_iou_table(iou: list, class_names: tuple = VOC_CLASSES) -> str:
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, loader, device: torch.device, desc: str = "eval", progress: bool = True
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    desc: str = "eval",
+    progress: bool = True,
+    keep_predictions: bool = False,
 ) -> dict:
     """Run `model` over an evaluation loader (dataset.collate_eval) and score it.
 
@@ -94,15 +101,17 @@ def evaluate(
     original label resolution and padded pixels never reach the metric.
 
     Returns ConfusionMatrix.compute() plus `loss` (pixel cross-entropy, 255 ignored, mean over
-    images), `per_image_miou` (in loader order, to pick the best and worst overlays) and
-    `pixels`, the number of pixels scored.
+    images), `per_image_miou` (in loader order, to pick the best and worst panels) and
+    `pixels`, the number of pixels scored; with keep_predictions, also `predictions`, each
+    image's predicted classes as scored, compressed (Prediction): the panels then show exactly
+    what was scored, without running the model again.
     In a torch.distributed group, each process scores its own share of the images and the
     confusion matrices and losses are summed across processes, so mIoU and loss are those of
     the whole split; per_image_miou stays this process's own.
     """
     model.eval()
     cm = ConfusionMatrix()
-    losses, per_image = [], []
+    losses, per_image, predictions = [], [], []
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress)
     for images, masks, sizes in bar:
         logits = model_logits(model, images.to(device, non_blocking=True))
@@ -121,6 +130,8 @@ def evaluate(
             single = ConfusionMatrix()
             single.update(pred, target)
             per_image.append(single.compute()["miou"])
+            if keep_predictions:
+                predictions.append(Prediction(pred[0]))
     loss_sum = torch.tensor([sum(losses), len(losses)], dtype=torch.float32, device=device)
     if dist.is_initialized():
         cm.sum_across_processes(device)
@@ -128,6 +139,8 @@ def evaluate(
     result = cm.compute()
     result["loss"] = (loss_sum[0] / loss_sum[1]).item() if loss_sum[1] > 0 else math.nan
     result["per_image_miou"] = per_image
+    if keep_predictions:
+        result["predictions"] = predictions
     result["pixels"] = int(cm.mat.sum())  # scored, 255 excluded
     return result
 
@@ -146,13 +159,16 @@ def best_and_worst(per_image_miou: list, count: int) -> tuple:
     return best, ranked[len(best) :][::-1][:count]
 
 
-@torch.inference_mode()
-def predict(model: nn.Module, image: torch.Tensor, size: tuple, device: torch.device):
-    """Class ids (h x w numpy array) of one normalised 3 x H x W image, the logits upsampled
-    bilinearly to `size` = (h, w), the label's size, as evaluate() scores them."""
-    logits = model_logits(model.eval(), image[None].to(device))
-    logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-    return logits.argmax(1)[0].cpu().numpy()
+class Prediction:
+    """An h x w map of class ids, kept zlib-compressed (a VOC image's map: a few KB instead of
+    about 190 KB), so that a whole split's predictions fit in memory."""
+
+    def __init__(self, classes: torch.Tensor):
+        self.shape = tuple(classes.shape)
+        self.data = zlib.compress(classes.to(torch.uint8).cpu().numpy().tobytes())
+
+    def array(self) -> np.ndarray:
+        return np.frombuffer(zlib.decompress(self.data), np.uint8).reshape(self.shape)
 
 
 def model_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -195,8 +211,9 @@ def median_ms(
 def ms_per_image(models: dict, device: torch.device, size: int, runs: int) -> dict:
     """{name: median ms of one forward pass on a 1 x 3 x size x size input} (batch 1)."""
     x = torch.randn(1, 3, size, size, device=device)
-    return median_ms({name: partial(model_logits, m.eval(), x) for name, m in models.items()},
-                     device, runs)  # fmt: skip
+    return median_ms(
+        {name: partial(model_logits, m.eval(), x) for name, m in models.items()}, device, runs
+    )
 
 
 def measure(
@@ -207,11 +224,12 @@ def measure(
     runs: int,
     params: int,
     ms: float | None = None,
+    keep_predictions: bool = False,
 ) -> dict:
     """evaluate() plus everything the report needs next to the mIoU: the caller's parameter
     count, ms/image on a 1 x 3 x size x size input (timed here over `runs`, unless `ms` was
     measured elsewhere, interleaved with other models), the device, torch's version, the date."""
-    result = evaluate(model, loader, device)
+    result = evaluate(model, loader, device, keep_predictions=keep_predictions)
     result.update(
         params=params,
         ms_per_image=ms if ms is not None else ms_per_image({0: model}, device, size, runs)[0],
@@ -228,13 +246,15 @@ def measure(
 def format_report(result: dict, title: str) -> str:
     """Per-class IoU table and the summary lines printed by test.py and test_pretrained.py."""
     synthetic = " -- SYNTHETIC data, not a VOC result" if result.get("synthetic") else ""
-    return "\n".join([
-        f"== {title}{synthetic}",
-        format_iou_table(result["iou"]),
-        f"mIoU            {100 * result['miou']:.2f} %  ({result['num_images']} images, "
-        f"split {result.get('split', '?')}){' SYNTHETIC' if synthetic else ''}",
-        f"pixel accuracy  {100 * result['pixel_acc']:.2f} %",
-        f"parameters      {result['params']:,d}",
-        f"ms/image        {result['ms_per_image']:.1f}  (batch 1, {result['input_size']}x"
-        f"{result['input_size']}, {result['device_name']})",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"== {title}{synthetic}",
+            format_iou_table(result["iou"]),
+            f"mIoU            {100 * result['miou']:.2f} %  ({result['num_images']} images, "
+            f"split {result.get('split', '?')}){' SYNTHETIC' if synthetic else ''}",
+            f"pixel accuracy  {100 * result['pixel_acc']:.2f} %",
+            f"parameters      {result['params']:,d}",
+            f"ms/image        {result['ms_per_image']:.1f}  (batch 1, {result['input_size']}x"
+            f"{result['input_size']}, {result['device_name']})",
+        ]
+    )

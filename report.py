@@ -79,13 +79,37 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
 
 
 NUMBER = (int, float)
-STEP1_KEYS = {"miou": NUMBER, "iou": list, "params": int, "ms_per_image": NUMBER,
-              "pixel_acc": NUMBER, "input_size": int, "device_name": str, "num_images": int,
-              "split": str, "date": str}  # fmt: skip
-BENCH_KEYS = {"models": list, "train_steps": list, "device_name": str, "torch": str,
-              "date": str, "size": int, "batch_size": int, "crop_size": int}  # fmt: skip
-BENCH_MODEL_KEYS = {"model": str, "runtime": str, "params": int, "gflops": NUMBER,
-                    "ms_per_image": NUMBER, "times_student": NUMBER, "mb": NUMBER}  # fmt: skip
+STEP1_KEYS = {
+    "miou": NUMBER,
+    "iou": list,
+    "params": int,
+    "ms_per_image": NUMBER,
+    "pixel_acc": NUMBER,
+    "input_size": int,
+    "device_name": str,
+    "num_images": int,
+    "split": str,
+    "date": str,
+}
+BENCH_KEYS = {
+    "models": list,
+    "train_steps": list,
+    "device_name": str,
+    "torch": str,
+    "date": str,
+    "size": int,
+    "batch_size": int,
+    "crop_size": int,
+}
+BENCH_MODEL_KEYS = {
+    "model": str,
+    "runtime": str,
+    "params": int,
+    "gflops": NUMBER,
+    "ms_per_image": NUMBER,
+    "times_student": NUMBER,
+    "mb": NUMBER,
+}
 BENCH_STEP_KEYS = {"kd": str, "ms_per_step": NUMBER, "overhead_vs_none": NUMBER}
 HISTORY_KEYS = {"epoch_time_s": NUMBER}
 
@@ -210,26 +234,49 @@ def architecture_section() -> list:
         for name, kind, shape, params in describe_layers(student)
     ]
     return [
-        "## 2. The student network", "",
-        "```", inspect.getdoc(model.Student), "```", "",
+        "## 2. The student network",
+        "",
+        "```",
+        inspect.getdoc(model.Student),
+        "```",
+        "",
         "Layer by layer, for a 520x520 input (output shape C x H x W; parameters counted from "
-        "the model):", "",
+        "the model):",
+        "",
         *md_table(["block", "type", "output", "parameters"], rows),
-        "", f"Total: **{count_params(student):,d} parameters**.", "",
-    ]  # fmt: skip
+        "",
+        f"Total: **{count_params(student):,d} parameters**.",
+        "",
+    ]
 
 
 def distillation_section() -> list:
     return [
-        "## 3. Knowledge distillation as implemented", "",
-        "From the docstrings of `distill.py`, the code that computes the losses:", "",
-        "```", inspect.getdoc(distill), "```", "",
-        "`response_kd_loss`:", "", "```", inspect.getdoc(distill.response_kd_loss), "```", "",
-        "`cosine_distance`:", "", "```", inspect.getdoc(distill.cosine_distance), "```", "",
+        "## 3. Knowledge distillation as implemented",
+        "",
+        "From the docstrings of `distill.py`, the code that computes the losses:",
+        "",
+        "```",
+        inspect.getdoc(distill),
+        "```",
+        "",
+        "`response_kd_loss`:",
+        "",
+        "```",
+        inspect.getdoc(distill.response_kd_loss),
+        "```",
+        "",
+        "`cosine_distance`:",
+        "",
+        "```",
+        inspect.getdoc(distill.cosine_distance),
+        "```",
+        "",
         "Distilled feature pairs (student tap <-> teacher layer): "
         + ", ".join(f"`{name}`" for name in distill.FEATURE_PAIRS)
-        + ", each through a 1x1 conv + BN adapter that exists only during training.", "",
-    ]  # fmt: skip
+        + ", each through a 1x1 conv + BN adapter that exists only during training.",
+        "",
+    ]
 
 
 def training_section(runs: dict, outputs: Path, missing: list) -> list:
@@ -329,8 +376,11 @@ def qualitative_section(outputs: Path, runs: dict, missing: list) -> list:
     for prefix, title in [(TEACHER_PREFIX, "FCN-ResNet50 (Step 1)")] + [
         (f"student_{kd}", f"student, --kd {kd}") for kd in runs
     ]:
-        found = [p for p in sorted((outputs / OVERLAYS).glob(f"{prefix}_*.png"))
-                 if own_file(p, outputs, missing)]  # fmt: skip
+        found = [
+            p
+            for p in sorted((outputs / OVERLAYS).glob(f"{prefix}_*.png"))
+            if own_file(p, outputs, missing)
+        ]
         if not found:
             missing.append(f"overlays `{outputs / OVERLAYS / prefix}_*.png`")
             continue
@@ -340,16 +390,20 @@ def qualitative_section(outputs: Path, runs: dict, missing: list) -> list:
 
 
 STUDENT_SECTIONS = [
-    "## 7. Discussion (write this yourself)", "",
+    "## 7. Discussion (write this yourself)",
+    "",
     "- Which KD method helped, by how much, and is the difference larger than the run-to-run "
     "spread you would expect from another seed?",
     "- Where does the student fail (see the worst overlays)? Small objects, thin structures, "
     "rare classes (see the per-class IoU)?",
     "- What did distillation cost in training time, and what does it cost at inference?",
-    "- What would you change next (temperature, feature pairs, training set, schedule)?", "",
-    "## 8. Use of LLMs (write this yourself)", "",
-    "- Which tools did you use, for which parts, and how did you check what they produced?", "",
-]  # fmt: skip
+    "- What would you change next (temperature, feature pairs, training set, schedule)?",
+    "",
+    "## 8. Use of LLMs (write this yourself)",
+    "",
+    "- Which tools did you use, for which parts, and how did you check what they produced?",
+    "",
+]
 
 
 def build_report(outputs: Path, weights: Path) -> str:

@@ -189,11 +189,16 @@ def build(
                         "size": size,
                         "shape": list(logits.shape),
                         "offset": offset,
-                    }  # fmt: skip
+                    }
                 )
                 offset += logits.numel()
-        index = {"format": FORMAT, "teacher": fingerprint, "resize": TEACHER_RESIZE,
-                 "values": offset, "images": entries}  # fmt: skip
+        index = {
+            "format": FORMAT,
+            "teacher": fingerprint,
+            "resize": TEACHER_RESIZE,
+            "values": offset,
+            "images": entries,
+        }
         (tmp / INDEX).write_text(json.dumps(index))
         os.replace(tmp, directory)
     except OSError as e:

@@ -107,7 +107,9 @@ def evaluate_checkpoint(path: str, loaded: tuple, loader, device, args, ms=None)
     overlays; `ms`: its ms/image when timed already (--compare), else it is timed here."""
     model, info = loaded
     synthetic = is_synthetic(args.data_root) or bool(info.get("synthetic"))
-    result = measure(model, loader, device, args.size, args.runs, info.get("params"), ms)
+    params = info.get("params")
+    result = measure(model, loader, device, args.size, args.runs, params, ms, keep_predictions=True)
+    predictions = result.pop("predictions")
     result.update(
         model="student",
         kd=info.get("kd", "?"),
@@ -124,14 +126,13 @@ def evaluate_checkpoint(path: str, loaded: tuple, loader, device, args, ms=None)
     write_json(result, out / f"test_{name}.json")
     print(f"wrote {out / f'test_{name}.json'}")
     for p in save_overlays(
-        model,
         loader.dataset,
         result["per_image_miou"],
+        predictions,
         args.num_overlays,
         out / OVERLAYS,
         name,
         what,
-        device,
         synthetic,
     ):
         print(f"wrote {p}")
@@ -260,8 +261,14 @@ def read_teacher(path: Path) -> tuple:
         teacher = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         return None, [f"{path}: {e}"]
-    types = {"miou": float, "params": int, "ms_per_image": float, "input_size": int,
-             "num_images": int, "device_name": str}  # fmt: skip
+    types = {
+        "miou": float,
+        "params": int,
+        "ms_per_image": float,
+        "input_size": int,
+        "num_images": int,
+        "device_name": str,
+    }
     if not isinstance(teacher, dict) or not all(
         isinstance(teacher.get(k), (int, t) if t is float else t) for k, t in types.items()
     ):

@@ -58,21 +58,22 @@ def main(args: argparse.Namespace) -> None:
     torch.manual_seed(0)  # --weights none: the same random weights at every run
     teacher = build_teacher(args.weights).to(device)
     synthetic = is_synthetic(args.data_root)
-    result = measure(teacher, loader, device, args.size, args.runs, count_params(teacher))
+    params = count_params(teacher)
+    result = measure(teacher, loader, device, args.size, args.runs, params, keep_predictions=True)
+    predictions = result.pop("predictions")
     result.update(model="FCN-ResNet50", weights=args.weights, split=args.split, synthetic=synthetic)
     what = f"FCN-ResNet50, {describe_weights(args.weights)}"
     print(format_report(result, f"Step 1: {what}"))
     write_json(result, out / STEP1_RESULT)
     print(f"wrote {out / STEP1_RESULT}")
     overlays = save_overlays(
-        teacher,
         loader.dataset,
         result["per_image_miou"],
+        predictions,
         args.num_overlays,
         out / OVERLAYS,
         TEACHER_PREFIX,
         what,
-        device,
         synthetic,
     )
     for path in overlays:

@@ -518,9 +518,15 @@ def main(args: argparse.Namespace) -> None:
             # lr: the first step's, as the bar shows each step's (the schedule is per step)
             row = {"epoch": epoch, "data": tag, "lr": scheduler.get_last_lr()[0]}
             row |= train_one_epoch(
-                model, targets, train_loader, optimizer, scheduler, scaler, device,
+                model,
+                targets,
+                train_loader,
+                optimizer,
+                scheduler,
+                scaler,
+                device,
                 f"epoch {epoch}/{args.epochs}",
-            )  # fmt: skip
+            )
             row |= validate(model_without_ddp.student, val_loader, device, epoch, is_main)
             row["epoch_time_s"] = time.perf_counter() - start
             history.append(row)

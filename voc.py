@@ -13,10 +13,28 @@ from pathlib import Path
 from cli import UserError
 
 VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 NUM_CLASSES = len(VOC_CLASSES)
 IGNORE_INDEX = 255  # VOC's void label: object edges and ambiguous pixels, never scored
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the encoders' pretraining statistics

@@ -6,6 +6,7 @@ raise, in this process and (through its sitecustomize.py) in every script a test
 
 import contextlib
 import importlib.util
+import inspect
 import io
 import os
 import subprocess
@@ -47,8 +48,14 @@ def fake_voc(tmp_path_factory) -> Path:
 def run_python(*argv, cwd: Path | None = None, timeout: float = 300):
     """`python *argv` in a fresh interpreter, offline; returns the CompletedProcess."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GUARD), str(ROOT)]))
-    return subprocess.run([sys.executable, *map(str, argv)], cwd=cwd or ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, *map(str, argv)],
+        cwd=cwd or ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_subprocess(script: str, *args, **kwargs):
@@ -79,20 +86,52 @@ def load_script(name: str):
     return module
 
 
-TINY_TRAIN = ("--no-pretrained-backbone", "--teacher-weights", "none", "--device", "cpu",
-              "--batch-size", "2", "--crop-size", "64", "--num-workers", "0",
-              "--limit-train", "4", "--limit-val", "2")  # fmt: skip
+TINY_TRAIN = (
+    "--no-pretrained-backbone",
+    "--teacher-weights",
+    "none",
+    "--device",
+    "cpu",
+    "--batch-size",
+    "2",
+    "--crop-size",
+    "64",
+    "--num-workers",
+    "0",
+    "--limit-train",
+    "4",
+    "--limit-val",
+    "2",
+)
 
 
 def train_tiny(data_root: Path, out: Path, *flags):
     """train.py on the SYNTHETIC tree with the smallest settings, its log beside `out`."""
-    return run_script("train.py", "--data-root", data_root, "--out", out, "--out-dir", out.parent,
-                      *TINY_TRAIN, *flags)  # fmt: skip
+    return run_script(
+        "train.py",
+        "--data-root",
+        data_root,
+        "--out",
+        out,
+        "--out-dir",
+        out.parent,
+        *TINY_TRAIN,
+        *flags,
+    )
 
 
 # Keys that Step 1's and test.py's JSON both hold.
-RESULT_KEYS = {"miou", "iou", "pixel_acc", "params", "ms_per_image", "device", "split",
-               "num_images", "synthetic"}  # fmt: skip
+RESULT_KEYS = {
+    "miou",
+    "iou",
+    "pixel_acc",
+    "params",
+    "ms_per_image",
+    "device",
+    "split",
+    "num_images",
+    "synthetic",
+}
 
 
 @pytest.fixture(scope="session")
@@ -109,8 +148,18 @@ def trained(fake_voc, tmp_path_factory) -> dict:
 def export_run(trained, fake_voc, tmp_path_factory) -> dict:
     """export.py on the trained checkpoint, with --int8 calibrated on 2 SYNTHETIC images."""
     out = tmp_path_factory.mktemp("exported") / "student_none.onnx"
-    proc = run_script("export.py", "--checkpoint", trained["out"], "--out", out, "--int8",
-                      "--calib", "2", "--data-root", fake_voc)  # fmt: skip
+    proc = run_script(
+        "export.py",
+        "--checkpoint",
+        trained["out"],
+        "--out",
+        out,
+        "--int8",
+        "--calib",
+        "2",
+        "--data-root",
+        fake_voc,
+    )
     assert proc.returncode == 0, proc.stderr
     return {"onnx": out, "int8": out.with_name("student_none_int8.onnx"), "proc": proc}
 
@@ -118,3 +167,28 @@ def export_run(trained, fake_voc, tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def exported(export_run) -> Path:
     return export_run["onnx"]
+
+
+# What makes a test slow (seconds, not milliseconds): a real training run, a script in its own
+# interpreter, or a fixture that trains or exports. `python -m pytest -m "not slow"` skips them.
+SLOW_FIXTURES = {"trained", "export_run", "exported", "person_checkpoint"}
+SLOW_CALLS = (
+    "run_subprocess(",
+    "run_python(",
+    "train_tiny(",
+    "train.main(",
+    "run_demo(",
+    'run_script("train.py"',
+    'run_script("benchmark.py"',
+    'run_script("export.py"',
+    'run_script("test_pretrained.py"',
+)
+
+
+def pytest_collection_modifyitems(items):
+    """Mark slow the tests that use a slow fixture or make a slow call (read off their
+    source), besides those marked by hand."""
+    for item in items:
+        source = inspect.getsource(item.function) if hasattr(item, "function") else ""
+        if SLOW_FIXTURES & set(item.fixturenames) or any(c in source for c in SLOW_CALLS):
+            item.add_marker(pytest.mark.slow)

@@ -27,8 +27,9 @@ def conv_flops(model: nn.Module, size: int) -> int:
         total += 2 * output.shape[1] * sum(x.numel() for x in inputs)  # its 1x1 keeps cout
 
     hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    hooks += [m.register_forward_hook(decoder_hook) for m in model.modules()
-              if isinstance(m, Decoder)]  # fmt: skip
+    hooks += [
+        m.register_forward_hook(decoder_hook) for m in model.modules() if isinstance(m, Decoder)
+    ]
     with torch.inference_mode():
         model.eval()(torch.zeros(1, 3, size, size))
     for h in hooks:
@@ -42,9 +43,22 @@ def test_gflops_match_a_hand_count_on_a_single_convolution():
 
 
 def test_benchmark_reports_parameters_flops_and_ratios_against_the_eager_student(tmp_path):
-    proc = run_script("benchmark.py", "--device", "cpu", "--size", "64", "--runs", "1",
-                      "--batch-size", "2", "--crop-size", "64", "--no-onnx",
-                      "--out-dir", tmp_path)  # fmt: skip
+    proc = run_script(
+        "benchmark.py",
+        "--device",
+        "cpu",
+        "--size",
+        "64",
+        "--runs",
+        "1",
+        "--batch-size",
+        "2",
+        "--crop-size",
+        "64",
+        "--no-onnx",
+        "--out-dir",
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "benchmark.json").read_text())
     models = {

@@ -145,25 +145,41 @@ def test_sigterm_during_a_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
-@pytest.mark.parametrize("script", ["train", "test", "test_pretrained", "benchmark", "export",
-                                    "report", "make_submission", "dataset"])  # fmt: skip
+@pytest.mark.parametrize(
+    "script",
+    [
+        "train",
+        "test",
+        "test_pretrained",
+        "benchmark",
+        "export",
+        "report",
+        "make_submission",
+        "dataset",
+    ],
+)
 def test_help_shows_every_default_and_no_negative_flag_reads_true(script, capsys):
     with pytest.raises(SystemExit):
         load_script(script).parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert not re.search(r"(?<!, )--no-[\w-]+ +[^-]*\(default: True\)", text)  # alone, negated
-    for flag, default in {"train": [("--epochs", "100"), ("--weight-decay", "0.0001")],
-                          "test": [("--split", "val")], "benchmark": [("--onnx", "True")]
-                          }.get(script, []):  # fmt: skip
+    for flag, default in {
+        "train": [("--epochs", "100"), ("--weight-decay", "0.0001")],
+        "test": [("--split", "val")],
+        "benchmark": [("--onnx", "True")],
+    }.get(script, []):
         assert re.search(rf"{flag}\b.*?\(default: {re.escape(default)}\)", text), flag
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--out", ""], "--out: must not be empty"),
-    (["--seed", "-1"], "--seed: must be at least 0"),
-    (["--seed", str(2**64)], "--seed: must be at least 0 and at most"),
-    (["--tau", "1e-300"], "--tau: must be at least 0.1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--out", ""], "--out: must not be empty"),
+        (["--seed", "-1"], "--seed: must be at least 0"),
+        (["--seed", str(2**64)], "--seed: must be at least 0 and at most"),
+        (["--tau", "1e-300"], "--tau: must be at least 0.1"),
+    ],
+)
 def test_degenerate_and_empty_flag_values_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
         load_script("train").parse_args(argv)

@@ -111,7 +111,9 @@ def test_the_offline_demo_runs_twice_as_printed_in_its_own_folder(tmp_path, monk
     pictures = [outputs / "student_response_curves.png", *outputs.glob("overlays/*.png")]
     assert len(pictures) > 3
     assert all("SYNTHETIC" in Image.open(p).text["Title"] for p in pictures)
-    assert all("RANDOM weights" in Image.open(p).text["Title"]
-               for p in outputs.glob("overlays/fcn_resnet50_*"))  # fmt: skip
+    assert all(
+        "RANDOM weights" in Image.open(p).text["Title"]
+        for p in outputs.glob("overlays/fcn_resnet50_*")
+    )
     report = (outputs / "report.md").read_text()
     assert "SYNTHETIC" in report and "RANDOM-weight FCN-ResNet50 on SYNTHETIC data" in report

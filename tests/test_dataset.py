@@ -123,8 +123,9 @@ def test_missing_dataset_stops_with_the_layout_and_the_download_flag(tmp_path):
 def test_eval_and_training_preprocessing_are_both_x_over_255_then_imagenet_normalised():
     colour = (200, 100, 50)
     image, mask = Image.new("RGB", (40, 30), colour), Image.new("L", (40, 30), 1)
-    by_hand = torch.tensor([(c / 255 - m) / s for c, m, s in zip(colour, IMAGENET_MEAN,
-                                                                  IMAGENET_STD)])  # fmt: skip
+    by_hand = torch.tensor(
+        [(c / 255 - m) / s for c, m, s in zip(colour, IMAGENET_MEAN, IMAGENET_STD)]
+    )
     evaluated, _ = EvalTransform()(image, mask)
     assert torch.allclose(evaluated, by_hand[:, None, None].expand(3, 30, 40), atol=1e-5)
     torch.manual_seed(0)
@@ -155,9 +156,14 @@ DAMAGES = {
     "RGB mask": lambda voc, n: save_mask(voc, n, 0, "RGB"),
     "mask size differs": lambda voc, n: save_mask(voc, n, 0, size=(9, 7)),
 }
-MESSAGES = {"truncated image": "cannot read", "missing image": "is missing",
-            "unreadable mask": "cannot read", "label out of range": "label 30",
-            "RGB mask": "not a label map", "mask size differs": "its mask is 9x7"}  # fmt: skip
+MESSAGES = {
+    "truncated image": "cannot read",
+    "missing image": "is missing",
+    "unreadable mask": "cannot read",
+    "label out of range": "label 30",
+    "RGB mask": "not a label map",
+    "mask size differs": "its mask is 9x7",
+}
 
 
 @pytest.fixture
@@ -197,17 +203,20 @@ def test_a_damaged_file_is_one_error_naming_it_in_check_and_test_py(damage, dama
         "1",
         "--num-workers",
         "1" if damage == "label out of range" else "0",
-    )  # fmt: skip  (one read in a worker process: each of those costs a 5 s worker shutdown)
+    )  # one read in a worker process: each of those costs a 5 s worker shutdown
     last = proc.stderr.strip().splitlines()[-1]  # after the progress bar that was running
     assert proc.returncode == 1 and proc.stderr.count("error") == 1, proc.stderr
     assert "Traceback" not in proc.stderr and last.startswith("error: ")
     assert name in last and MESSAGES[damage] in last
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "lists no image"),
-    (b"\xff\xfe\x00binary", "cannot read the split file"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "lists no image"),
+        (b"\xff\xfe\x00binary", "cannot read the split file"),
+    ],
+)
 def test_an_empty_or_binary_split_file_is_a_clear_error(tmp_path, content, message):
     make_fake_voc(tmp_path, num_images=4)
     (tmp_path / VOC.subdir / "ImageSets/Segmentation/val.txt").write_bytes(content)

@@ -219,8 +219,10 @@ def test_feature_distances_ignore_positions_labelled_void(batch):
     student, adapters = build_student().eval(), build_adapters().eval()
     with torch.no_grad():
         feats = student(images, return_features=True)[1]
-        teacher = {name: torch.randn(f.shape[0], adapters[name][0].out_channels, *f.shape[-2:])
-                   for name, f in feats.items()}  # fmt: skip
+        teacher = {
+            name: torch.randn(f.shape[0], adapters[name][0].out_channels, *f.shape[-2:])
+            for name, f in feats.items()
+        }
         base = feature_kd_loss(feats, teacher, adapters, masks)[0]
         for side, changes in ((slice(0, 2), False), (slice(-2, None), True)):
             moved = {name: t.clone() for name, t in teacher.items()}

@@ -20,15 +20,21 @@ def test_the_export_matches_pytorch_at_several_sizes_and_carries_the_metadata(tr
     assert all(diff < 1e-4 and agree == 1.0 for _, _, diff, agree in rows)
     assert model.metadata["kd"] == "none" and model.metadata["synthetic"] is True
     assert model.metadata["params"] == sum(p.numel() for p in student.parameters())
-    printed = re.findall(r"(\d+)x(\d+): max \|ONNX Runtime - PyTorch\| = ([\d.e+-]+)",
-                         export_run["proc"].stdout)  # fmt: skip
+    printed = re.findall(
+        r"(\d+)x(\d+): max \|ONNX Runtime - PyTorch\| = ([\d.e+-]+)", export_run["proc"].stdout
+    )
     assert len(printed) == 3 and all(float(diff) < 1e-4 for *_, diff in printed)
 
 
 def test_int8_is_written_and_reports_its_agreement(export_run, fake_voc):
     stdout = export_run["proc"].stdout
-    agreement = float(re.search(r"int8 argmax agreement with fp32 on 2 val images "
-                                r"\(SYNTHETIC data\): ([\d.]+)%", stdout).group(1))  # fmt: skip
+    agreement = float(
+        re.search(
+            r"int8 argmax agreement with fp32 on 2 val images "
+            r"\(SYNTHETIC data\): ([\d.]+)%",
+            stdout,
+        ).group(1)
+    )
     fp32, int8 = OnnxModel(export_run["onnx"]), OnnxModel(export_run["int8"])
     expected = argmax_agreement(fp32, int8, images(fake_voc, "val", 2))
     assert agreement == pytest.approx(100 * expected, abs=0.005)  # as printed, 2 decimals
@@ -40,10 +46,15 @@ def test_int8_is_written_and_reports_its_agreement(export_run, fake_voc):
 
 
 def test_int8_report_counts_the_operations_onnx_runtime_runs(export_run):
-    printed = dict(re.findall(r"(fp32|int8) as ONNX Runtime runs it on this CPU: (.*)",
-                              export_run["proc"].stdout))  # fmt: skip
-    ops = {name: {op: int(n) for n, op in re.findall(r"(\d+) (\w+)", line)}
-           for name, line in printed.items()}  # fmt: skip
+    printed = dict(
+        re.findall(
+            r"(fp32|int8) as ONNX Runtime runs it on this CPU: (.*)", export_run["proc"].stdout
+        )
+    )
+    ops = {
+        name: {op: int(n) for n, op in re.findall(r"(\d+) (\w+)", line)}
+        for name, line in printed.items()
+    }
     stored = [node.op_type for node in onnx.load(export_run["int8"]).graph.node]
     # ONNX Runtime fuses each stored DequantizeLinear -> Conv -> QuantizeLinear into one op.
     assert ops["int8"]["QLinearConv"] == stored.count("Conv") > 0
@@ -80,8 +91,16 @@ def test_the_metadata_is_json_of_the_run(export_run):
 
 def test_int8_without_calibration_data_is_one_error_and_writes_nothing(trained, tmp_path):
     out = tmp_path / "s.onnx"
-    proc = run_script("export.py", "--checkpoint", trained["out"], "--out", out, "--int8",
-                      "--data-root", tmp_path / "no_data")  # fmt: skip
+    proc = run_script(
+        "export.py",
+        "--checkpoint",
+        trained["out"],
+        "--out",
+        out,
+        "--int8",
+        "--data-root",
+        tmp_path / "no_data",
+    )
     assert proc.returncode == 1 and "PASCAL VOC 2012 not found" in proc.stderr
     assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
 
@@ -89,10 +108,11 @@ def test_int8_without_calibration_data_is_one_error_and_writes_nothing(trained, 
 def test_an_onnx_model_of_another_kind_is_refused(tmp_path):
     onnx = require("onnx")
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+        [onnx.helper.make_node("Identity", ["x"], ["y"])],
+        "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
-    )  # fmt: skip
+    )
     path = tmp_path / "other.onnx"
     onnx.save_model(onnx.helper.make_model(graph), str(path))
     with pytest.raises(UserError, match="is not a segmentation model of export.py"):

@@ -8,13 +8,27 @@ from conftest import run_script
 @pytest.fixture
 def repo(tmp_path):
     """A repository-shaped folder with deliverables and things that must stay out."""
-    for name in ["train.py", "model.py", "train.txt", "test.txt", "README.md",
-                 "requirements.txt", "tests/test_model.py", "weights/student_none.pth",
-                 "weights/student_response.pth", "weights/student_feature.pth",
-                 "weights/student_none_last.pth", "outputs/student_none_curves.png",
-                 "outputs/kd_comparison.md", "outputs/overlays/a.png", "data/VOCdevkit/x.jpg",
-                 ".git/config", "__pycache__/model.cpython-311.pyc", "old.zip",
-                 ".pytest_cache/v"]:  # fmt: skip
+    for name in [
+        "train.py",
+        "model.py",
+        "train.txt",
+        "test.txt",
+        "README.md",
+        "requirements.txt",
+        "tests/test_model.py",
+        "weights/student_none.pth",
+        "weights/student_response.pth",
+        "weights/student_feature.pth",
+        "weights/student_none_last.pth",
+        "outputs/student_none_curves.png",
+        "outputs/kd_comparison.md",
+        "outputs/overlays/a.png",
+        "data/VOCdevkit/x.jpg",
+        ".git/config",
+        "__pycache__/model.cpython-311.pyc",
+        "old.zip",
+        ".pytest_cache/v",
+    ]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(name)
     return tmp_path
@@ -24,11 +38,21 @@ def test_the_zip_holds_the_deliverables_and_nothing_else(repo):
     proc = run_script("make_submission.py", "12345678", "87654321", "--root", repo)
     assert proc.returncode == 0, proc.stderr
     names = set(zipfile.ZipFile(repo / "12345678_87654321.zip").namelist())
-    assert names == {"train.py", "model.py", "train.txt", "test.txt", "README.md",
-                     "requirements.txt", "tests/test_model.py", "weights/student_none.pth",
-                     "weights/student_response.pth", "weights/student_feature.pth",
-                     "outputs/student_none_curves.png", "outputs/kd_comparison.md",
-                     "outputs/overlays/a.png"}  # fmt: skip
+    assert names == {
+        "train.py",
+        "model.py",
+        "train.txt",
+        "test.txt",
+        "README.md",
+        "requirements.txt",
+        "tests/test_model.py",
+        "weights/student_none.pth",
+        "weights/student_response.pth",
+        "weights/student_feature.pth",
+        "outputs/student_none_curves.png",
+        "outputs/kd_comparison.md",
+        "outputs/overlays/a.png",
+    }
     assert "MiB" in proc.stdout and "warning" not in proc.stdout
 
 
@@ -50,13 +74,16 @@ def test_missing_deliverables_warn_and_fail_with_strict(repo):
     assert not (repo / "12345678.zip").exists()
 
 
-@pytest.mark.parametrize("numbers, message", [
-    (["s1234567"], "must be 1 to 20 digits"),
-    (["1234-5678"], "must be 1 to 20 digits"),
-    (["１２３"], "must be 1 to 20 digits"),
-    (["1" * 300], "must be 1 to 20 digits"),
-    (["12345678", "12345678"], "the same student number twice"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "numbers, message",
+    [
+        (["s1234567"], "must be 1 to 20 digits"),
+        (["1234-5678"], "must be 1 to 20 digits"),
+        (["１２３"], "must be 1 to 20 digits"),
+        (["1" * 300], "must be 1 to 20 digits"),
+        (["12345678", "12345678"], "the same student number twice"),
+    ],
+)
 def test_a_bad_student_number_is_refused(repo, numbers, message):
     proc = run_script("make_submission.py", *numbers, "--root", repo)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
@@ -68,8 +95,12 @@ def test_links_caches_hidden_files_and_own_photos_stay_out(repo, tmp_path_factor
     secret.write_text("not yours to pack")
     (repo / "outputs/link.txt").symlink_to(secret)
     (repo / "outputs/linked_dir").symlink_to(secret.parent, target_is_directory=True)
-    for name in ("tests/__pycache__/x.cpython-311.pyc", "outputs/.DS_Store",
-                 "outputs/photos/me_jpg_mask.png", "weights/student_none.onnx"):  # fmt: skip
+    for name in (
+        "tests/__pycache__/x.cpython-311.pyc",
+        "outputs/.DS_Store",
+        "outputs/photos/me_jpg_mask.png",
+        "weights/student_none.onnx",
+    ):
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_text(name)
     (repo / "outputs/test_student_none.json").write_text('{"synthetic": true}')

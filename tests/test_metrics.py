@@ -150,8 +150,9 @@ def test_distributed_evaluation_equals_the_single_process_one(fake_voc, tmp_path
     model = build_student()
     single = evaluate(model, eval_loader(fake_voc, "val", num_workers=0), torch.device("cpu"))
     results = tmp_path / "distributed.json"
-    mp.spawn(evaluate_shard, args=(2, str(tmp_path / "store"), str(fake_voc), str(results)),
-             nprocs=2)  # fmt: skip
+    mp.spawn(
+        evaluate_shard, args=(2, str(tmp_path / "store"), str(fake_voc), str(results)), nprocs=2
+    )
     distributed = json.loads(results.read_text())
     assert distributed["miou"] == pytest.approx(single["miou"], abs=1e-12)
     assert distributed["iou"] == [
@@ -160,13 +161,16 @@ def test_distributed_evaluation_equals_the_single_process_one(fake_voc, tmp_path
     assert distributed["loss"] == pytest.approx(single["loss"], rel=1e-5)
 
 
-@pytest.mark.parametrize("scores, count, best, worst", [
-    ([0.2, 0.9], 3, [1], [0]),  # two images: one best, one worst
-    ([0.5, 0.1, 0.9, 0.3], 2, [2, 0], [1, 3]),
-    ([0.5, float("nan"), 0.1, 0.9], 1, [3], [2]),  # an image with no scored pixel is skipped
-    ([0.4, 0.6, 0.2], 3, [1, 0], [2]),
-    ([0.7], 2, [0], []),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "scores, count, best, worst",
+    [
+        ([0.2, 0.9], 3, [1], [0]),  # two images: one best, one worst
+        ([0.5, 0.1, 0.9, 0.3], 2, [2, 0], [1, 3]),
+        ([0.5, float("nan"), 0.1, 0.9], 1, [3], [2]),  # an image with no scored pixel is skipped
+        ([0.4, 0.6, 0.2], 3, [1, 0], [2]),
+        ([0.7], 2, [0], []),
+    ],
+)
 def test_best_and_worst_are_disjoint_ranked_and_both_present_from_two_images(
     scores, count, best, worst
 ):

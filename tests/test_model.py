@@ -166,12 +166,15 @@ def test_checkpoints_are_written_atomically_and_load_back(tmp_path, student):
     )
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"not a checkpoint", "corrupt or not a PyTorch file"),
-    ({"model": {"fc.weight": torch.zeros(2)}}, "different architecture"),
-    ({"weights": 1}, "not a checkpoint of train.py"),
-    ([1, 2, 3], "holds a list"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not a checkpoint", "corrupt or not a PyTorch file"),
+        ({"model": {"fc.weight": torch.zeros(2)}}, "different architecture"),
+        ({"weights": 1}, "not a checkpoint of train.py"),
+        ([1, 2, 3], "holds a list"),
+    ],
+)
 def test_bad_checkpoints_give_a_one_line_error(tmp_path, content, message):
     path = tmp_path / "bad.pth"
     if isinstance(content, bytes):

@@ -14,9 +14,18 @@ def test_the_draft_holds_the_table_the_plots_and_the_overlays(trained, tmp_path)
     shutil.copy(trained["out"], weights / "student_none.pth")
     shutil.copy(trained["logs"] / "student_none_curves.png", outputs)
     (outputs / "overlays" / "student_none_best1_fake_000004.png").write_bytes(b"png")
-    row = {"kd": "none", "miou": 0.25, "params": 1035733, "ms_per_image": 12.5, "input_size": 520,
-           "device_name": "a CPU", "checkpoint": "weights/student_none.pth", "split": "val",
-           "num_images": 4, "synthetic": True}  # fmt: skip
+    row = {
+        "kd": "none",
+        "miou": 0.25,
+        "params": 1035733,
+        "ms_per_image": 12.5,
+        "input_size": 520,
+        "device_name": "a CPU",
+        "checkpoint": "weights/student_none.pth",
+        "split": "val",
+        "num_images": 4,
+        "synthetic": True,
+    }
     test = load_script("test")
     (outputs / "kd_comparison.md").write_text(test.comparison_markdown([row], None, []))
 
@@ -46,8 +55,12 @@ def test_an_empty_outputs_folder_gives_a_draft_listing_what_is_missing(tmp_path)
     proc = run_script("report.py", "--out-dir", tmp_path / "out", "--weights-dir", tmp_path / "w")
     assert proc.returncode == 0, proc.stderr
     draft = (tmp_path / "out" / "report.md").read_text()
-    for item in ("step1_fcn_resnet50.json", "benchmark.json", "student_none.pth",
-                 "student_feature.pth"):  # fmt: skip
+    for item in (
+        "step1_fcn_resnet50.json",
+        "benchmark.json",
+        "student_none.pth",
+        "student_feature.pth",
+    ):
         assert item in draft.split("**Missing inputs**")[1]
     assert "## 2. The student network" in draft  # computed from the code, needs no run
 
@@ -89,8 +102,9 @@ def test_links_out_of_the_tree_and_damaged_inputs_are_listed_not_followed(traine
     secret.write_text("a private file elsewhere on the machine")
     (outputs / "kd_comparison.md").symlink_to(secret)
     (outputs / "step1_fcn_resnet50.json").write_text(json.dumps({"miou": "high"}))
-    (outputs / "benchmark.json").write_text(json.dumps({"models": [{"model": 1}],
-                                                         "train_steps": []}))  # fmt: skip
+    (outputs / "benchmark.json").write_text(
+        json.dumps({"models": [{"model": 1}], "train_steps": []})
+    )
     history = load_file(trained["out"], "c")
     history["history"] = [{"epoch": 1}]  # no epoch_time_s
     torch.save(history, weights / "student_none.pth")

@@ -10,14 +10,25 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import teacher_cache
 from cli import UserError
 from conftest import train_tiny
 from dataset import EvalTransform, RandomScaleCropFlip, image_path, voc_dataset
-from model import TEACHER_RESIZE, build_teacher, teacher_features
+from model import build_teacher, teacher_features
 from synthetic import make_fake_voc
 from teacher_cache import LOGITS, TeacherCache, crop_logits
 
 CPU = torch.device("cpu")
+
+
+SMALL = 96  # the teacher's resize in these tests: 30 times less work than 520, same code
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_teacher_input():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(teacher_cache, "TEACHER_RESIZE", SMALL)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +53,7 @@ def test_the_whole_image_unflipped_gives_the_live_teachers_logits(fake_voc, teac
     what teacher_features (the live teacher of train.py) gives, to float16 precision."""
     for i, path in enumerate(train_files(fake_voc)):
         with Image.open(path) as photo:
-            x, _ = EvalTransform(TEACHER_RESIZE)(photo.convert("RGB"), Image.new("L", photo.size))
+            x, _ = EvalTransform(SMALL)(photo.convert("RGB"), Image.new("L", photo.size))
             width, height = photo.size
         with torch.no_grad():
             live = teacher_features(teacher, x[None])[0]
@@ -62,8 +73,9 @@ def reference(stored: torch.Tensor, image_size: tuple, where: torch.Tensor, size
     ys = y0 + (torch.arange(size) + 0.5) * (y1 - y0) / size
     gy, gx = torch.meshgrid(2 * ys / height - 1, 2 * xs / width - 1, indexing="ij")
     grid = torch.stack([gx, gy], -1)[None]
-    out = F.grid_sample(stored.float(), grid, mode="bilinear", padding_mode="border",
-                        align_corners=False)  # fmt: skip
+    out = F.grid_sample(
+        stored.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
     return out.flip(-1) if flipped else out
 
 
@@ -144,8 +156,6 @@ def test_an_interrupted_build_leaves_no_cache_that_looks_whole(tmp_path, teacher
             raise KeyboardInterrupt
         return real(*args)
 
-    import teacher_cache
-
     real = teacher_cache.teacher_stride8_logits
     monkeypatch.setattr(teacher_cache, "teacher_stride8_logits", stop_at_second)
     with pytest.raises(KeyboardInterrupt):
@@ -186,7 +196,15 @@ def test_the_flag_is_refused_where_there_is_no_response_term(fake_voc, tmp_path)
 
 def test_a_cache_folder_that_is_a_file_is_one_error(fake_voc, tmp_path):
     (tmp_path / "c").write_text("not a folder")
-    proc = train_tiny(fake_voc, tmp_path / "s.pth", "--kd", "response", "--teacher-cache",
-                      tmp_path / "c", "--epochs", 1)  # fmt: skip
+    proc = train_tiny(
+        fake_voc,
+        tmp_path / "s.pth",
+        "--kd",
+        "response",
+        "--teacher-cache",
+        tmp_path / "c",
+        "--epochs",
+        1,
+    )
     assert proc.returncode == 1 and "is not a folder" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -17,8 +17,18 @@ PERSON = 15
 
 
 def test_a_checkpoint_is_scored_timed_and_illustrated(trained, fake_voc, tmp_path):
-    proc = run_script("test.py", "--checkpoint", trained["out"], "--data-root", fake_voc,
-                      "--num-overlays", "1", "--out-dir", tmp_path, *FAST)  # fmt: skip
+    proc = run_script(
+        "test.py",
+        "--checkpoint",
+        trained["out"],
+        "--data-root",
+        fake_voc,
+        "--num-overlays",
+        "1",
+        "--out-dir",
+        tmp_path,
+        *FAST,
+    )
     assert proc.returncode == 0, proc.stderr
     for text in ("mIoU", "parameters", "ms/image", "SYNTHETIC", "wrote"):
         assert text in proc.stdout
@@ -31,8 +41,18 @@ def test_a_checkpoint_is_scored_timed_and_illustrated(trained, fake_voc, tmp_pat
 
 
 def test_best_and_worst_overlays_are_the_best_and_worst_images(trained, fake_voc, tmp_path):
-    proc = run_script("test.py", "--checkpoint", trained["out"], "--data-root", fake_voc,
-                      "--num-overlays", "2", "--out-dir", tmp_path, *FAST)  # fmt: skip
+    proc = run_script(
+        "test.py",
+        "--checkpoint",
+        trained["out"],
+        "--data-root",
+        fake_voc,
+        "--num-overlays",
+        "2",
+        "--out-dir",
+        tmp_path,
+        *FAST,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "test_student_none.json").read_text())
     val = (fake_voc / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
@@ -50,12 +70,35 @@ def test_compare_times_together_and_lists_unreadable_inputs(trained, fake_voc, t
     copy = tmp_path / "student_copy.pth"
     copy.write_bytes(trained["out"].read_bytes())
     (tmp_path / "broken.pth").write_text("not a checkpoint")
-    (tmp_path / "step1_fcn_resnet50.json").write_text(json.dumps({
-        "miou": 0.5, "params": 32957013, "ms_per_image": 100.0, "input_size": 520,
-        "num_images": 2, "device_name": "some CPU", "synthetic": True}))  # fmt: skip
-    proc = run_script("test.py", "--compare", trained["out"], tmp_path / "broken.pth", copy,
-                      "--data-root", fake_voc, "--limit", "2", "--num-overlays", "1",
-                      "--out-dir", tmp_path, *FAST)  # fmt: skip
+    (tmp_path / "step1_fcn_resnet50.json").write_text(
+        json.dumps(
+            {
+                "miou": 0.5,
+                "params": 32957013,
+                "ms_per_image": 100.0,
+                "input_size": 520,
+                "num_images": 2,
+                "device_name": "some CPU",
+                "synthetic": True,
+            }
+        )
+    )
+    proc = run_script(
+        "test.py",
+        "--compare",
+        trained["out"],
+        tmp_path / "broken.pth",
+        copy,
+        "--data-root",
+        fake_voc,
+        "--limit",
+        "2",
+        "--num-overlays",
+        "1",
+        "--out-dir",
+        tmp_path,
+        *FAST,
+    )
     assert proc.returncode == 0, proc.stderr
     table = (tmp_path / "kd_comparison.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
@@ -67,10 +110,13 @@ def test_compare_times_together_and_lists_unreadable_inputs(trained, fake_voc, t
     assert data["students"][0]["miou"] == data["students"][1]["miou"]  # same weights, same score
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"definitely not a checkpoint", "corrupt or not a PyTorch file (UnpicklingError)"),
-    ({"model": {"x": torch.zeros(1)}, "args": {}}, "different architecture (Missing key(s)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"definitely not a checkpoint", "corrupt or not a PyTorch file (UnpicklingError)"),
+        ({"model": {"x": torch.zeros(1)}, "args": {}}, "different architecture (Missing key(s)"),
+    ],
+)
 def test_a_bad_checkpoint_is_one_error_line_before_the_data_is_read(tmp_path, content, message):
     path = tmp_path / "bad.pth"
     path.write_bytes(content) if isinstance(content, bytes) else torch.save(content, path)
@@ -124,12 +170,28 @@ def test_own_photos_give_masks_of_the_predicted_class_in_display_orientation(
     more.mkdir()
     Image.new("RGB", (30, 20), "white").save(more / "dup.jpg")
     out = tmp_path / "out"
-    proc = run_script("test.py", "--checkpoint", person_checkpoint, "--images", photos,
-                      tmp_path / "missing.png", "--images", more, "--out-dir", out,
-                      "--device", "cpu")  # fmt: skip
+    proc = run_script(
+        "test.py",
+        "--checkpoint",
+        person_checkpoint,
+        "--images",
+        photos,
+        tmp_path / "missing.png",
+        "--images",
+        more,
+        "--out-dir",
+        out,
+        "--device",
+        "cpu",
+    )
     assert proc.returncode == 0, proc.stderr
-    for name in ("broken.jpg", "missing.png", "fifo.jpg: not a regular file",
-                 "huge.png: 10000x7000 pixels", "notes.txt: not a .jpg"):  # fmt: skip
+    for name in (
+        "broken.jpg",
+        "missing.png",
+        "fifo.jpg: not a regular file",
+        "huge.png: 10000x7000 pixels",
+        "notes.txt: not a .jpg",
+    ):
         assert name in proc.stderr
     written = sorted(p.name for p in (out / "photos").iterdir())
     # the checkpoint was trained on SYNTHETIC data; the second dup.jpg does not overwrite the first
@@ -146,8 +208,18 @@ def test_own_photos_give_masks_of_the_predicted_class_in_display_orientation(
 def test_test_py_on_the_onnx_export_scores_like_the_pth(trained, exported, fake_voc, tmp_path):
     scores = {}
     for path in (trained["out"], exported):
-        proc = run_script("test.py", "--checkpoint", path, "--data-root", fake_voc,
-                          "--num-overlays", "1", "--out-dir", tmp_path, *FAST)  # fmt: skip
+        proc = run_script(
+            "test.py",
+            "--checkpoint",
+            path,
+            "--data-root",
+            fake_voc,
+            "--num-overlays",
+            "1",
+            "--out-dir",
+            tmp_path,
+            *FAST,
+        )
         assert proc.returncode == 0, proc.stderr
     for name in ("test_student_none.json", "test_student_none_onnx.json"):
         scores[name] = json.loads((tmp_path / name).read_text())

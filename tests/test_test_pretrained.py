@@ -25,8 +25,11 @@ class Recorder(torch.nn.Module):
 def test_step1_feeds_the_teacher_images_whose_shorter_side_is_520(fake_voc, tmp_path, monkeypatch):
     step1, recorder = load_script("test_pretrained"), Recorder()
     monkeypatch.setattr(step1, "build_teacher", lambda weights: recorder)
-    step1.main(step1.parse_args(["--data-root", str(fake_voc), "--out-dir", str(tmp_path),
-                                 "--num-overlays", "0", *FAST]))  # fmt: skip
+    step1.main(
+        step1.parse_args(
+            ["--data-root", str(fake_voc), "--out-dir", str(tmp_path), "--num-overlays", "0", *FAST]
+        )
+    )
     evaluated = recorder.sizes[:4]  # then come the timed square inputs
     assert len(evaluated) == 4 and all(min(size) == 520 for size in evaluated)
 
@@ -46,8 +49,15 @@ def test_ctrl_c_is_one_line_exit_130_and_no_partial_json(fake_voc, tmp_path, mon
 
 
 def test_a_missing_data_root_is_a_clear_error_without_traceback(tmp_path):
-    proc = run_script("test_pretrained.py", "--weights", "none", "--data-root",
-                      tmp_path / "nowhere", "--device", "cpu")  # fmt: skip
+    proc = run_script(
+        "test_pretrained.py",
+        "--weights",
+        "none",
+        "--data-root",
+        tmp_path / "nowhere",
+        "--device",
+        "cpu",
+    )
     assert proc.returncode == 1
     assert "--download" in proc.stderr and "VOCdevkit/VOC2012" in proc.stderr
     assert "Traceback" not in proc.stderr

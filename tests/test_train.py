@@ -29,8 +29,16 @@ CPU = torch.device("cpu")
 
 def tiny_args(fake_voc, tmp_path, *flags):
     """train.py's arguments for the tiny runs, parsed by train.py itself."""
-    argv = ["--data-root", str(fake_voc), "--out", str(tmp_path / "s.pth"), "--out-dir",
-            str(tmp_path), *map(str, TINY_TRAIN), *map(str, flags)]  # fmt: skip
+    argv = [
+        "--data-root",
+        str(fake_voc),
+        "--out",
+        str(tmp_path / "s.pth"),
+        "--out-dir",
+        str(tmp_path),
+        *map(str, TINY_TRAIN),
+        *map(str, flags),
+    ]
     return train.parse_args(argv)
 
 
@@ -89,9 +97,15 @@ def interrupt_epoch_3(where: str, monkeypatch) -> None:
     monkeypatch.setattr(train, "validate", validation)
 
 
-@pytest.mark.parametrize("where, workers", [
-    ("start", "0"), ("mid-epoch", "0"), ("validation", "0"), ("mid-epoch", "1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "where, workers",
+    [
+        ("start", "0"),
+        ("mid-epoch", "0"),
+        ("validation", "0"),
+        ("mid-epoch", "1"),
+    ],
+)
 def test_resume_after_ctrl_c_ends_exactly_where_an_uninterrupted_run_does(
     fake_voc, tmp_path, monkeypatch, where, workers
 ):
@@ -117,11 +131,12 @@ def test_resume_after_ctrl_c_ends_exactly_where_an_uninterrupted_run_does(
 def test_a_checkpoint_written_before_a_flag_existed_resumes_with_its_default(
     trained, fake_voc, tmp_path
 ):
-    """An older _last.pth has no entry for a flag added since (here --teacher-cache, as if
-    it were new): it resumes with that flag's default instead of being refused."""
+    """An older _last.pth has no entry for a flag added since (here --alpha, as if it were
+    new; its default is not None, as a missing entry reads): it resumes with that flag's
+    default instead of being refused."""
     out = tmp_path / "student_none.pth"
     ckpt = load_file(train.last_path(trained["out"]), "c")
-    del ckpt["args"]["teacher_cache"]
+    del ckpt["args"]["alpha"]
     torch.save(ckpt, train.last_path(out))
     proc = train_tiny(fake_voc, out, "--kd", "none", "--epochs", 3, "--resume")
     assert proc.returncode == 0, proc.stderr
@@ -133,8 +148,9 @@ def test_a_checkpoint_written_before_a_flag_existed_resumes_with_its_default(
 def test_resume_refuses_changed_flags_and_names_them(trained, tmp_path, fake_voc):
     out = tmp_path / "student_none.pth"
     train.last_path(out).write_bytes(train.last_path(trained["out"]).read_bytes())
-    proc = train_tiny(fake_voc, out, "--epochs", 3, "--resume", "--lr", "0.5", "--optimizer",
-                      "adamw")  # fmt: skip
+    proc = train_tiny(
+        fake_voc, out, "--epochs", 3, "--resume", "--lr", "0.5", "--optimizer", "adamw"
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "--lr 0.5 (checkpoint: 0.01)" in proc.stderr and "--optimizer adamw" in proc.stderr
 
@@ -154,8 +170,11 @@ def test_each_kd_mode_runs_end_to_end_and_trains_the_adapters(kd, tmp_path, fake
     ckpt = load_file(out, "checkpoint")
     assert ckpt["args"]["kd"] == kd
     header = (tmp_path / f"student_{kd}_log.csv").read_text().splitlines()[0].split(",")
-    expected = {"response": {"train_kl"}, "feature": {"train_feat"},
-                "both": {"train_kl", "train_feat"}}[kd]  # fmt: skip
+    expected = {
+        "response": {"train_kl"},
+        "feature": {"train_feat"},
+        "both": {"train_kl", "train_feat"},
+    }[kd]
     assert expected | {"train_ce"} <= set(header)
     assert (ckpt["adapters"] is not None) == (kd != "response")
     if ckpt["adapters"] is not None:  # the run's adapters, rebuilt as main builds them
@@ -166,26 +185,32 @@ def test_each_kd_mode_runs_end_to_end_and_trains_the_adapters(kd, tmp_path, fake
         assert weights and all(not torch.equal(ckpt["adapters"][k], start[k]) for k in weights)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--kd", "distill"], "invalid choice"),
-    (["--epochs", "0"], "argument --epochs: must be at least 1"),
-    (["--lr", "-1"], "argument --lr: must be above 0"),
-    (["--lr", "nan"], "argument --lr: must be above 0"),
-    (["--warmup-epochs", "inf"], "argument --warmup-epochs: must be at least 0"),
-    (["--warmup-epochs", "1e300"], "--warmup-epochs: must be at most --epochs"),
-    (["--alpha", "0", "--beta", "0", "--kd", "response"], "has weight 0"),
-    (["--num-workers", "many"], "argument --num-workers: invalid int value"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--kd", "distill"], "invalid choice"),
+        (["--epochs", "0"], "argument --epochs: must be at least 1"),
+        (["--lr", "-1"], "argument --lr: must be above 0"),
+        (["--lr", "nan"], "argument --lr: must be above 0"),
+        (["--warmup-epochs", "inf"], "argument --warmup-epochs: must be at least 0"),
+        (["--warmup-epochs", "1e300"], "--warmup-epochs: must be at most --epochs"),
+        (["--alpha", "0", "--beta", "0", "--kd", "response"], "has weight 0"),
+        (["--num-workers", "many"], "argument --num-workers: invalid int value"),
+    ],
+)
 def test_bad_flag_values_exit_with_a_clear_message(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
         train.parse_args(flags)
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--device", "cuda:banana"], "unknown device"),
-    (["--data-root", "nowhere"], "--download"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--device", "cuda:banana"], "unknown device"),
+        (["--data-root", "nowhere"], "--download"),
+    ],
+)
 def test_bad_environments_exit_with_one_error_line(flags, message, tmp_path):
     proc = run_script(
         "train.py", "--out", tmp_path / "s.pth", "--out-dir", tmp_path, "--device", "cpu", *flags
@@ -259,8 +284,16 @@ def test_the_best_checkpoint_holds_the_best_epoch(tmp_path, fake_voc):
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     history = []
     for epoch, miou in enumerate([0.3, 0.5, 0.4], 1):
-        history.append({"epoch": epoch, "lr": 0.01, "train_loss": 1.0, "val_ce": 1.0,
-                        "val_miou": miou, "epoch_time_s": 1.0})  # fmt: skip
+        history.append(
+            {
+                "epoch": epoch,
+                "lr": 0.01,
+                "train_loss": 1.0,
+                "val_ce": 1.0,
+                "val_miou": miou,
+                "epoch_time_s": 1.0,
+            }
+        )
         ckpt = train.checkpoint(args, model, optimizer, scaler, history, True)
         train.save_epoch(args, ckpt, "title")
     best, last = load_file(args.out, "c"), load_file(train.last_path(args.out), "c")
@@ -268,10 +301,17 @@ def test_the_best_checkpoint_holds_the_best_epoch(tmp_path, fake_voc):
     assert best["epoch"] == 2 and last["epoch"] == 3
 
 
-@pytest.mark.parametrize("kd, flag, value", [
-    ("response", "--tau", "4"), ("response", "--alpha", "0.3"), ("response", "--beta", "3"),
-    ("feature", "--alpha", "0.3"), ("feature", "--feat-weight", "2"), ("none", "--alpha", "0.3"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kd, flag, value",
+    [
+        ("response", "--tau", "4"),
+        ("response", "--alpha", "0.3"),
+        ("response", "--beta", "3"),
+        ("feature", "--alpha", "0.3"),
+        ("feature", "--feat-weight", "2"),
+        ("none", "--alpha", "0.3"),
+    ],
+)
 def test_every_loss_flag_changes_the_loss_train_py_computes(kd, flag, value, fake_voc, tmp_path):
     images, masks, *_ = fixed_batches(fake_voc, tmp_path, 1)[0]
     teacher = build_teacher("none")
@@ -307,9 +347,22 @@ def test_short_runs_learn_what_eval_mode_shows(tmp_path):
     make_fake_voc(tmp_path, num_images=8)
     splits = tmp_path / VOC.subdir / "ImageSets/Segmentation"
     (splits / "val.txt").write_text((splits / "train.txt").read_text())
-    args = tiny_args(tmp_path, tmp_path, "--optimizer", "adamw", "--lr", "0.003",
-                     "--warmup-epochs", "0", "--epochs", "60", "--batch-size", "4",
-                     "--limit-val", "4")  # fmt: skip
+    args = tiny_args(
+        tmp_path,
+        tmp_path,
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "0.003",
+        "--warmup-epochs",
+        "0",
+        "--epochs",
+        "60",
+        "--batch-size",
+        "4",
+        "--limit-val",
+        "4",
+    )
     torch.manual_seed(0)
     train_loader, val_loader = train.build_loaders(args, 0, 1, CPU)
     model, _ = train.build_models(args, CPU)
@@ -346,10 +399,23 @@ def test_train_aug_trains_on_voc_and_sbd(tmp_path):
 def test_torchrun_with_two_gloo_processes_writes_one_loadable_checkpoint(fake_voc, tmp_path):
     out = tmp_path / "student_response.pth"
     proc = run_python(
-        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", ROOT / "train.py",
-        "--data-root", fake_voc, "--out", out, "--out-dir", tmp_path, *TINY_TRAIN,
-        "--kd", "response", "--epochs", 1,
-    )  # fmt: skip
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        ROOT / "train.py",
+        "--data-root",
+        fake_voc,
+        "--out",
+        out,
+        "--out-dir",
+        tmp_path,
+        *TINY_TRAIN,
+        "--kd",
+        "response",
+        "--epochs",
+        1,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("epoch 1: train CE") == 1  # only rank 0 reports
     assert sorted(p.name for p in tmp_path.glob("*.pth")) == [out.name, "student_response_last.pth"]
@@ -360,17 +426,36 @@ def test_torchrun_with_two_gloo_processes_writes_one_loadable_checkpoint(fake_vo
 
 def test_ctrl_c_mid_epoch_keeps_the_last_completed_epoch_and_exits_130(fake_voc, tmp_path):
     out = tmp_path / "student_none.pth"
-    command = [sys.executable, ROOT / "train.py", "--data-root", fake_voc, "--out", out,
-               "--out-dir", tmp_path, *TINY_TRAIN, "--epochs", "1000", "--batch-size", "1",
-               "--crop-size", "256"]  # fmt: skip
+    command = [
+        sys.executable,
+        ROOT / "train.py",
+        "--data-root",
+        fake_voc,
+        "--out",
+        out,
+        "--out-dir",
+        tmp_path,
+        *TINY_TRAIN,
+        "--epochs",
+        "1000",
+        "--batch-size",
+        "1",
+        "--crop-size",
+        "256",
+    ]
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=f"{GUARD}{os.pathsep}{ROOT}")
 
     def default_sigint():  # a shell's background job ignores SIGINT; its children would too
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    proc = subprocess.Popen(list(map(str, command)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=default_sigint)  # fmt: skip
+    proc = subprocess.Popen(
+        list(map(str, command)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=default_sigint,
+    )
     stderr, mid_epoch_2 = [], threading.Event()
 
     def read_stderr():  # tqdm draws with \r: read characters, not lines
@@ -420,8 +505,16 @@ def test_non_finite_batchnorm_statistics_are_never_saved(fake_voc, tmp_path):
     model = Trainee(build_student(), KDConfig("none"))
     model.student.aspp.project[1].running_var[0] = float("inf")  # what a diverged run leaves
     optimizer = train.build_optimizer(model.parameters(), train.optim_config(args))
-    history = [{"epoch": 1, "lr": 0.01, "train_loss": 1.0, "val_ce": 1.0, "val_miou": 0.1,
-                "epoch_time_s": 1.0}]  # fmt: skip
+    history = [
+        {
+            "epoch": 1,
+            "lr": 0.01,
+            "train_loss": 1.0,
+            "val_ce": 1.0,
+            "val_miou": 0.1,
+            "epoch_time_s": 1.0,
+        }
+    ]
     ckpt = train.checkpoint(args, model, optimizer, torch.amp.GradScaler("cpu"), history, True)
     with pytest.raises(UserError, match="aspp.project.1.running_var became NaN or infinite"):
         train.save_epoch(args, ckpt, "title")

@@ -47,8 +47,13 @@ def test_colorize_gives_the_legend_colour_of_every_label():
 def history(kd_terms: bool) -> list:
     rows = []
     for epoch in (1, 2, 3):
-        row = {"epoch": epoch, "train_loss": 15.0 - epoch, "train_ce": 3.0 - 0.5 * epoch,
-               "val_ce": 3.1 - 0.4 * epoch, "val_miou": 0.1 * epoch}  # fmt: skip
+        row = {
+            "epoch": epoch,
+            "train_loss": 15.0 - epoch,
+            "train_ce": 3.0 - 0.5 * epoch,
+            "val_ce": 3.1 - 0.4 * epoch,
+            "val_miou": 0.1 * epoch,
+        }
         if kd_terms:
             row |= {"train_kl": 0.5 / epoch, "train_feat": 2.0 - 0.1 * epoch}
         rows.append(row)

@@ -48,8 +48,9 @@ def cycle(edges: dict) -> list | None:
 
 
 def problems(edges: dict) -> list:
-    found = [f"{m} imports the lab script {s}" for m, deps in edges.items() for s in deps
-             if s in SCRIPTS]  # fmt: skip
+    found = [
+        f"{m} imports the lab script {s}" for m, deps in edges.items() for s in deps if s in SCRIPTS
+    ]
     loop = cycle(edges)
     return found + ([f"import cycle: {' -> '.join(loop)}"] if loop else [])
 
