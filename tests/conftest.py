@@ -175,6 +175,8 @@ SLOW_FIXTURES = {"trained", "export_run", "exported", "person_checkpoint"}
 SLOW_CALLS = (
     "run_subprocess(",
     "run_python(",
+    "subprocess.Popen(",
+    "mp.spawn(",
     "train_tiny(",
     "train.main(",
     "run_demo(",
@@ -186,9 +188,10 @@ SLOW_CALLS = (
 
 
 def pytest_collection_modifyitems(items):
-    """Mark slow the tests that use a slow fixture or make a slow call (read off their
-    source), besides those marked by hand."""
+    """Mark slow the tests that use a slow fixture or make a slow call (read off their source,
+    spaces and line breaks removed), besides those marked by hand."""
     for item in items:
         source = inspect.getsource(item.function) if hasattr(item, "function") else ""
+        source = "".join(source.split())
         if SLOW_FIXTURES & set(item.fixturenames) or any(c in source for c in SLOW_CALLS):
             item.add_marker(pytest.mark.slow)

@@ -170,6 +170,7 @@ def agreement(student, teacher, images) -> float:
     return same.float().mean().item()
 
 
+@pytest.mark.slow
 def test_the_soft_term_alone_teaches_the_teachers_answers(batch):
     """Against a fixed random teacher on SYNTHETIC images: says nothing about VOC."""
     torch.manual_seed(1)

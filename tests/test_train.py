@@ -339,6 +339,7 @@ def test_a_nan_loss_stops_the_run_with_a_message(fake_voc, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_short_runs_learn_what_eval_mode_shows(tmp_path):
     """60 steps of train.py's own loop on 4 SYNTHETIC images, then their mIoU in eval mode, as
     train.py validates: far above predicting background everywhere. (With torchvision's
