@@ -200,6 +200,46 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def exclusive(path: str | Path) -> Iterator[None]:
+    """Hold the lock file `path` (holding this process's id) for the block, so that a second
+    run writing the same outputs is refused while the first lives; a lock left by a process
+    that no longer exists (killed) is taken over."""
+    path = Path(path)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            owner = lock_owner(path)
+            if owner is not None:
+                raise UserError(
+                    f"another run (process {owner}) is writing these outputs ({path}); wait "
+                    "for it to end, or choose other output paths"
+                ) from None
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create {path}: {e.strerror or e}") from None
+    else:
+        raise UserError(f"cannot take the lock {path}; delete it if no run is writing there")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def lock_owner(path: Path) -> int | None:
+    """The id of the live process holding the lock file, or None (gone, or unreadable)."""
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
 def write_text(text: str, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

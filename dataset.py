@@ -16,6 +16,7 @@ the synthetic data synthetic.py, which this module's command line runs.
 
 import argparse
 import bisect
+import re
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ from voc import (
 )
 
 MAX_PROBLEMS = 10  # what --check lists of the problems it finds
+SPLIT_ID = re.compile(r"[A-Za-z0-9_.-]+")  # VOC's ids are like 2007_000032; no path parts
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -185,27 +187,47 @@ class CheckedPairs(Dataset):
 
 
 def read_split(data_root: str | Path, split: str) -> list:
-    """The image ids of a VOC split file."""
+    """The image ids of a VOC split file, one per line; blank lines are skipped. An id that
+    repeats (it would count twice in the mIoU) or is not a plain file name (`../x` would lead
+    out of the tree) is refused, naming the line."""
     path = Path(data_root) / VOC.subdir / f"ImageSets/Segmentation/{split}.txt"
     try:
-        return path.read_text(encoding="ascii").split()
+        lines = path.read_text(encoding="ascii").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read the split file {path} ({e})") from None
+    ids, seen = [], set()
+    for line_number, line in enumerate(lines, 1):
+        name = line.strip()
+        if not name:
+            continue
+        if name in seen or not SPLIT_ID.fullmatch(name):
+            problem = "repeats an earlier line" if name in seen else "is not a plain image id"
+            raise UserError(f"{path}, line {line_number}: {name[:60]!r} {problem}")
+        seen.add(name)
+        ids.append(name)
+    return ids
 
 
 def voc_dataset(data_root: str | Path, split: str, transforms, limit: int | None = None) -> Dataset:
-    """VOC 2012 `split` ("train" 1,464 or "val" 1,449 images), optionally its first `limit`."""
+    """VOC 2012 `split` ("train" 1,464 or "val" 1,449 images), optionally its first `limit`.
+    An image or mask that is a link out of the data root is refused, never followed."""
     check_present(VOC, data_root)
     ids = read_split(data_root, split)  # read first: a clear error for a damaged split file
     if not ids:
         raise UserError(f"the {split} split of {Path(data_root) / VOC.subdir} lists no image")
     base = VOCSegmentation(str(data_root), year="2012", image_set=split)
-    for path in (p for pair in zip(base.images, base.masks) for p in pair):
-        if not Path(path).is_file():
+    voc = Path(data_root) / VOC.subdir
+    base.images = [str(voc / "JPEGImages" / f"{i}.jpg") for i in ids]  # the checked ids
+    base.targets = [str(voc / "SegmentationClass" / f"{i}.png") for i in ids]
+    root = Path(data_root).resolve()
+    for path in map(Path, (p for pair in zip(base.images, base.masks) for p in pair)):
+        if not path.is_file():
             raise UserError(
                 f"{path}, listed in the {split} split, is missing; re-extract the "
                 "dataset or run python dataset.py --check"
             )
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            raise UserError(f"{path} is a link out of {data_root}: not followed")
     return first(CheckedPairs(base, transforms), limit)
 
 
@@ -365,7 +387,10 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
         "--with-sbd", action="store_true", help="--fake-voc also writes a SYNTHETIC SBD tree"
     )
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the synthetic dataset")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.fake_voc and (args.download or args.check):
+        p.error("--fake-voc writes a synthetic tree: it goes with neither --download nor --check")
+    return args
 
 
 def main(args: argparse.Namespace) -> None:

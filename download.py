@@ -23,6 +23,10 @@ from tqdm import tqdm
 from cli import UserError
 from voc import COMPLETE_MARKER, Source, is_present
 
+# Far above VOC and SBD (tens of thousands of files, 2 GB and 1.4 GB): an archive beyond
+# these is not one of them, and would fill the disk before the layout check could refuse it.
+MAX_MEMBERS, MAX_BYTES = 200_000, 16 * 2**30
+
 
 def download(url: str, dest: Path, timeout: float = 30) -> None:
     """Download url to dest, resuming a partial dest with an HTTP Range request.
@@ -86,28 +90,55 @@ def fetch_archive(urls: list, dest: Path, md5: str) -> None:
     )
 
 
-def safe_extract(archive: Path, dest: Path) -> None:
-    """Extract a tar archive, refusing it whole if any member could land outside dest
-    (absolute path, '..', link or device), before a single file is written."""
+def safe_extract(archive: Path, dest: Path, source: Source | None = None) -> None:
+    """Extract a tar archive, refusing it whole, before a single file is written, if any member
+    could land outside dest (absolute path, '..', link or device), names both a file and a
+    folder, if there are more than MAX_MEMBERS members or MAX_BYTES in all, or if it lacks
+    what `source` needs. A read or write failure midway (a truncated archive, a full disk, a
+    read-only folder) is one error; the missing completion marker then says the tree is not
+    whole."""
     dest = Path(dest).resolve()
     try:
-        tar = tarfile.open(archive)
-    except (tarfile.TarError, OSError) as e:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()  # reads the whole archive: a truncated one fails here
+            check_members(archive, dest, members, source)
+            # The "data" filter (Python >= 3.10.12) repeats these checks inside tarfile itself.
+            extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            bar = tqdm(members, desc=f"extracting {archive.name}", unit="file", dynamic_ncols=True)
+            for m in bar:
+                tar.extract(m, dest, **extra)
+    except (tarfile.TarError, OSError, EOFError) as e:
         raise UserError(
-            f"cannot open {archive} as a tar archive ({e}); delete it and download it again"
+            f"cannot extract {archive} into {dest} ({getattr(e, 'strerror', None) or e}); "
+            "check the free space and the folder's permissions, or delete the archive and "
+            "download it again"
         ) from None
-    with tar:
-        members = tar.getmembers()
-        for m in members:
-            inside = (dest / m.name).resolve().is_relative_to(dest)
-            if os.path.isabs(m.name) or ".." in Path(m.name).parts or not inside:
-                raise UserError(f"refusing {archive}: member {m.name!r} escapes {dest}")
-            if not (m.isfile() or m.isdir()):
-                raise UserError(f"refusing {archive}: member {m.name!r} is not a regular file")
-        # The "data" filter (Python >= 3.10.12) repeats these checks inside tarfile itself.
-        extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-        for m in tqdm(members, desc=f"extracting {archive.name}", unit="file", dynamic_ncols=True):
-            tar.extract(m, dest, **extra)
+
+
+def check_members(archive: Path, dest: Path, members: list, source: Source | None) -> None:
+    if len(members) > MAX_MEMBERS or sum(m.size for m in members) > MAX_BYTES:
+        raise UserError(
+            f"refusing {archive}: more than {MAX_MEMBERS:,d} files or {MAX_BYTES:,d} bytes"
+        )
+    kinds = {}
+    for m in members:
+        inside = (dest / m.name).resolve().is_relative_to(dest)
+        if os.path.isabs(m.name) or ".." in Path(m.name).parts or not inside:
+            raise UserError(f"refusing {archive}: member {m.name!r} escapes {dest}")
+        if not (m.isfile() or m.isdir()):
+            raise UserError(f"refusing {archive}: member {m.name!r} is not a regular file")
+        name = Path(m.name).as_posix()
+        if kinds.setdefault(name, m.isdir()) != m.isdir():
+            raise UserError(f"refusing {archive}: {m.name!r} is both a file and a folder")
+    if source is not None:
+        names = set(kinds)
+        for needed in source.needed:
+            path = (source.subdir / needed).as_posix()
+            if not any(n == path or n.startswith(path + "/") for n in names):
+                raise UserError(
+                    f"refusing {archive}: it holds no {path}, so it is not {source.name}; "
+                    "nothing was extracted"
+                )
 
 
 def is_complete(source: Source, data_root: str | Path) -> bool:
@@ -143,7 +174,7 @@ def download_source(data_root: str | Path, source: Source) -> None:
             )
     else:
         fetch_archive(list(source.mirrors), archive, source.md5)
-    safe_extract(archive, root)
+    safe_extract(archive, root, source)
     if not is_present(source, root):
         raise UserError(f"{archive} did not contain {root / source.subdir}/{source.layout}")
     (root / source.subdir / COMPLETE_MARKER).write_text(f"extracted from {source.archive}\n")

@@ -98,6 +98,9 @@ class OnnxModel:
                 f"{path} is not a segmentation model of export.py (its input is not "
                 f"{INPUT!r} or it has no {OUTPUT!r} output)"
             )
+        shape = next(o.shape for o in outputs if o.name == OUTPUT)
+        # N x C x H x W with C fixed when the file says it; None when it does not
+        self.classes = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else None
         props = self.session.get_modelmeta().custom_metadata_map
         try:
             self.metadata = json.loads(props.get(METADATA_KEY, "{}"))
@@ -231,7 +234,7 @@ def main(args: argparse.Namespace) -> None:
     calibration = images(args.data_root, "train", args.calib) if args.int8 else None
     held_out = images(args.data_root, "val", args.calib) if args.int8 else None
     metadata = {
-        "kd": ckpt.get("args", {}).get("kd"),
+        "kd": str(ckpt.get("args", {}).get("kd")),
         "params": count_params(student),
         "synthetic": bool(ckpt.get("synthetic")),
         "epoch": ckpt.get("epoch"),

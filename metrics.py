@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from cli import device_name
+from cli import UserError, device_name
 from voc import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES
 
 PAUSE_S = 0.02  # before each function's turn, untimed (see median_ms)
@@ -112,9 +112,11 @@ def evaluate(
     model.eval()
     cm = ConfusionMatrix()
     losses, per_image, predictions = [], [], []
+    non_finite = torch.zeros((), dtype=torch.int64, device=device)
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress)
     for images, masks, sizes in bar:
         logits = model_logits(model, images.to(device, non_blocking=True))
+        non_finite += (~torch.isfinite(logits)).any().to(device)  # on the device: no sync
         for i, (mask, (h, w)) in enumerate(zip(masks, sizes)):
             target = mask.to(device).long()[None]
             out = F.interpolate(
@@ -133,9 +135,17 @@ def evaluate(
             if keep_predictions:
                 predictions.append(Prediction(pred[0]))
     loss_sum = torch.tensor([sum(losses), len(losses)], dtype=torch.float32, device=device)
-    if dist.is_initialized():
+    totals = torch.cat([loss_sum, non_finite.float()[None]])
+    if dist.is_initialized():  # every process learns of a bad output, and stops with the others
         cm.sum_across_processes(device)
-        dist.all_reduce(loss_sum)
+        dist.all_reduce(totals)
+    if totals[2] > 0:
+        raise UserError(
+            "the model's outputs hold NaN or infinite values: weights that are finite but not "
+            "those of a working network (a negative BatchNorm variance, huge values), or a "
+            "diverged run"
+        )
+    loss_sum = totals[:2]
     result = cm.compute()
     result["loss"] = (loss_sum[0] / loss_sum[1]).item() if loss_sum[1] > 0 else math.nan
     result["per_image_miou"] = per_image

@@ -281,11 +281,30 @@ def load_state(model: nn.Module, state: dict, what: str) -> None:
         )
 
 
-def load_student(path: str | Path) -> tuple:
-    """(student in eval mode, checkpoint dict) from a checkpoint written by train.py."""
-    ckpt = load_file(path, "checkpoint")
+# What train.py writes beside `model`, and the type of each, checked before use.
+CHECKPOINT_ENTRIES = {"args": dict, "epoch": int, "history": list, "synthetic": bool}
+
+
+def check_checkpoint(ckpt: dict, path: str | Path) -> dict:
+    """`ckpt` when it is a checkpoint of train.py: a `model` state dict and, where present,
+    the CHECKPOINT_ENTRIES of their types, `history` a list of dicts; else a UserError
+    naming the file and the entry."""
     if not isinstance(ckpt.get("model"), dict):
         raise UserError(f"{path} is not a checkpoint of train.py (no 'model' entry)")
+    for key, kind in CHECKPOINT_ENTRIES.items():
+        if key in ckpt and not isinstance(ckpt[key], kind):
+            raise UserError(
+                f"{path}: its {key!r} entry is a {type(ckpt[key]).__name__}, not a "
+                f"{kind.__name__}: not a checkpoint of train.py"
+            )
+    if not all(isinstance(row, dict) for row in ckpt.get("history", [])):
+        raise UserError(f"{path}: its 'history' entry is not a list of epochs")
+    return ckpt
+
+
+def load_student(path: str | Path) -> tuple:
+    """(student in eval mode, checkpoint dict) from a checkpoint written by train.py."""
+    ckpt = check_checkpoint(load_file(path, "checkpoint"), path)
     student = build_student()
     load_state(student, ckpt["model"], f"checkpoint {path}")
     return student.eval(), ckpt

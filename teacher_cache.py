@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -65,18 +66,19 @@ def crop_logits(stored: torch.Tensor, image_size: tuple, where: torch.Tensor, si
     A pixel at original coordinate x (pixel centres at i + 1/2) sits at x * w / W - 1/2 in the
     map, as bilinear upsampling (align_corners=False) of the map to the image places it; output
     pixel j of the crop is at x = x0 + (j + 1/2) (x1 - x0) / size_w. RoIAlign with aligned=True
-    and one sample per bin takes exactly that bilinear sample; the result is flipped left-right
-    when the crop was. Outside the image (the padding of small crops) it gives 0, where the
-    mask holds 255 and nothing is scored.
+    and one sample per bin takes exactly that bilinear sample. A flipped crop is the same
+    sampling of the mirrored map over the mirrored box [W - x1, W - x0] (mirroring x -> W - x
+    maps map cell u to w - 1 - u exactly). Outside the image (the padding of small crops) it
+    gives 0, where the mask holds 255 and nothing is scored.
     """
     height, width = image_size
     h, w = stored.shape[-2:]
-    box = where[:4].double() * torch.tensor([w / width, h / height] * 2, dtype=torch.float64)
-    rois = torch.cat([torch.zeros(1, dtype=torch.float64), box])[None].to(stored.device)
-    out = roi_align(
-        stored.float(), rois.float(), size, spatial_scale=1.0, sampling_ratio=1, aligned=True
-    )
-    return out.flip(-1) if where[4] > 0.5 else out
+    x0, y0, x1, y1, flipped = where.tolist()
+    if flipped:  # mirror the small stored map and the box, not the large output
+        stored, x0, x1 = stored.flip(-1), width - x1, width - x0
+    box = [0.0, x0 * w / width, y0 * h / height, x1 * w / width, y1 * h / height]
+    rois = torch.tensor([box], dtype=torch.float32, device=stored.device)
+    return roi_align(stored.float(), rois, size, spatial_scale=1.0, sampling_ratio=1, aligned=True)
 
 
 class TeacherCache:
@@ -84,6 +86,7 @@ class TeacherCache:
 
     def __init__(self, directory: Path, index: dict, logits: np.ndarray):
         self.directory, self.index, self.logits = directory, index, logits
+        self.pool = ThreadPoolExecutor(torch.get_num_threads())  # see crop_logits
 
     @classmethod
     def open_or_build(
@@ -154,13 +157,18 @@ class TeacherCache:
         return torch.from_numpy(flat).reshape(1, *shape)
 
     def crop_logits(self, where: torch.Tensor, indices: torch.Tensor, size: tuple, device):
-        """N x C x size logits of a batch's crops (where: N x 5, indices: N), on `device`."""
-        crops = []
-        for box, i in zip(where.cpu(), indices.tolist()):
-            entry = self.index["images"][i]
-            stored = self.stored(i).to(device)
-            crops.append(crop_logits(stored, tuple(entry["size"]), box, size))
-        return torch.cat(crops)
+        """N x C x size logits of a batch's crops (where: N x 5, indices: N), on `device`.
+        On the CPU the crops are resampled in parallel threads: RoIAlign's CPU kernel uses
+        one core per call."""
+
+        def one(box: torch.Tensor, i: int) -> torch.Tensor:
+            image_size = tuple(self.index["images"][i]["size"])
+            return crop_logits(self.stored(i).to(device), image_size, box, size)
+
+        pairs = list(zip(where.cpu(), indices.tolist()))
+        if torch.device(device).type != "cpu":
+            return torch.cat([one(*pair) for pair in pairs])
+        return torch.cat(list(self.pool.map(lambda pair: one(*pair), pairs)))
 
 
 @torch.no_grad()

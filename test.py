@@ -45,7 +45,7 @@ from lab import COMPARISON, OVERLAYS, PHOTOS, STEP1_RESULT, save_overlays
 from metrics import format_report, measure, model_logits, ms_per_image
 from model import TEACHER_RESIZE, count_params, load_student
 from visualize import colorize, photo_panel, save_png
-from voc import SYNTHETIC_NOTE, is_synthetic
+from voc import NUM_CLASSES, SYNTHETIC_NOTE, is_synthetic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SYNTHETIC_TAG = "_SYNTHETIC"  # in own-photo file names when the model never saw VOC
@@ -90,11 +90,13 @@ def load_model(path: str, device: torch.device) -> tuple:
         info = model.metadata
         if not isinstance(info.get("params"), int) or not isinstance(info.get("kd"), str):
             raise UserError(f"{path}: no student metadata (kd, params): not written by export.py")
+        if model.classes not in (NUM_CLASSES, None):
+            raise UserError(f"{path} outputs {model.classes} classes, not VOC's {NUM_CLASSES}")
     else:
         model, ckpt = load_student(path)
         model.to(device, memory_format=torch.channels_last if device.type == "cpu" else None)
         info = {
-            "kd": ckpt.get("args", {}).get("kd", "?"),
+            "kd": str(ckpt.get("args", {}).get("kd", "?")),
             "epoch": ckpt.get("epoch"),
             "synthetic": bool(ckpt.get("synthetic")),
             "params": count_params(model),
@@ -168,7 +170,11 @@ def read_photo(path: Path) -> Image.Image:
                     f"{path}: {image.width}x{image.height} pixels, more than "
                     f"{MAX_PHOTO_PIXELS:,d}; scale it down first"
                 )
-            return ImageOps.exif_transpose(image).convert("RGB")
+            image = ImageOps.exif_transpose(image)
+            if image.mode.startswith("I"):  # 16- or 32-bit grey: scaled, not clipped to white
+                high = 65535 if image.mode.startswith("I;16") or np.max(image) > 255 else 255
+                image = Image.fromarray((np.asarray(image) * (255 / high)).astype(np.uint8))
+            return image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"{path}: {e}") from None
 

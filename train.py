@@ -41,6 +41,7 @@ from cli import (
     add_device,
     add_num_workers,
     check_output,
+    exclusive,
     non_negative_float,
     number,
     parser,
@@ -75,6 +76,7 @@ from model import (
     StudentConfig,
     build_student,
     build_teacher,
+    check_checkpoint,
     load_file,
     load_state,
     non_finite,
@@ -345,8 +347,11 @@ def resume(args: argparse.Namespace, model_without_ddp: Trainee, optimizer, scal
     history. Refuses a run whose flags differ from the checkpoint's, listing them; a flag the
     checkpoint does not record (added to train.py after it was written) counts as its default."""
     last = last_path(args.out)
-    ckpt = load_file(last, "checkpoint to resume")
-    saved, defaults = ckpt.get("args", {}), vars(parse_args([]))
+    ckpt = check_checkpoint(load_file(last, "checkpoint to resume"), last)
+    missing = [k for k in ("args", "history", "optimizer", "scaler") if k not in ckpt]
+    if missing or not isinstance(ckpt["optimizer"], dict) or not isinstance(ckpt["scaler"], dict):
+        raise UserError(f"{last} cannot be resumed: no {', '.join(missing) or 'optimizer state'}")
+    saved, defaults = ckpt["args"], vars(parse_args([]))
     changed = [
         f"--{k.replace('_', '-')} {v} (checkpoint: {saved.get(k, defaults.get(k))})"
         for k, v in vars(args).items()
@@ -360,8 +365,11 @@ def resume(args: argparse.Namespace, model_without_ddp: Trainee, optimizer, scal
     load_state(model_without_ddp.student, ckpt["model"], f"checkpoint {last}")
     if model_without_ddp.adapters is not None:
         load_state(model_without_ddp.adapters, ckpt["adapters"], f"adapters of {last}")
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise UserError(f"{last}: its optimizer state does not fit this run ({e})") from None
     if len(ckpt["history"]) >= args.epochs:
         raise UserError(f"{last} already has {len(ckpt['history'])} epochs; raise --epochs")
     return ckpt["history"]
@@ -489,6 +497,14 @@ def validate(student, loader, device: torch.device, epoch: int, is_main: bool) -
 
 def main(args: argparse.Namespace) -> None:
     check_outputs(args)
+    # One run at a time per output: a second one would silently replace the first's files.
+    first = os.environ.get("RANK", "0") == "0"  # under torchrun, the process that saves
+    with exclusive(f"{args.out}.lock") if first else contextlib.nullcontext():
+        run_training(args)
+
+
+def run_training(args: argparse.Namespace) -> None:
+    """The run: data, models, optimizer (resumed with --resume), then the epochs."""
     rank, world, device = init_distributed(resolve_device(args.device))
     is_main = rank == 0  # only the first process prints, logs and saves
     torch.manual_seed(args.seed)

@@ -228,3 +228,41 @@ def test_check_passes_a_sound_tree_and_compares_the_counts_with_voc(fake_voc):
     proc = run_script("dataset.py", "--check", "--data-root", fake_voc)
     assert proc.returncode == 0, proc.stderr
     assert "val: 4 images (VOC 2012 has 1,449)" in proc.stdout and "SYNTHETIC" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (
+            "fake_000000\nfake_000001\nfake_000000\n",
+            "line 3: 'fake_000000' repeats an earlier line",
+        ),
+        (
+            "fake_000000\n../../etc/hostname\n",
+            "line 2: '../../etc/hostname' is not a plain image id",
+        ),
+    ],
+)
+def test_a_split_file_with_a_repeat_or_a_path_is_refused_naming_the_line(tmp_path, lines, message):
+    make_fake_voc(tmp_path, num_images=4)
+    (tmp_path / VOC.subdir / "ImageSets/Segmentation/val.txt").write_text(lines)
+    with pytest.raises(UserError, match=message):
+        voc_dataset(tmp_path, "val", None)
+
+
+def test_blank_lines_of_a_split_file_are_skipped(tmp_path):
+    make_fake_voc(tmp_path, num_images=4)
+    split = tmp_path / VOC.subdir / "ImageSets/Segmentation/val.txt"
+    split.write_text("\n" + split.read_text().replace("\n", "\n\n"))
+    assert len(voc_dataset(tmp_path, "val", None)) == 2
+
+
+def test_an_image_linked_out_of_the_data_root_is_not_followed(tmp_path):
+    make_fake_voc(tmp_path / "data", num_images=4)
+    outside = tmp_path / "outside.jpg"
+    image = tmp_path / "data" / VOC.subdir / "JPEGImages" / "fake_000002.jpg"
+    outside.write_bytes(image.read_bytes())
+    image.unlink()
+    image.symlink_to(outside)
+    with pytest.raises(UserError, match="fake_000002.jpg is a link out of"):
+        voc_dataset(tmp_path / "data", "val", None)

@@ -195,3 +195,31 @@ def test_an_archive_with_a_link_member_is_refused_with_nothing_written(tmp_path)
     with pytest.raises(UserError, match="is not a regular file"):
         safe_extract(tmp_path / "links.tar", target)
     assert list(target.iterdir()) == []
+
+
+def test_an_archive_without_the_voc_layout_is_refused_before_anything_is_written(tmp_path):
+    (tmp_path / "other.tar").write_bytes(tar_bytes({"photos/a.jpg": b"x", "notes.txt": b"y"}))
+    target = tmp_path / "target"
+    target.mkdir()
+    with pytest.raises(UserError, match="holds no VOCdevkit/VOC2012/JPEGImages"):
+        safe_extract(tmp_path / "other.tar", target, VOC)
+    assert list(target.iterdir()) == []
+
+
+def test_a_truncated_archive_is_one_error(tmp_path):
+    archive = tiny_voc_tar(tmp_path)
+    (tmp_path / "cut.tar").write_bytes(archive[: len(archive) // 2 + 100])
+    with pytest.raises(UserError, match="cannot extract .*cut.tar"):
+        safe_extract(tmp_path / "cut.tar", tmp_path / "target", VOC)
+
+
+def test_a_name_that_is_both_a_file_and_a_folder_is_refused(tmp_path):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.addfile(tarfile.TarInfo("VOCdevkit/x"), io.BytesIO(b""))
+        folder = tarfile.TarInfo("VOCdevkit/x")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+    (tmp_path / "both.tar").write_bytes(buffer.getvalue())
+    with pytest.raises(UserError, match="is both a file and a folder"):
+        safe_extract(tmp_path / "both.tar", tmp_path)

@@ -8,7 +8,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import metrics
-from cli import write_json
+from cli import UserError, write_json
 from dataset import collate_eval, eval_loader
 from metrics import ConfusionMatrix, evaluate, format_iou_table, median_ms
 from model import build_student
@@ -175,3 +175,13 @@ def test_best_and_worst_are_disjoint_ranked_and_both_present_from_two_images(
     scores, count, best, worst
 ):
     assert metrics.best_and_worst(scores, count) == (best, worst)
+
+
+def test_finite_but_absurd_weights_are_an_error_not_an_all_background_score(fake_voc):
+    """A negative BatchNorm variance is finite, and gives NaN logits: argmax would read them
+    as background everywhere, scored as a real (poor) mIoU."""
+    model = build_student()
+    model.aspp.project[1].running_var.fill_(-1.0)
+    loader = eval_loader(fake_voc, "val", limit=2)
+    with pytest.raises(UserError, match="outputs hold NaN or infinite values"):
+        evaluate(model, loader, torch.device("cpu"), progress=False)

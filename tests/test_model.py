@@ -186,3 +186,14 @@ def test_bad_checkpoints_give_a_one_line_error(tmp_path, content, message):
     assert message in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(UserError, match="does not exist"):
         load_student(tmp_path / "missing.pth")
+
+
+@pytest.mark.parametrize(
+    "entry, value",
+    [("args", ["kd"]), ("history", {"epoch": 1}), ("epoch", "2"), ("history", [1, 2])],
+)
+def test_a_checkpoint_entry_of_the_wrong_type_is_one_error_naming_it(tmp_path, entry, value):
+    path = tmp_path / "c.pth"
+    torch.save({"model": build_student().state_dict(), entry: value}, path)
+    with pytest.raises(UserError, match=f"{path}: its '{entry}' entry"):
+        load_student(path)

@@ -249,3 +249,10 @@ def test_comparison_table_names_each_kd_method():
 def test_images_alone_are_refused_without_a_checkpoint(tmp_path):
     proc = run_script("test.py", "--compare", "a.pth", "--images", tmp_path)
     assert proc.returncode != 0 and "--images goes with --checkpoint" in proc.stderr
+
+
+def test_a_16_bit_grey_photo_is_scaled_not_clipped_to_white(tmp_path):
+    path = tmp_path / "depth.png"
+    Image.fromarray(np.full((20, 30), 32768, np.uint16)).save(path)
+    photo = load_script("test").read_photo(path)
+    assert photo.mode == "RGB" and set(np.asarray(photo).flat) == {127}

@@ -520,3 +520,27 @@ def test_non_finite_batchnorm_statistics_are_never_saved(fake_voc, tmp_path):
     with pytest.raises(UserError, match="aspp.project.1.running_var became NaN or infinite"):
         train.save_epoch(args, ckpt, "title")
     assert not list(tmp_path.glob("*.pth"))
+
+
+def test_a_second_run_on_the_same_outputs_is_refused_while_the_first_lives(fake_voc, tmp_path):
+    """The lock names a live process (this one): refused. A lock of a process that is gone
+    (a killed run) is taken over, and removed when the run ends."""
+    args = tiny_args(fake_voc, tmp_path, "--epochs", "1")
+    lock = tmp_path / "s.pth.lock"
+    lock.write_text(f"{os.getpid()}\n")
+    with pytest.raises(UserError, match=f"another run \\(process {os.getpid()}\\)"):
+        train.main(args)
+    assert not (tmp_path / "s.pth").exists()
+    lock.write_text("999999999\n")  # no such process
+    train.main(args)
+    assert (tmp_path / "s.pth").exists() and not lock.exists()
+
+
+def test_an_optimizer_state_that_does_not_fit_is_one_error(trained, fake_voc, tmp_path):
+    out = tmp_path / "student_none.pth"
+    ckpt = load_file(train.last_path(trained["out"]), "c")
+    ckpt["optimizer"]["param_groups"][0]["params"] = [0, 1]  # another model's size
+    torch.save(ckpt, train.last_path(out))
+    proc = train_tiny(fake_voc, out, "--kd", "none", "--epochs", 3, "--resume")
+    assert proc.returncode == 1 and "optimizer state does not fit" in proc.stderr
+    assert "Traceback" not in proc.stderr

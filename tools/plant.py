@@ -9,8 +9,8 @@ A list holds blocks separated by blank lines:
 
     name: what the bug is
     file: teacher_cache.py
-    old:     return out.flip(-1) if where[4] > 0.5 else out
-    new:     return out
+    old:     if flipped:  # mirror the small stored map and the box, not the large output
+    new:     if False:
     (in old and new, \n stands for a line break)
     tests: tests/test_teacher_cache.py
 
