@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +85,6 @@ class TeacherCache:
 
     def __init__(self, directory: Path, index: dict, logits: np.ndarray):
         self.directory, self.index, self.logits = directory, index, logits
-        self.pool = ThreadPoolExecutor(torch.get_num_threads())  # see crop_logits
 
     @classmethod
     def open_or_build(
@@ -157,18 +155,12 @@ class TeacherCache:
         return torch.from_numpy(flat).reshape(1, *shape)
 
     def crop_logits(self, where: torch.Tensor, indices: torch.Tensor, size: tuple, device):
-        """N x C x size logits of a batch's crops (where: N x 5, indices: N), on `device`.
-        On the CPU the crops are resampled in parallel threads: RoIAlign's CPU kernel uses
-        one core per call."""
-
-        def one(box: torch.Tensor, i: int) -> torch.Tensor:
+        """N x C x size logits of a batch's crops (where: N x 5, indices: N), on `device`."""
+        crops = []
+        for box, i in zip(where.cpu(), indices.tolist()):
             image_size = tuple(self.index["images"][i]["size"])
-            return crop_logits(self.stored(i).to(device), image_size, box, size)
-
-        pairs = list(zip(where.cpu(), indices.tolist()))
-        if torch.device(device).type != "cpu":
-            return torch.cat([one(*pair) for pair in pairs])
-        return torch.cat(list(self.pool.map(lambda pair: one(*pair), pairs)))
+            crops.append(crop_logits(self.stored(i).to(device), image_size, box, size))
+        return torch.cat(crops)
 
 
 @torch.no_grad()
