@@ -86,22 +86,10 @@ def load_script(name: str):
     return module
 
 
-TINY_TRAIN = (
-    "--no-pretrained-backbone",
-    "--teacher-weights",
-    "none",
-    "--device",
-    "cpu",
-    "--batch-size",
-    "2",
-    "--crop-size",
-    "64",
-    "--num-workers",
-    "0",
-    "--limit-train",
-    "4",
-    "--limit-val",
-    "2",
+# train.py's smallest settings: random weights, tiny crops and batches, 4 + 2 images
+TINY_TRAIN = tuple(
+    "--no-pretrained-backbone --teacher-weights none --device cpu --batch-size 2 --crop-size 64 "
+    "--num-workers 0 --limit-train 4 --limit-val 2".split()
 )
 
 

@@ -39,21 +39,11 @@ from synthetic import make_fake_voc  # noqa: E402
 from voc import VOC  # noqa: E402
 
 TIMEOUT = 240
-TINY = [
-    "--no-pretrained-backbone",
-    "--teacher-weights",
-    "none",
-    "--device",
-    "cpu",
-    "--batch-size",
-    "2",
-    "--crop-size",
-    "64",
-    "--num-workers",
-    "0",
-    "--limit-val",
-    "2",
-]
+TINY = (
+    "--no-pretrained-backbone --teacher-weights none --device cpu --batch-size 2 "
+    "--crop-size 64 --num-workers 0 --limit-val 2"
+).split()
+FAST_TEST = "--runs 1 --size 64 --device cpu".split()
 
 
 def run(argv: list, cwd: Path, stop_after: float | None = None, sig=signal.SIGTERM):
@@ -95,6 +85,21 @@ def classify(code, err: str, expect: str, check_ok: bool, kept: bool) -> str:
             return "clear error" if check_ok else "silent accept"
         return "silent accept"
     return "handled" if code == 0 and check_ok else "silent accept"
+
+
+def train_argv(lab: "Lab", out: Path, *flags) -> list:
+    """train.py on the lab's SYNTHETIC tree, smallest settings, writing beside `out`."""
+    return [
+        "train.py",
+        "--data-root",
+        lab.data,
+        "--out",
+        out,
+        "--out-dir",
+        out.parent,
+        *TINY,
+        *flags,
+    ]
 
 
 class Lab:
@@ -166,12 +171,7 @@ def checkpoint_cases(lab: Lab) -> list:
                     path,
                     "--data-root",
                     lab.data,
-                    "--runs",
-                    "1",
-                    "--size",
-                    "64",
-                    "--device",
-                    "cpu",
+                    *FAST_TEST,
                     "--out-dir",
                     lab.work / "o",
                 ],
@@ -190,19 +190,7 @@ def checkpoint_cases(lab: Lab) -> list:
             (
                 "checkpoints",
                 f"--resume: {name}",
-                [
-                    "train.py",
-                    "--data-root",
-                    lab.data,
-                    "--out",
-                    out,
-                    "--out-dir",
-                    out.parent,
-                    "--epochs",
-                    "3",
-                    "--resume",
-                    *TINY,
-                ],
+                train_argv(lab, out, "--epochs", "3", "--resume"),
                 "error",
             )
         )
@@ -278,12 +266,7 @@ def onnx_cases(lab: Lab) -> list:
                     path,
                     "--data-root",
                     lab.data,
-                    "--runs",
-                    "1",
-                    "--size",
-                    "64",
-                    "--device",
-                    "cpu",
+                    *FAST_TEST,
                     "--out-dir",
                     lab.work / "onnx_out",
                 ],
@@ -445,18 +428,7 @@ def write_cases(lab: Lab) -> list:
         (
             "writes",
             "a second run on the same --out",
-            [
-                "train.py",
-                "--data-root",
-                lab.data,
-                "--out",
-                out,
-                "--out-dir",
-                out.parent,
-                "--epochs",
-                "1",
-                *TINY,
-            ],
+            train_argv(lab, out, "--epochs", "1"),
             "error",
         )
     ]
@@ -488,18 +460,7 @@ def interrupt_cases(lab: Lab) -> list:
         (
             "interrupts",
             "SIGTERM during training",
-            [
-                "train.py",
-                "--data-root",
-                lab.data,
-                "--out",
-                out,
-                "--out-dir",
-                out.parent,
-                "--epochs",
-                "1000",
-                *TINY,
-            ],
+            train_argv(lab, out, "--epochs", "1000"),
             "error",
             lambda: not list(out.parent.glob(".*tmp*")),
             25,
