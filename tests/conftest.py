@@ -37,6 +37,15 @@ def isolated_torch_home(torch_home, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
 
 
+@pytest.fixture(autouse=True)
+def nothing_written_into_the_repository():
+    """Tests write under tmp_path only: a file or folder new in the repository root (an
+    outputs/ made by a script's default --out-dir, say) fails the test that made it."""
+    before = set(os.listdir(ROOT))
+    yield
+    assert set(os.listdir(ROOT)) - before == set(), "a test wrote into the repository root"
+
+
 @pytest.fixture(scope="session")
 def fake_voc(tmp_path_factory) -> Path:
     """Data root of a SYNTHETIC VOC tree: 8 images, 4 train and 4 val."""

@@ -65,7 +65,9 @@ def test_a_corrupt_onnx_file_is_one_clear_error(tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")
     with pytest.raises(UserError, match="cannot load .*bad.onnx as an ONNX model"):
         OnnxModel(tmp_path / "bad.onnx")
-    proc = run_script("test.py", "--checkpoint", tmp_path / "bad.onnx", "--device", "cpu")
+    proc = run_script(
+        "test.py", "--checkpoint", tmp_path / "bad.onnx", "--device", "cpu", "--out-dir", tmp_path
+    )
     assert proc.returncode == 1 and proc.stderr.startswith("error: cannot load")
     assert len(proc.stderr.strip().splitlines()) == 1
 
