@@ -14,7 +14,7 @@ present; its ms/image are timed together, interleaved, after every checkpoint is
 A checkpoint that cannot be read is listed in the table's notes, and the rest still run.
 --images segments your own photos (files, or folders of .jpg/.png) without the dataset:
 <out-dir>/photos/<name>_<ext>_mask.png (VOC colours, the photo's size and orientation) and
-<name>_<ext>_overlay.png (blended, with a class legend); _SYNTHETIC before _mask when the
+<name>_<ext>_overlay.png (photo | prediction | legend); _SYNTHETIC before _mask when the
 checkpoint was trained on synthetic data.
 """
 

@@ -185,3 +185,60 @@ def test_finite_but_absurd_weights_are_an_error_not_an_all_background_score(fake
     loader = eval_loader(fake_voc, "val", limit=2)
     with pytest.raises(UserError, match="outputs hold NaN or infinite values"):
         evaluate(model, loader, torch.device("cpu"), progress=False)
+
+
+def test_a_class_of_a_single_pixel_predicted_right_has_iou_one():
+    cm = ConfusionMatrix(num_classes=3)
+    cm.update(torch.tensor([0, 0, 2]), torch.tensor([0, 0, 2]))  # class 2: one pixel, union 1
+    iou = cm.compute()["iou"]
+    assert iou[0] == iou[2] == 1.0 and math.isnan(iou[1]) and cm.compute()["miou"] == 1.0
+
+
+class LowResolution(torch.nn.Module):
+    """Fixed 1 x 3 x 2 x 2 logits for any input: evaluate() must upsample them to the label."""
+
+    logits = torch.tensor(
+        [[[[2.0, 0.0], [0.0, 1.0]], [[0.0, 3.0], [1.0, 0.0]], [[1.0, 1.0], [2.0, 2.0]]]]
+    )
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], -1, -1, -1)
+
+
+def test_evaluate_scores_logits_upsampled_bilinearly_without_aligned_corners():
+    """loss and per-image mIoU of a 5 x 7 label from 2 x 2 logits, by hand: bilinear,
+    align_corners=False (as the models themselves upsample), 255 ignored."""
+    target = torch.randint(0, 3, (5, 7))
+    target[0, 0] = 255
+    loader = [(torch.zeros(1, 3, 5, 7), [target], [(5, 7)])]
+    result = evaluate(LowResolution(), loader, torch.device("cpu"), progress=False)
+    up = torch.nn.functional.interpolate(
+        LowResolution.logits, size=(5, 7), mode="bilinear", align_corners=False
+    )
+    loss = torch.nn.functional.cross_entropy(up, target[None].long(), ignore_index=255)
+    assert result["loss"] == pytest.approx(loss.item(), rel=1e-6)
+    single = ConfusionMatrix()
+    single.update(up.argmax(1), target[None])
+    assert result["per_image_miou"] == [pytest.approx(single.compute()["miou"])]
+    assert result["pixels"] == 34
+
+
+def test_the_printed_report_shows_the_numbers_in_percent():
+    result = {
+        "iou": [0.5, 1 / 3] + [math.nan] * 19,
+        "miou": 4 / 9,
+        "pixel_acc": 0.6,
+        "params": 1035733,
+        "ms_per_image": 12.34,
+        "input_size": 520,
+        "num_images": 7,
+        "split": "val",
+        "device_name": "a CPU",
+        "synthetic": True,
+    }
+    text = metrics.format_report(result, "the title")
+    assert "mIoU            44.44 %  (7 images, split val) SYNTHETIC" in text
+    assert "pixel accuracy  60.00 %" in text and "parameters      1,035,733" in text
+    assert "ms/image        12.3  (batch 1, 520x520, a CPU)" in text
+    assert "\nbackground    50.00\naeroplane     33.33\n" in text
+    assert text.startswith("== the title -- SYNTHETIC data")

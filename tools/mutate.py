@@ -142,25 +142,12 @@ def mutant(source: str, target: int, function: str | None) -> tuple:
     return ast.unparse(ast.fix_missing_locations(new)), planter.applied
 
 
-def run_tests(tests: list, timeout: float) -> str:
+def run_tests(tests: list, timeout: float, slow: bool) -> str:
+    pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+    marks = [] if slow else ["-m", "not slow"]
     try:
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-x",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                "-m",
-                "not slow",
-                *tests,
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+            [*pytest, *marks, *tests], cwd=ROOT, capture_output=True, text=True, timeout=timeout
         )
     except subprocess.TimeoutExpired:
         return "killed (timeout)"
@@ -174,20 +161,31 @@ def main() -> None:
     p.add_argument("--function", help="only the mutations inside this function")
     p.add_argument("--list", action="store_true", help="list the mutants without running them")
     p.add_argument("--timeout", type=float, default=300, help="seconds a test run may take")
+    p.add_argument("--slow", action="store_true", help="also run the tests marked slow")
+    p.add_argument(
+        "--survivors-of",
+        type=Path,
+        metavar="LOG",
+        help="only the mutants this tool's earlier output (LOG) lists as survived",
+    )
     args = p.parse_args()
     path = ROOT / args.module
     original = path.read_text()
     results, target, start = {}, 0, time.perf_counter()
+    wanted = args.survivors_of.read_text().splitlines() if args.survivors_of else []
     try:
         while True:
             source, description = mutant(original, target, args.function)
             if source is None:
                 break
+            if args.survivors_of and f"survived         {description}" not in wanted:
+                target += 1
+                continue
             if args.list:
                 outcome = "-"
             else:
                 path.write_text(source)
-                outcome = run_tests(args.tests, args.timeout)
+                outcome = run_tests(args.tests, args.timeout, args.slow)
             results[description] = outcome
             print(f"{outcome:16s} {description}", flush=True)
             target += 1
