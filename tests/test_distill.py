@@ -11,6 +11,7 @@ from distill import (
     build_adapters,
     cosine_distance,
     feature_kd_loss,
+    masked_mean,
     response_kd_loss,
     teacher_outputs,
     training_loss,
@@ -231,3 +232,42 @@ def test_feature_distances_ignore_positions_labelled_void(batch):
                 t[..., side] = -t[..., side]  # the leftmost or rightmost two columns
             loss = feature_kd_loss(feats, moved, adapters, masks)[0]
             assert (loss.item() != pytest.approx(base.item(), abs=1e-6)) == changes
+
+
+def test_a_mean_over_one_valid_pixel_is_that_pixel():
+    values = torch.tensor([[[3.0, 7.0], [5.0, 9.0]]])
+    valid = torch.tensor([[[False, True], [False, False]]])
+    assert masked_mean(values, valid).item() == 7.0
+    assert masked_mean(values, torch.zeros_like(valid)).item() == 0.0  # none valid: 0
+
+
+@pytest.mark.parametrize("kd", ["none", "response", "feature", "both"])
+def test_the_training_loss_is_the_weighted_sum_of_its_terms(batch, kd):
+    """L = alpha CE + beta tau^2 KL + feat_weight sum of distances, with weights other than 1
+    so that a product turned into a quotient, or a sum into a difference, shows."""
+    torch.manual_seed(0)
+    images, masks = batch[0][:2], batch[1][:2]
+    config = KDConfig(kd, alpha=0.7, beta=1.9, tau=3.0, feat_weight=2.3)
+    trainee = Trainee(build_student(), config).eval()
+    teacher_out = teacher_outputs(build_teacher("none"), images)
+    loss, terms = trainee(images, masks, teacher_out)
+    expected = 0.7 * terms["ce"]
+    if kd in ("response", "both"):
+        expected = expected + 1.9 * terms["kl"]
+    if kd in ("feature", "both"):
+        expected = expected + 2.3 * terms["feat"]
+        parts = sum(terms[f"feat_{name}"] for name in ("low", "mid", "high"))
+        assert terms["feat"].item() == pytest.approx(parts.item(), rel=1e-6)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_a_teacher_map_of_another_size_is_resized_bilinearly_without_aligned_corners():
+    """The high pair: the teacher's stride-8 map is resized to the student's stride 16."""
+    g = torch.Generator().manual_seed(0)
+    adapters = build_adapters(("high",))
+    fs = torch.randn(1, 96, 4, 5, generator=g)
+    ft = torch.randn(1, 2048, 8, 10, generator=g)
+    target = torch.zeros(1, 4, 5, dtype=torch.long)
+    total, _ = feature_kd_loss({"high": fs}, {"high": ft}, adapters, target)
+    resized = torch.nn.functional.interpolate(ft, size=(4, 5), mode="bilinear", align_corners=False)
+    assert total.item() == pytest.approx(cosine_distance(adapters["high"](fs), resized).item())

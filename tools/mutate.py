@@ -171,7 +171,7 @@ def main() -> None:
     args = p.parse_args()
     path = ROOT / args.module
     original = path.read_text()
-    results, target, start = {}, 0, time.perf_counter()
+    results, target, start = [], 0, time.perf_counter()
     wanted = args.survivors_of.read_text().splitlines() if args.survivors_of else []
     try:
         while True:
@@ -186,7 +186,7 @@ def main() -> None:
             else:
                 path.write_text(source)
                 outcome = run_tests(args.tests, args.timeout, args.slow)
-            results[description] = outcome
+            results.append(outcome)
             print(f"{outcome:16s} {description}", flush=True)
             target += 1
     finally:
@@ -194,7 +194,7 @@ def main() -> None:
     if args.list:
         print(f"{args.module}: {len(results)} mutants")
         return
-    killed = sum(o.startswith("killed") for o in results.values())
+    killed = sum(o.startswith("killed") for o in results)
     minutes = (time.perf_counter() - start) / 60
     print(
         f"{args.module}: {len(results)} mutants, {killed} killed, "
