@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+import download
 from cli import UserError
 from dataset import voc_dataset
 from download import download_source, is_complete, safe_extract
@@ -35,6 +36,9 @@ class ArchiveServer:
                 if "Range" in self.headers and server.honour_range:
                     start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0])
                     server.ranges.append(start)
+                    if start >= len(body):  # nothing left: what HTTP servers answer
+                        self.send_error(416)
+                        return
                 self.send_response(206 if start else 200)
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
@@ -223,3 +227,42 @@ def test_a_name_that_is_both_a_file_and_a_folder_is_refused(tmp_path):
     (tmp_path / "both.tar").write_bytes(buffer.getvalue())
     with pytest.raises(UserError, match="is both a file and a folder"):
         safe_extract(tmp_path / "both.tar", tmp_path)
+
+
+def test_a_part_file_already_whole_is_verified_and_extracted_then_marked_done(
+    tmp_path, server, capsys
+):
+    """The server answers 416 (nothing left in range) for a complete .part; the archive is
+    then checked, extracted and marked, and a second run has nothing to do."""
+    archive = tiny_voc_tar(tmp_path)
+    srv = server({"/voc.tar": archive})
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / (VOC.archive + ".part")).write_bytes(archive)
+    source = voc_from([srv.url("/voc.tar")], hashlib.md5(archive).hexdigest())
+    download_source(root, source)
+    assert srv.ranges == [len(archive)] and (root / VOC.subdir / COMPLETE_MARKER).exists()
+    capsys.readouterr()
+    download_source(root, source)
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_every_mirror_that_failed_is_named_in_the_error(tmp_path, server):
+    srv = server({})
+    urls = [srv.url("/a.tar"), srv.url("/b.tar")]
+    with pytest.raises(UserError) as e:
+        download_source(tmp_path / "data", voc_from(urls, "0" * 32))
+    assert all(f"{url}: HTTP Error 404" in str(e.value) for url in urls)
+
+
+def test_an_archive_beyond_the_caps_is_refused_before_extraction(tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "MAX_MEMBERS", 3)
+    (tmp_path / "many.tar").write_bytes(tar_bytes({f"VOCdevkit/{i}": b"" for i in range(4)}))
+    with pytest.raises(UserError, match="more than 3 files"):
+        safe_extract(tmp_path / "many.tar", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(download, "MAX_MEMBERS", 10)
+    monkeypatch.setattr(download, "MAX_BYTES", 5)
+    (tmp_path / "big.tar").write_bytes(tar_bytes({"VOCdevkit/a": b"123456"}))
+    with pytest.raises(UserError, match="or 5 bytes"):
+        safe_extract(tmp_path / "big.tar", tmp_path / "out")
