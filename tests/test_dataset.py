@@ -203,6 +203,8 @@ def test_a_damaged_file_is_one_error_naming_it_in_check_and_test_py(damage, dama
         "1",
         "--num-workers",
         "1" if damage == "label out of range" else "0",
+        "--out-dir",
+        root / "out",
     )  # one read in a worker process: each of those costs a 5 s worker shutdown
     last = proc.stderr.strip().splitlines()[-1]  # after the progress bar that was running
     assert proc.returncode == 1 and proc.stderr.count("error") == 1, proc.stderr

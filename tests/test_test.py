@@ -121,7 +121,14 @@ def test_a_bad_checkpoint_is_one_error_line_before_the_data_is_read(tmp_path, co
     path = tmp_path / "bad.pth"
     path.write_bytes(content) if isinstance(content, bytes) else torch.save(content, path)
     proc = run_subprocess(
-        "test.py", "--checkpoint", path, "--data-root", tmp_path / "no_data", *FAST
+        "test.py",
+        "--checkpoint",
+        path,
+        "--data-root",
+        tmp_path / "no_data",
+        *FAST,
+        "--out-dir",
+        tmp_path,
     )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ")
@@ -132,7 +139,7 @@ def test_a_nan_checkpoint_is_refused(trained, tmp_path):
     ckpt = torch.load(trained["out"], weights_only=True)
     ckpt["model"]["classifier.1.weight"][0, 0] = float("nan")
     torch.save(ckpt, tmp_path / "nan.pth")
-    proc = run_script("test.py", "--checkpoint", tmp_path / "nan.pth", *FAST)
+    proc = run_script("test.py", "--checkpoint", tmp_path / "nan.pth", *FAST, "--out-dir", tmp_path)
     assert (
         proc.returncode == 1 and "NaN or infinite" in proc.stderr and "Traceback" not in proc.stderr
     )

@@ -57,6 +57,8 @@ def test_a_missing_data_root_is_a_clear_error_without_traceback(tmp_path):
         tmp_path / "nowhere",
         "--device",
         "cpu",
+        "--out-dir",
+        tmp_path / "out",
     )
     assert proc.returncode == 1
     assert "--download" in proc.stderr and "VOCdevkit/VOC2012" in proc.stderr
