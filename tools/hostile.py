@@ -102,6 +102,20 @@ def train_argv(lab: "Lab", out: Path, *flags) -> list:
     ]
 
 
+def test_argv(lab: "Lab", checkpoint: Path, out_dir: Path) -> list:
+    """test.py on the lab's SYNTHETIC tree, timed briefly, writing into out_dir."""
+    return [
+        "test.py",
+        "--checkpoint",
+        checkpoint,
+        "--data-root",
+        lab.data,
+        *FAST_TEST,
+        "--out-dir",
+        out_dir,
+    ]
+
+
 class Lab:
     """A working folder with a SYNTHETIC tree and one tiny trained checkpoint."""
 
@@ -165,16 +179,7 @@ def checkpoint_cases(lab: Lab) -> list:
             (
                 "checkpoints",
                 f"test.py: {name}",
-                [
-                    "test.py",
-                    "--checkpoint",
-                    path,
-                    "--data-root",
-                    lab.data,
-                    *FAST_TEST,
-                    "--out-dir",
-                    lab.work / "o",
-                ],
+                test_argv(lab, path, lab.work / "o"),
                 "error",
             )
         )
@@ -260,16 +265,7 @@ def onnx_cases(lab: Lab) -> list:
             (
                 "onnx",
                 name,
-                [
-                    "test.py",
-                    "--checkpoint",
-                    path,
-                    "--data-root",
-                    lab.data,
-                    *FAST_TEST,
-                    "--out-dir",
-                    lab.work / "onnx_out",
-                ],
+                test_argv(lab, path, lab.work / "onnx_out"),
                 "error",
             )
         )
