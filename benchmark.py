@@ -18,19 +18,6 @@ torch.utils.flop_counter.FlopCounterMode (2 per multiply-add of convolutions and
 products). MB: the state dict as torch.save writes it, or the .onnx file.
 """
 
-import argparse
-import copy
-import datetime
-import io
-import tempfile
-from functools import partial
-from pathlib import Path
-
-import numpy as np
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-from torchvision.models.segmentation import lraspp_mobilenet_v3_large
-
 from cli import (
     OUTPUTS_DIR,
     add_device,
@@ -44,6 +31,20 @@ from cli import (
     run,
     write_json,
 )
+
+import argparse
+import copy
+import datetime
+import io
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+
 from distill import KD_MODES, KDConfig, Trainee, teacher_outputs
 from export import OnnxModel, export_onnx, quantize_int8
 from lab import BENCHMARK_RESULT, OptimConfig, build_optimizer
@@ -191,8 +192,8 @@ def training_step_rows(student: torch.nn.Module, teacher, args, device: torch.de
 
 def in_memory_cache(count: int) -> TeacherCache:
     """A teacher cache of `count` random maps of a typical VOC image's size, held in memory:
-    the per-step work of --teacher-cache (reading a map, RoIAlign over the crop) without
-    the disk."""
+    the per-step work of --teacher-cache (reading the maps, resampling them over the crops)
+    without the disk."""
     n = int(np.prod(CACHED_MAP))
     entries = [
         {"size": list(VOC_IMAGE), "shape": list(CACHED_MAP), "offset": i * n} for i in range(count)

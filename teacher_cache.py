@@ -1,24 +1,27 @@
 """The frozen teacher's logits, computed once per training image and reused by every epoch of
 response-based distillation (train.py --teacher-cache DIR).
 
-    cache = TeacherCache.open_or_build("cache/fcn", teacher, "default", image_files, device)
+    cache = TeacherCache.open_or_build("cache/fcn", teacher, image_files, device)
     logits = cache.crop_logits(where, indices, (crop, crop), device)   # N x 21 x crop x crop
 
 The idea of ReLabel (Yun et al., CVPR 2021, "Re-labeling ImageNet") and FKD (Shen and Xing,
 ECCV 2022, "A Fast Knowledge Distillation Framework for Visual Recognition"): the teacher never
 changes, so its dense output is stored once for each whole image, and each random crop reads
-its region of the stored map (RoIAlign) instead of running the teacher again.
+its region of the stored map (bilinear samples over its box, as RoIAlign takes them) instead
+of running the teacher again.
 
 What it changes: the teacher sees the whole image, resized so its shorter side is 520 (as in
 Step 1), instead of the student's crop at the crop's scale; its logits for a crop are then
 bilinear samples of its whole-image map, which is what the live teacher's logits are too,
 only computed in another context. The effect of that on VOC mIoU is not measured here.
 
-On disk, DIR holds logits.f16 (raw float16: every image's 21 x ceil(H'/8) x ceil(W'/8) map, float16,
-one after another) and index.json (the teacher's fingerprint, the resize, and for each image
+On disk, DIR holds logits.f16 (raw float16 values: every image's 21 x ceil(H'/8) x ceil(W'/8)
+map, one after another) and index.json (the teacher's fingerprint, the resize, and for each image
 its file name, a SHA-1 of its bytes, its size, its map's shape and offset). DIR appears whole
 or not at all: it is written under a temporary name and renamed last.
 """
+
+from cli import UserError
 
 import hashlib
 import json
@@ -29,12 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torchvision.ops import roi_align
 from tqdm import tqdm
 
-from cli import UserError
 from dataset import EvalTransform
 from model import TEACHER_RESIZE, teacher_stride8_logits
 
@@ -56,28 +58,48 @@ def teacher_fingerprint(teacher: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def crop_logits(stored: torch.Tensor, image_size: tuple, where: torch.Tensor, size: tuple):
-    """The stored whole-image map resampled over one crop's box, as the live teacher's logits
-    enter the loss: stored 1 x C x h x w (stride 8 of the image resized for the teacher),
-    image_size (H, W) of the original image, where = [x0, y0, x1, y1, flipped] (the box in
-    original pixel coordinates, dataset.RandomScaleCropFlip) -> 1 x C x size.
+def crop_logits(stored: list, image_sizes: list, where: torch.Tensor, size: tuple) -> torch.Tensor:
+    """The stored whole-image maps resampled over each crop's box, as the live teacher's logits
+    enter the loss: stored[i] 1 x C x h_i x w_i (stride 8 of image i resized for the teacher),
+    image_sizes[i] (H_i, W_i) of the original image, where N x 5 rows [x0, y0, x1, y1, flipped]
+    (the box in original pixel coordinates, dataset.RandomScaleCropFlip) -> N x C x size.
 
-    A pixel at original coordinate x (pixel centres at i + 1/2) sits at x * w / W - 1/2 in the
-    map, as bilinear upsampling (align_corners=False) of the map to the image places it; output
-    pixel j of the crop is at x = x0 + (j + 1/2) (x1 - x0) / size_w. RoIAlign with aligned=True
-    and one sample per bin takes exactly that bilinear sample. A flipped crop is the same
-    sampling of the mirrored map over the mirrored box [W - x1, W - x0] (mirroring x -> W - x
-    maps map cell u to w - 1 - u exactly). Outside the image (the padding of small crops) it
-    gives 0, where the mask holds 255 and nothing is scored.
+    A pixel at original coordinate x (pixel centres at i + 1/2) sits at u = x * w / W - 1/2 in
+    the map, as bilinear upsampling (align_corners=False) of the map to the image places it;
+    output pixel j of the crop is at x = x0 + (j + 1/2) (x1 - x0) / size_w, and takes the
+    bilinear sample at u (the same for y). A flipped crop is the unflipped one mirrored: its
+    columns in reverse order. This is what RoIAlign with aligned=True and one sample per bin
+    computes; grid_sample takes every crop of the batch in one call, on every core, where
+    torchvision's RoIAlign runs one crop at a time on one core on a CPU (docs/measurements.md).
+    The maps are padded to a common size by repeating their edges: a sample between the last
+    cell's centre and the image's edge is the edge's value, as without padding, and so is one
+    beyond the image (the padding of small crops, where the mask holds 255: never scored).
     """
-    height, width = image_size
-    h, w = stored.shape[-2:]
-    x0, y0, x1, y1, flipped = where.tolist()
-    if flipped:  # mirror the small stored map and the box, not the large output
-        stored, x0, x1 = stored.flip(-1), width - x1, width - x0
-    box = [0.0, x0 * w / width, y0 * h / height, x1 * w / width, y1 * h / height]
-    rois = torch.tensor([box], dtype=torch.float32, device=stored.device)
-    return roi_align(stored.float(), rois, size, spatial_scale=1.0, sampling_ratio=1, aligned=True)
+    height, width = max(m.shape[-2] for m in stored), max(m.shape[-1] for m in stored)
+    maps = [
+        F.pad(m.float(), (0, width - m.shape[-1], 0, height - m.shape[-2]), mode="replicate")
+        for m in stored
+    ]
+    grids = []
+    for m, (image_h, image_w), (x0, y0, x1, y1, flipped) in zip(
+        stored, image_sizes, where.tolist()
+    ):
+        xs = x0 + (torch.arange(size[1]) + 0.5) * (x1 - x0) / size[1]
+        ys = y0 + (torch.arange(size[0]) + 0.5) * (y1 - y0) / size[0]
+        if flipped:
+            xs = xs.flip(0)
+        # grid_sample's coordinates: -1 and 1 are the padded map's outer edges
+        gx = 2 * xs * (m.shape[-1] / image_w) / width - 1
+        gy = 2 * ys * (m.shape[-2] / image_h) / height - 1
+        grids.append(torch.stack(torch.meshgrid(gx, gy, indexing="xy"), -1))
+    maps = torch.cat(maps)
+    return F.grid_sample(
+        maps,
+        torch.stack(grids).to(maps.device),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )
 
 
 class TeacherCache:
@@ -156,11 +178,9 @@ class TeacherCache:
 
     def crop_logits(self, where: torch.Tensor, indices: torch.Tensor, size: tuple, device):
         """N x C x size logits of a batch's crops (where: N x 5, indices: N), on `device`."""
-        crops = []
-        for box, i in zip(where.cpu(), indices.tolist()):
-            image_size = tuple(self.index["images"][i]["size"])
-            crops.append(crop_logits(self.stored(i).to(device), image_size, box, size))
-        return torch.cat(crops)
+        images = [self.index["images"][i] for i in indices.tolist()]
+        stored = [self.stored(i).to(device) for i in indices.tolist()]
+        return crop_logits(stored, [entry["size"] for entry in images], where.cpu(), size)
 
 
 @torch.no_grad()

@@ -1,17 +1,17 @@
 """teacher_cache.py and train.py --teacher-cache: the stored logits are the live teacher's, each
 crop reads its own region of them, and a cache that does not belong to the run is refused."""
 
+from cli import UserError
+
 import csv
 import json
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 import teacher_cache
-from cli import UserError
 from conftest import train_tiny
 from dataset import EvalTransform, RandomScaleCropFlip, image_path, voc_dataset
 from model import build_teacher, teacher_features
@@ -63,33 +63,54 @@ def test_the_whole_image_unflipped_gives_the_live_teachers_logits(fake_voc, teac
         assert (cached - live).abs().max().item() < 2e-3 * scale  # float16: 11 bits
 
 
-def reference(stored: torch.Tensor, image_size: tuple, where: torch.Tensor, size: int):
-    """An independent resampling: grid_sample at each output pixel's centre mapped into the
-    original image (x = x0 + (j + 1/2)(x1 - x0) / size), in the normalised coordinates in
-    which the map spans the whole image (2 x / W - 1), flipped when the crop was."""
-    height, width = image_size
-    x0, y0, x1, y1, flipped = where.tolist()
-    xs = x0 + (torch.arange(size) + 0.5) * (x1 - x0) / size
-    ys = y0 + (torch.arange(size) + 0.5) * (y1 - y0) / size
-    gy, gx = torch.meshgrid(2 * ys / height - 1, 2 * xs / width - 1, indexing="ij")
-    grid = torch.stack([gx, gy], -1)[None]
-    out = F.grid_sample(
-        stored.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+def hand_bilinear(stored: np.ndarray, v: float, u: float) -> np.ndarray:
+    """The C values of a C x h x w map at map coordinates (v, u), cell centres at integers,
+    clamped to the outer cells' centres (as upsampling with align_corners=False does)."""
+    h, w = stored.shape[-2:]
+    v, u = min(max(v, 0.0), h - 1.0), min(max(u, 0.0), w - 1.0)
+    top, left = int(v), int(u)
+    bottom, right = min(top + 1, h - 1), min(left + 1, w - 1)
+    dv, du = v - top, u - left
+    return (1 - dv) * ((1 - du) * stored[:, top, left] + du * stored[:, top, right]) + dv * (
+        (1 - du) * stored[:, bottom, left] + du * stored[:, bottom, right]
     )
-    return out.flip(-1) if flipped else out
+
+
+def hand_crop(stored: np.ndarray, image_size: tuple, where: list, size: int) -> np.ndarray:
+    """One crop, pixel by pixel: output pixel (i, j) is the original image's point
+    x = x0 + (j + 1/2)(x1 - x0) / size (y alike), at u = x * w / W - 1/2 in the map; a flipped
+    crop is the same crop mirrored."""
+    height, width = image_size
+    x0, y0, x1, y1, flipped = where
+    h, w = stored.shape[-2:]
+    out = np.zeros((stored.shape[0], size, size))
+    for i in range(size):
+        y = y0 + (i + 0.5) * (y1 - y0) / size
+        for j in range(size):
+            x = x0 + (j + 0.5) * (x1 - x0) / size
+            out[:, i, size - 1 - j if flipped else j] = hand_bilinear(
+                stored, y * h / height - 0.5, x * w / width - 0.5
+            )
+    return out
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_a_random_crop_reads_its_own_box_of_the_stored_map_flipped_as_the_crop(seed):
-    """Plant: forget the flip, or the scale from image to map coordinates."""
+def test_each_crop_of_a_batch_reads_its_own_box_of_its_own_map_flipped_as_the_crop(seed):
+    """Two maps of different sizes in one batch (padded to one size inside crop_logits), boxes
+    reaching the image's right and bottom edges and beyond (the padding of a small crop).
+    Plant: forget the flip, or the scale from image to map coordinates, or pad with zeros."""
     g = torch.Generator().manual_seed(seed)
-    stored = torch.randn(1, 21, 9, 13, generator=g).half()
-    height, width = 70, 100
-    x0, y0 = torch.rand(2, generator=g) * torch.tensor([40.0, 25.0])
-    side = 20 + 20 * torch.rand(1, generator=g).item()
-    where = torch.tensor([x0, y0, x0 + side, y0 + side, float(seed % 2)])
-    got = crop_logits(stored, (height, width), where, (32, 32))
-    assert torch.allclose(got, reference(stored, (height, width), where, 32), atol=1e-4)
+    stored = [torch.randn(1, 21, 9, 13, generator=g).half(), torch.randn(1, 21, 7, 10, generator=g)]
+    image_sizes = [(70, 100), (52, 75)]
+    where = []
+    for height, width in image_sizes:
+        side = 20 + 40 * torch.rand(1, generator=g).item()
+        x0, y0 = width - side * torch.rand(1, generator=g).item(), height - side
+        where.append([x0, y0, x0 + side, y0 + side, float(seed % 2 == len(where) % 2)])
+    got = crop_logits(stored, image_sizes, torch.tensor(where), (16, 16))
+    for i, (m, image_size, box) in enumerate(zip(stored, image_sizes, where)):
+        expected = hand_crop(m[0].double().numpy(), image_size, box, 16)
+        assert np.allclose(got[i].numpy(), expected, atol=1e-4), i
 
 
 def test_the_recorded_box_is_where_the_crop_came_from():
