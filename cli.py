@@ -6,6 +6,10 @@ types and common flags, the device, and atomic writing of outputs.
 Library code raises UserError for anything the user can fix (a missing file, a bad flag
 value, a foreign checkpoint); `run` prints it as one `error: ...` line and exits 1. Ctrl+C
 prints one line and exits 130. Nothing else in the project prints errors or calls SystemExit.
+
+Every module imports cli first (pyproject.toml's isort sections), and cli imports nothing slow
+(torch is imported where it is used): a Ctrl+C while a script's imports load, before `run`
+starts, is one line too (`one_line_interrupt`), not a traceback through torch's imports.
 """
 
 import argparse
@@ -16,10 +20,13 @@ import os
 import platform
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 WEIGHTS_DIR, OUTPUTS_DIR = "weights", "outputs"  # where the lab's scripts write by default
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130  # 130 = 128 + SIGINT, what shells report for Ctrl+C
@@ -51,6 +58,19 @@ def run(main: Callable, parse_args: Callable) -> None:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         sys.exit(EXIT_ERROR)
+
+
+def one_line_interrupt(kind: type, value: BaseException, traceback) -> None:
+    """sys.excepthook: a Ctrl+C that no `run` caught (during the imports) is one line; Python
+    then exits as killed by SIGINT, which shells report as 130. Anything else as Python prints
+    it."""
+    if issubclass(kind, KeyboardInterrupt):
+        print("\ninterrupted", file=sys.stderr)
+    else:
+        sys.__excepthook__(kind, value, traceback)
+
+
+sys.excepthook = one_line_interrupt
 
 
 def interrupt(signum: int, frame) -> None:
@@ -137,8 +157,10 @@ def add_device(p: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve_device(name: str | None) -> torch.device:
+def resolve_device(name: str | None) -> "torch.device":
     """--device value -> torch.device; None means cuda when available, else cpu."""
+    import torch
+
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -152,8 +174,10 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
-def device_name(device: torch.device) -> str:
+def device_name(device: "torch.device") -> str:
     """The GPU's or the CPU's model name, for saying where a time was measured."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
@@ -169,17 +193,24 @@ def device_name(device: torch.device) -> str:
 
 def check_output(path: str | Path, folder: bool = False) -> Path:
     """Fail now, not after an hour of work, when `path` cannot be written: a folder where a
-    file goes (or the reverse), or a parent that is a file. Creates the missing folders."""
+    file goes (or the reverse), a parent that is a file, a folder that takes no new file
+    (read-only, or not ours). Creates the missing folders; a file is created there and
+    deleted at once to know."""
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
         raise UserError(
             f"{path} is {'a file' if folder else 'a folder'}; "
             f"give the path of a {'folder' if folder else 'file'}"
         )
+    directory = path if folder else path.parent
     try:
-        (path if folder else path.parent).mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the folder for {path}: {e.strerror or e}") from None
+    try:
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as e:
+        raise UserError(f"cannot write into {directory}: {e.strerror or e}") from None
     return path
 
 

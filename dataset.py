@@ -14,6 +14,8 @@ The facts about VOC (classes, sources, markers) are in voc.py; the downloader is
 the synthetic data synthetic.py, which this module's command line runs.
 """
 
+from cli import UserError, add_data_root, number, parser, path_arg, run, seed_int
+
 import argparse
 import bisect
 import re
@@ -28,7 +30,6 @@ from torchvision.datasets import SBDataset, VOCSegmentation
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from cli import UserError, add_data_root, number, parser, path_arg, run, seed_int
 from download import download_source
 from synthetic import make_fake_voc
 from voc import (

@@ -10,6 +10,8 @@ A marker file, written only once an extraction has finished, tells a complete tr
 that Ctrl+C or a full disk cut short.
 """
 
+from cli import UserError
+
 import http.client
 import os
 import tarfile
@@ -20,7 +22,6 @@ from pathlib import Path
 from torchvision.datasets.utils import calculate_md5
 from tqdm import tqdm
 
-from cli import UserError
 from voc import COMPLETE_MARKER, Source, is_present
 
 # Far above VOC and SBD (tens of thousands of files, 2 GB and 1.4 GB): an archive beyond

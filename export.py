@@ -21,6 +21,8 @@ gates, the resizes) need conversions around them, which can cost what the int8 c
 save (the printed operation lists show it; benchmark.py times it).
 """
 
+from cli import UserError, add_data_root, atomic_path, check_output, number, parser, path_arg, run
+
 import argparse
 import collections
 import importlib
@@ -30,7 +32,6 @@ from pathlib import Path
 
 import torch
 
-from cli import UserError, add_data_root, atomic_path, check_output, number, parser, path_arg, run
 from dataset import EvalTransform, voc_dataset
 from model import TEACHER_RESIZE, count_params, load_student
 from voc import is_synthetic

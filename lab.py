@@ -6,6 +6,8 @@ each other.
     from lab import OptimConfig, build_optimizer, student_path, last_path, save_overlays
 """
 
+from cli import WEIGHTS_DIR
+
 import dataclasses
 from pathlib import Path
 
@@ -13,7 +15,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cli import WEIGHTS_DIR
 from dataset import image_path
 from metrics import best_and_worst
 from visualize import overlay_panel, save_png

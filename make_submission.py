@@ -12,12 +12,13 @@ packed; SYNTHETIC results get a warning. Only those are taken, so the dataset, c
 and version-control folders never enter the zip.
 """
 
+from cli import OUTPUTS_DIR, WEIGHTS_DIR, UserError, atomic_path, parser, path_arg, run
+
 import argparse
 import json
 import zipfile
 from pathlib import Path
 
-from cli import OUTPUTS_DIR, WEIGHTS_DIR, UserError, atomic_path, parser, path_arg, run
 from lab import COMPARISON, PHOTOS, curves_path, student_path
 
 TOP_FILES = ("train.txt", "test.txt", "README.md", "requirements.txt", "pyproject.toml")

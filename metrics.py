@@ -6,6 +6,8 @@ mIoU is computed from one confusion matrix accumulated over the whole split (the
 protocol), not as a mean of per-image scores.
 """
 
+from cli import UserError, device_name
+
 import datetime
 import math
 import statistics
@@ -20,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from cli import UserError, device_name
 from voc import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES
 
 PAUSE_S = 0.02  # before each function's turn, untimed (see median_ms)

@@ -8,6 +8,8 @@ The student follows DeepLabV3+ (Chen et al., 2018) on a MobileNetV3-Small encode
 al., 2019); its layout is in the docstring of `Student`.
 """
 
+from cli import UserError, atomic_path
+
 import dataclasses
 from pathlib import Path
 
@@ -17,7 +19,6 @@ from torch import nn
 from torchvision.models import MobileNet_V3_Small_Weights, mobilenet_v3_small
 from torchvision.models.segmentation import FCN_ResNet50_Weights, fcn_resnet50
 
-from cli import UserError, atomic_path
 from voc import NUM_CLASSES
 
 # name: (channels, stride) as measured on torchvision's MobileNetV3-Small with dilated=True.
@@ -256,7 +257,10 @@ def save_file(obj: dict, path: str | Path) -> None:
         try:
             torch.save(obj, tmp)
         except RuntimeError as e:
-            raise UserError(f"cannot write {path}: {str(e).splitlines()[0][:200]}") from None
+            raise UserError(
+                f"cannot write {path}: the write failed midway (a full disk, or a file-size "
+                f"limit?): {str(e).splitlines()[0][:200]}"
+            ) from None
 
 
 def non_finite(state: dict) -> list:

@@ -10,6 +10,8 @@ top instead of stopping the draft. The discussion and the LLM-use sections are h
 guiding questions: those are the student's to write.
 """
 
+from cli import OUTPUTS_DIR, WEIGHTS_DIR, UserError, check_output, parser, path_arg, run, write_text
+
 import argparse
 import datetime
 import inspect
@@ -20,7 +22,6 @@ import torch
 
 import distill
 import model
-from cli import OUTPUTS_DIR, WEIGHTS_DIR, UserError, check_output, parser, path_arg, run, write_text
 from distill import KD_MODES
 from lab import (
     BENCHMARK_RESULT,
@@ -319,7 +320,12 @@ def results_section(outputs: Path, bench: dict | None, missing: list) -> list:
     lines = ["## 5. Results", ""]
     table = outputs / f"{COMPARISON}.md"
     if own_file(table, outputs, missing):
-        lines += table.read_text().replace("# Knowledge", "### Knowledge").splitlines() + [""]
+        try:
+            text = table.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            missing.append(f"`{table}`: unreadable ({e})")
+        else:
+            lines += text.replace("# Knowledge", "### Knowledge").splitlines() + [""]
     elif not table.is_symlink():
         missing.append(f"`{table}` (python test.py --compare ...)")
     if bench is not None:

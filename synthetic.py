@@ -7,13 +7,14 @@ which every script reads to label its outputs SYNTHETIC: no number measured on i
 result.
 """
 
+from cli import UserError
+
 import math
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from cli import UserError
 from voc import (
     COMPLETE_MARKER,
     IGNORE_INDEX,

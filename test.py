@@ -18,15 +18,6 @@ A checkpoint that cannot be read is listed in the table's notes, and the rest st
 checkpoint was trained on synthetic data.
 """
 
-import argparse
-import json
-import sys
-from pathlib import Path
-
-import numpy as np
-import torch
-from PIL import Image, ImageOps
-
 from cli import (
     UserError,
     add_eval_args,
@@ -38,6 +29,16 @@ from cli import (
     write_json,
     write_text,
 )
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
 from dataset import eval_loader, normalize
 from distill import KD_MODES
 from export import OnnxModel

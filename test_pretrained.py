@@ -13,11 +13,12 @@ ignored. Prints the per-class IoU table, mIoU, pixel accuracy, parameters and ms
 writes <out-dir>/step1_fcn_resnet50.json and best/worst overlays under <out-dir>/overlays/.
 """
 
+from cli import add_eval_args, check_output, number, parser, resolve_device, run, write_json
+
 import argparse
 
 import torch
 
-from cli import add_eval_args, check_output, number, parser, resolve_device, run, write_json
 from dataset import eval_loader
 from lab import OVERLAYS, STEP1_RESULT, TEACHER_PREFIX, save_overlays
 from metrics import format_report, measure

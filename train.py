@@ -19,21 +19,6 @@ one by val mIoU (--out), the log <out-dir>/<out stem>_log.csv and the plot
 which --resume continues exactly as if nothing had stopped.
 """
 
-import argparse
-import contextlib
-import csv
-import io
-import math
-import os
-import sys
-import time
-from pathlib import Path
-
-import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
-
 from cli import (
     OUTPUTS_DIR,
     UserError,
@@ -52,6 +37,22 @@ from cli import (
     seed_int,
     write_text,
 )
+
+import argparse
+import contextlib
+import csv
+import io
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
 from dataset import (
     eval_loader,
     image_path,
@@ -298,6 +299,8 @@ def check_outputs(args: argparse.Namespace) -> None:
     for path in (out, last):
         check_output(path)
     check_output(args.out_dir, folder=True)
+    if args.teacher_cache is not None and not Path(args.teacher_cache).exists():
+        check_output(Path(args.teacher_cache).parent, folder=True)  # where it will be built
 
 
 def build_loaders(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> tuple:

@@ -7,10 +7,10 @@ marker files that tell a complete tree and a SYNTHETIC one.
 The bottom layer: it imports nothing of the project but cli.
 """
 
+from cli import UserError
+
 import dataclasses
 from pathlib import Path
-
-from cli import UserError
 
 VOC_CLASSES = (
     "background",

@@ -23,6 +23,7 @@ import netguard  # noqa: E402
 netguard.install()
 
 import cli  # noqa: E402
+
 from synthetic import make_fake_voc  # noqa: E402
 
 

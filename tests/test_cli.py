@@ -1,17 +1,20 @@
 """cli.py: the entry point's one-line errors and exit codes, argument ranges, atomic writes."""
 
+import cli
+from cli import UserError, atomic_path, check_output, number, write_json
+
 import argparse
+import ast
 import json
 import math
 import re
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 
-import cli
-from cli import UserError, atomic_path, check_output, number, write_json
-from conftest import load_script, run_python
+from conftest import ROOT, load_script, run_python
 from model import save_file
 
 
@@ -115,7 +118,9 @@ def test_a_failing_torch_save_is_one_error_and_the_old_file_stays(tmp_path, monk
         raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(UserError, match="cannot write .*ckpt.pth: PytorchStreamWriter failed"):
+    with pytest.raises(
+        UserError, match="cannot write .*ckpt.pth: .*full disk.*PytorchStreamWriter"
+    ):
         save_file({"model": {}}, path)
     assert path.read_bytes() == b"the previous checkpoint"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]  # no temporary file left
@@ -184,3 +189,44 @@ def test_degenerate_and_empty_flag_values_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
         load_script("train").parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_a_folder_that_takes_no_new_file_is_refused_before_any_work(tmp_path):
+    """/proc/self exists but takes no file, root or not: what a read-only folder is for a user.
+    train.py stops on it before reading any data."""
+    with pytest.raises(UserError, match="cannot write into /proc/self"):
+        check_output("/proc/self/student.pth")
+    with pytest.raises(UserError, match="cannot write into /proc/self"):
+        check_output("/proc/self", folder=True)
+    check_output(tmp_path / "new" / "student.pth")  # a folder that does: created, left empty
+    assert list((tmp_path / "new").iterdir()) == []
+    proc = load_script("train")
+    with pytest.raises(UserError, match="cannot write into /proc/self"):
+        proc.main(proc.parse_args(["--out", "/proc/self/s.pth", "--data-root", "nowhere"]))
+
+
+def test_importing_cli_loads_nothing_slow_and_every_module_imports_it_first():
+    """A Ctrl+C while a script loads torch is one line only if cli (which sets the hook) came
+    before torch: cli imports no torch, and each root module's first import is cli's."""
+    proc = run_python("-c", "import sys, cli; print('torch' in sys.modules)")
+    assert proc.stdout.strip() == "False"
+    for path in sorted(ROOT.glob("*.py")):
+        imports = [n for n in ast.parse(path.read_text()).body if isinstance(n, IMPORTS)]
+        if path.name != "cli.py" and any("cli" in modules(n) for n in imports):
+            assert modules(imports[0]) == ["cli"], path.name
+
+
+IMPORTS = (ast.Import, ast.ImportFrom)
+
+
+def modules(node) -> list:
+    return [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+
+
+def test_a_ctrl_c_during_the_imports_is_one_line():
+    """What a script's top level meets when Ctrl+C comes while torch loads: one line, and the
+    exit of a process stopped by SIGINT (130 in a shell)."""
+    proc = run_python("-c", "import cli\nimport json\nraise KeyboardInterrupt")
+    assert proc.stderr == "\ninterrupted\n" and proc.returncode == -signal.SIGINT
+    proc = run_python("-c", "import cli\nraise ValueError('other errors keep their traceback')")
+    assert "Traceback" in proc.stderr and proc.returncode == 1

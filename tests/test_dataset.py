@@ -1,5 +1,7 @@
 """dataset.py: joint transforms, masks, train_aug, and one clear error per damaged file."""
 
+from cli import UserError
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,6 @@ from PIL import Image
 
 import dataset
 import voc
-from cli import UserError
 from conftest import run_script
 from dataset import EvalTransform, train_transforms, voc_dataset
 from synthetic import make_fake_voc

@@ -1,6 +1,8 @@
 """download.py against a tiny archive served from 127.0.0.1: mirrors, md5, resume, safe
 extraction, the completion marker."""
 
+from cli import UserError
+
 import dataclasses
 import hashlib
 import io
@@ -11,7 +13,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import download
-from cli import UserError
 from dataset import voc_dataset
 from download import download_source, is_complete, safe_extract
 from synthetic import make_fake_voc

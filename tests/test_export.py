@@ -1,5 +1,7 @@
 """export.py: ONNX parity with PyTorch, metadata, int8, and clear errors."""
 
+from cli import UserError
+
 import json
 import re
 
@@ -7,7 +9,6 @@ import onnx
 import pytest
 import torch
 
-from cli import UserError
 from conftest import run_script
 from export import OnnxModel, argmax_agreement, images, parity, require
 from model import load_student

@@ -1,3 +1,5 @@
+from cli import UserError, write_json
+
 import json
 import math
 
@@ -8,7 +10,6 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import metrics
-from cli import UserError, write_json
 from dataset import collate_eval, eval_loader
 from metrics import ConfusionMatrix, evaluate, format_iou_table, median_ms
 from model import build_student

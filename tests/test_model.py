@@ -1,3 +1,5 @@
+from cli import UserError
+
 import socket
 
 import pytest
@@ -5,7 +7,6 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from cli import UserError
 from model import (
     STUDENT_TAPS,
     TEACHER_RESIZE,

@@ -71,6 +71,7 @@ def test_unreadable_inputs_are_listed_with_their_reason_and_the_rest_is_drafted(
     weights.mkdir()
     (outputs / "step1_fcn_resnet50.json").write_text("{broken")
     (outputs / "benchmark.json").write_text('{"something": "else"}')
+    (outputs / "kd_comparison.md").write_bytes(b"\xff\xfe not UTF-8 text")
     torch.save({"model": {}}, weights / "student_none.pth")  # no args, no history
     (weights / "student_response.pth").mkdir()  # a folder where a checkpoint goes
     proc = run_script("report.py", "--out-dir", outputs, "--weights-dir", weights)
@@ -78,6 +79,7 @@ def test_unreadable_inputs_are_listed_with_their_reason_and_the_rest_is_drafted(
     missing = (outputs / "report.md").read_text().split("**Missing inputs**")[1]
     assert "step1_fcn_resnet50.json`: unreadable" in missing
     assert "benchmark.json`: not what the lab's commands write" in missing
+    assert "kd_comparison.md`: unreadable" in missing
     assert "student_none.pth`: unreadable" in missing and "no training arguments" in missing
     assert "student_response.pth`: unreadable" in missing and "not a regular file" in missing
     assert f"wrote {outputs / 'report.md'}" in proc.stdout

@@ -1,10 +1,11 @@
 """synthetic.py: the SYNTHETIC tree has VOC's exact layout and never touches a real one."""
 
+from cli import UserError
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from cli import UserError
 from synthetic import make_fake_voc
 from voc import SYNTHETIC_MARKER, VOC, is_synthetic
 

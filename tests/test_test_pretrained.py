@@ -1,10 +1,11 @@
 """test_pretrained.py (Step 1), offline, on the SYNTHETIC tree. Its full run with a random
 teacher is the README demo's (test_commands.py)."""
 
+import cli
+
 import pytest
 import torch
 
-import cli
 from conftest import load_script, run_script
 
 FAST = ("--device", "cpu", "--size", "64", "--runs", "1", "--num-workers", "0")

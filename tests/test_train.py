@@ -1,6 +1,8 @@
 """train.py: through its own functions (train_one_epoch, save_epoch, build_loaders, ...) and as
 the script a user runs."""
 
+from cli import UserError
+
 import copy
 import csv
 import os
@@ -14,7 +16,6 @@ import pytest
 import torch
 from PIL import Image
 
-from cli import UserError
 from conftest import GUARD, ROOT, TINY_TRAIN, load_script, run_python, run_script, train_tiny
 from dataset import image_path, read_split
 from distill import KDConfig, Trainee, teacher_outputs
