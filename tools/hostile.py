@@ -650,6 +650,9 @@ def tar_of(members: list) -> bytes:
 
 
 def write_cases(lab: Lab) -> list:
+    def refused(name: str, argv: list, check: Callable = lambda: True, **kwargs) -> Case:
+        return Case("writes", name, argv, "error", check, **kwargs)
+
     busy = lab.folder("busy") / "s.pth"
     Path(f"{busy}.lock").write_text(f"{os.getpid()}\n")
     folder_out = lab.folder("out is a folder") / "s.pth"
@@ -659,48 +662,32 @@ def write_cases(lab: Lab) -> list:
     limited = lab.folder("file-size limit")
     (limited / "s_last.pth").write_bytes(lab.ckpt.with_name("student_none_last.pth").read_bytes())
     kept = (limited / "s_last.pth").read_bytes()
+    onnx_out = ["export.py", "--checkpoint", lab.ckpt, "--out", lab.work / "limited.onnx"]
     cases = [
-        Case("writes", "a second run on the same --out", lab.train(busy, "--epochs", "1"), "error"),
-        Case("writes", "--out is a folder", lab.train(folder_out, "--epochs", "1"), "error"),
-        Case(
-            "writes",
-            "--out inside a file",
-            lab.train(file_parent / "s.pth", "--epochs", "1"),
-            "error",
-        ),
-        Case(
-            "writes",
+        refused("a second run on the same --out", lab.train(busy, "--epochs", "1")),
+        refused("--out is a folder", lab.train(folder_out, "--epochs", "1")),
+        refused("--out inside a file", lab.train(file_parent / "s.pth", "--epochs", "1")),
+        refused(
             "a file-size limit while saving a resumed run",
             lab.train(limited / "s.pth", "--epochs", "2", "--resume"),
-            "error",
             lambda: (limited / "s_last.pth").read_bytes() == kept and no_temporaries(limited)(),
             file_limit=2_000_000,
         ),
-        Case(
-            "writes",
-            "a file-size limit in export.py",
-            ["export.py", "--checkpoint", lab.ckpt, "--out", lab.work / "limited.onnx"],
-            "error",
-            no_temporaries(lab.work),
-            file_limit=100_000,
+        refused(
+            "a file-size limit in export.py", onnx_out, no_temporaries(lab.work), file_limit=10**5
         ),
     ]
-    full = lab.full_disk("full", 3)
-    read_only = lab.read_only("read_only")
+    full, read_only = lab.full_disk("full", 3), lab.read_only("read_only")
     if full is not None:
         cases += [
-            Case(
-                "writes",
+            refused(
                 "a full disk while saving a checkpoint",
                 lab.train(full / "s.pth", "--epochs", "1"),
-                "error",
                 no_temporaries(full),
             ),
-            Case(
-                "writes",
+            refused(
                 "a full disk under test.py's outputs",
                 lab.test(lab.ckpt, full / "out"),
-                "error",
                 no_temporaries(full),
                 setup=lambda: fill(full, 64_000),
             ),
@@ -708,23 +695,17 @@ def write_cases(lab: Lab) -> list:
     if read_only is not None:
         out_dir = lab.folder("ro out")
         cases += [
-            Case(
-                "writes",
+            refused(
                 "a read-only weights folder",
                 lab.train(read_only / "s.pth", "--epochs", "1"),
-                "error",
                 lambda: (read_only / "kept.txt").exists(),
             ),
-            Case(
-                "writes",
+            refused(
                 "a read-only --out-dir",
                 lab.train(out_dir / "s.pth", "--epochs", "1", out_dir=read_only),
-                "error",
                 lambda: not (out_dir / "s.pth").exists(),
             ),
-            Case(
-                "writes", "test.py into a read-only folder", lab.test(lab.ckpt, read_only), "error"
-            ),
+            refused("test.py into a read-only folder", lab.test(lab.ckpt, read_only)),
         ]
     return cases
 

@@ -7,10 +7,11 @@ the tests pass is a bug they would not catch.
     python tools/mutate.py run cli.py --list            # the mutants, not run
     python tools/mutate.py run metrics.py --survivors-of metrics.log   # rerun what survived
 
-The mutations, each at one place inside a function (never in a docstring): comparisons turned
-around (== !=, < >=, <= >, in / not in, is / is not), + - and * / swapped, numbers changed
-(n -> n + 1, x -> 2x), True <-> False (keyword flags included), `and` <-> `or`, `not` dropped,
-a statement that only calls something removed.
+The mutations, each at one place inside a function: comparisons turned around (== !=, < >=,
+<= >, in / not in, is / is not), + - and * / swapped, numbers changed (n -> n + 1, x -> 2x),
+True <-> False (keyword flags included), `and` <-> `or`, `not` dropped, a statement that only
+calls something removed. Never in a docstring, nor in the keywords that only draw progress
+bars or schedule copies (PRESENTATION: tqdm's leave, disable, ...; non_blocking).
 
 `map` runs the whole suite once, in this process, recording with sys.setprofile which functions
 of the project each test calls, itself or through its fixtures, and how long it takes
@@ -66,14 +67,21 @@ ARITHMETIC = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: as
 # ----------------------------------------------------------------------------- the mutants
 
 
-def docstrings(tree: ast.AST) -> set:
-    """ids of the string constants that are docstrings."""
+# Keywords that only change how progress is shown or how a copy is scheduled, never a number,
+# a file or a refusal: their mutants are equivalent for a user, and each would cost a full run.
+PRESENTATION = {"leave", "dynamic_ncols", "disable", "unit_scale", "unit_divisor", "non_blocking"}
+
+
+def unmutated(tree: ast.AST) -> set:
+    """ids of the nodes never mutated: docstrings and the PRESENTATION keywords' values."""
     found = set()
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
             if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
                 found.add(id(body[0].value))
+        if isinstance(node, ast.keyword) and node.arg in PRESENTATION:
+            found |= {id(n) for n in ast.walk(node.value)}
     return found
 
 
@@ -154,9 +162,9 @@ class Planter(ast.NodeTransformer):
 
 def mutants(path: Path) -> list:
     """[(index, qualified name, description with its occurrence in the function, line)]."""
-    source = path.read_text()
-    planter = Planter(skip=docstrings(ast.parse(source)))
-    planter.visit(ast.parse(source))
+    tree = ast.parse(path.read_text())
+    planter = Planter(skip=unmutated(tree))
+    planter.visit(tree)
     seen, found = collections.Counter(), []
     for index, (function, description, line) in enumerate(planter.sites):
         seen[function, description] += 1
@@ -166,7 +174,7 @@ def mutants(path: Path) -> list:
 
 def mutated_source(path: Path, index: int) -> str:
     tree = ast.parse(path.read_text())
-    Planter(index, docstrings(tree)).visit(tree)
+    Planter(index, unmutated(tree)).visit(tree)
     return ast.unparse(ast.fix_missing_locations(tree))
 
 
