@@ -97,11 +97,15 @@ class PixelwiseModel(nn.Module):
         return self.conv(x)
 
 
-def test_median_ms_times_each_function_warm_and_in_turns(monkeypatch):
-    """A fake clock: every untimed call costs 100 s, timed ones their listed seconds."""
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_median_ms_times_each_function_warm_and_in_turns(monkeypatch, device):
+    """A fake clock: every untimed call costs 100 s, timed ones their listed seconds. Each turn
+    starts with the pause, and on CUDA (a device name is enough, no GPU is used) each call is
+    followed by a synchronisation, so that the timed one ends when its kernels do."""
     clock, calls = [0.0], []
     monkeypatch.setattr(metrics.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(metrics.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(metrics.time, "sleep", lambda seconds: calls.append(f"pause {seconds}"))
+    monkeypatch.setattr(metrics.torch.cuda, "synchronize", lambda device: calls.append("sync"))
 
     def function(name: str, timed_costs: list):
         costs = iter(c for t in [0.5] + timed_costs for c in (100, t))  # warm-up round first
@@ -113,9 +117,11 @@ def test_median_ms_times_each_function_warm_and_in_turns(monkeypatch):
         return call
 
     fns = {"a": function("a", [0.001, 0.003, 0.002]), "b": function("b", [0.01, 0.05, 0.04])}
-    times = median_ms(fns, torch.device("cpu"), runs=3, warmup=1)
+    times = median_ms(fns, torch.device(device), runs=3, warmup=1)
     assert times == pytest.approx({"a": 2.0, "b": 40.0})
-    assert calls == ["a", "a", "b", "b"] * 4
+    sync = ["sync"] if device == "cuda" else []
+    turn = [f"pause {metrics.PAUSE_S}", "{}", *sync, "{}", *sync]
+    assert calls == [c.format(name) for name in "ab" for c in turn] * 4
 
 
 def test_padded_batches_score_exactly_like_batch_of_one():
@@ -193,6 +199,25 @@ def test_a_class_of_a_single_pixel_predicted_right_has_iou_one():
     cm.update(torch.tensor([0, 0, 2]), torch.tensor([0, 0, 2]))  # class 2: one pixel, union 1
     iou = cm.compute()["iou"]
     assert iou[0] == iou[2] == 1.0 and math.isnan(iou[1]) and cm.compute()["miou"] == 1.0
+
+
+def test_a_single_scored_pixel_gives_a_pixel_accuracy():
+    for pred, accuracy in ((1, 1.0), (0, 0.0)):
+        cm = ConfusionMatrix(num_classes=2)
+        cm.update(torch.tensor([pred, 0]), torch.tensor([1, 255]))
+        assert cm.compute()["pixel_acc"] == accuracy
+
+
+def test_a_single_image_has_a_loss_its_own_cross_entropy():
+    """What train.py logs as val CE with --limit-val 1."""
+    g = torch.Generator().manual_seed(2)
+    image, mask = torch.randn(3, 5, 6, generator=g), torch.randint(0, 21, (5, 6), generator=g)
+    mask[0] = 255
+    model = PixelwiseModel()
+    result = evaluate(model, [collate_eval([(image, mask)])], torch.device("cpu"), progress=False)
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(model(image[None]), mask[None], ignore_index=255)
+    assert result["loss"] == pytest.approx(expected.item())
 
 
 class LowResolution(torch.nn.Module):
