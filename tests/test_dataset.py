@@ -84,6 +84,35 @@ def test_crop_padding_gives_void_mask_and_black_image():
     assert torch.allclose(padded_red, torch.tensor(-IMAGENET_MEAN[0] / IMAGENET_STD[0]))
 
 
+def test_an_image_as_large_as_the_crop_is_taken_whole_never_shifted_into_padding():
+    transform = dataset.RandomScaleCropFlip(32, short_sides=(32, 33))  # no rescale
+    pair = Image.new("RGB", (32, 32)), Image.new("L", (32, 32), 3)
+    for seed in range(8):
+        torch.manual_seed(seed)
+        _, mask, where = transform(*pair)
+        assert (mask == 3).all() and where[:4].tolist() == [0, 0, 32, 32]
+
+
+def test_half_of_the_training_crops_are_flipped():
+    torch.manual_seed(0)
+    transform = train_transforms(crop_size=32)
+    pair = Image.new("RGB", (40, 30)), Image.new("L", (40, 30))
+    flips = [bool(transform(*pair)[2][4]) for _ in range(400)]
+    assert 0.42 < sum(flips) / len(flips) < 0.58  # 1/2, four standard deviations wide
+
+
+def test_training_crops_are_downscaled_with_antialiasing_as_evaluation_images_are():
+    """A checkerboard of 1-pixel squares, shrunk at least 2x: flat grey when antialiased (as
+    EvalTransform resizes), stripes of black and white (std ~40) when sampled without it."""
+    board = (np.indices((128, 128)).sum(0) % 2 * 255).astype(np.uint8)
+    pair = Image.fromarray(np.stack([board] * 3, -1)), Image.new("L", (128, 128))
+    torch.manual_seed(0)
+    for _ in range(5):
+        image, mask, _ = train_transforms(crop_size=32)(*pair)
+        grey = (image[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255
+        assert grey[mask != 255].std() < 5
+
+
 def test_train_aug_is_voc_train_plus_sbd_minus_voc_val(tmp_path):
     make_fake_voc(tmp_path, num_images=8, with_sbd=True)
     voc_train = (tmp_path / VOC.subdir / "ImageSets/Segmentation/train.txt").read_text().split()
