@@ -101,16 +101,17 @@ def test_half_of_the_training_crops_are_flipped():
     assert 0.42 < sum(flips) / len(flips) < 0.58  # 1/2, four standard deviations wide
 
 
-def test_training_crops_are_downscaled_with_antialiasing_as_evaluation_images_are():
-    """A checkerboard of 1-pixel squares, shrunk at least 2x: flat grey when antialiased (as
-    EvalTransform resizes), stripes of black and white (std ~40) when sampled without it."""
+def test_training_and_evaluation_images_are_both_downscaled_with_antialiasing():
+    """A checkerboard of 1-pixel squares, shrunk at least 2x: flat grey when antialiased,
+    stripes of black and white (std ~40) when sampled without it."""
     board = (np.indices((128, 128)).sum(0) % 2 * 255).astype(np.uint8)
     pair = Image.fromarray(np.stack([board] * 3, -1)), Image.new("L", (128, 128))
     torch.manual_seed(0)
-    for _ in range(5):
-        image, mask, _ = train_transforms(crop_size=32)(*pair)
-        grey = (image[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255
-        assert grey[mask != 255].std() < 5
+    crops = [train_transforms(crop_size=32)(*pair) for _ in range(5)]
+    shown = [image[0][mask != 255] for image, mask, _ in crops]  # the padding aside
+    shown.append(EvalTransform(resize=40)(*pair)[0][0])  # the mask keeps its size there
+    for red in shown:
+        assert ((red * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255).std() < 5
 
 
 def test_train_aug_is_voc_train_plus_sbd_minus_voc_val(tmp_path):
@@ -171,6 +172,11 @@ def truncate(path):
     path.write_bytes(path.read_bytes()[:200])
 
 
+def cut_end(path):
+    """The header whole, the pixel data cut short: PIL opens it and fails only as it decodes."""
+    path.write_bytes(path.read_bytes()[:-30])
+
+
 def save_mask(voc, name, value, mode="L", size=None):
     """Replace `name`'s mask by one of `value` everywhere, of the image's size unless given."""
     width, height = size or Image.open(voc / "JPEGImages" / f"{name}.jpg").size
@@ -182,6 +188,7 @@ DAMAGES = {
     "truncated image": lambda voc, n: truncate(voc / "JPEGImages" / f"{n}.jpg"),
     "missing image": lambda voc, n: (voc / "JPEGImages" / f"{n}.jpg").unlink(),
     "unreadable mask": lambda voc, n: (voc / "SegmentationClass" / f"{n}.png").write_bytes(b"x"),
+    "truncated mask": lambda voc, n: cut_end(voc / "SegmentationClass" / f"{n}.png"),
     "label out of range": lambda voc, n: save_mask(voc, n, 30),
     "RGB mask": lambda voc, n: save_mask(voc, n, 0, "RGB"),
     "mask size differs": lambda voc, n: save_mask(voc, n, 0, size=(9, 7)),
@@ -190,7 +197,8 @@ MESSAGES = {
     "truncated image": "cannot read",
     "missing image": "is missing",
     "unreadable mask": "cannot read",
-    "label out of range": "label 30",
+    "truncated mask": "cannot read it or its mask (OSError: image file is truncated",
+    "label out of range": "label 30, outside 0-20 and 255",
     "RGB mask": "not a label map",
     "mask size differs": "its mask is 9x7",
 }
