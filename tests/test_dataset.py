@@ -2,15 +2,20 @@
 
 from cli import UserError
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from PIL import Image
 
 import dataset
 import voc
 from conftest import run_script
-from dataset import EvalTransform, train_transforms, voc_dataset
+from dataset import EvalTransform, eval_loader, image_path, train_transforms, voc_dataset
 from synthetic import make_fake_voc
 from voc import IMAGENET_MEAN, IMAGENET_STD, VOC
 
@@ -297,12 +302,72 @@ def test_blank_lines_of_a_split_file_are_skipped(tmp_path):
     assert len(voc_dataset(tmp_path, "val", None)) == 2
 
 
-def test_an_image_linked_out_of_the_data_root_is_not_followed(tmp_path):
+def test_an_image_linked_out_of_the_data_root_is_not_followed_one_inside_is(tmp_path):
     make_fake_voc(tmp_path / "data", num_images=4)
-    outside = tmp_path / "outside.jpg"
     image = tmp_path / "data" / VOC.subdir / "JPEGImages" / "fake_000002.jpg"
-    outside.write_bytes(image.read_bytes())
-    image.unlink()
-    image.symlink_to(outside)
+    for place in (tmp_path / "data" / "moved.jpg", tmp_path / "outside.jpg"):
+        place.write_bytes(image.read_bytes())
+        image.unlink()
+        image.symlink_to(place)
+        if place.parent.name == "data":
+            assert voc_dataset(tmp_path / "data", "val", None)[0][0].size == Image.open(place).size
     with pytest.raises(UserError, match="fake_000002.jpg is a link out of"):
         voc_dataset(tmp_path / "data", "val", None)
+
+
+def test_the_eval_loader_gives_the_split_in_its_order_and_shards_it_disjointly(fake_voc):
+    """The panels pair the i-th score with the i-th image: no shuffle. Under torchrun the
+    shares are disjoint and together the split, each image once."""
+    split = voc_dataset(fake_voc, "val", None)
+    ordered = [image_path(split, i).stem for i in range(len(split))]
+    assert ordered == read_ids(fake_voc, "val")
+
+    def masks(loader) -> list:
+        return [mask for _, batch, _ in loader for mask in batch]
+
+    whole = masks(eval_loader(fake_voc, "val"))
+    assert all(torch.equal(m, torch.as_tensor(np.array(split[i][1]))) for i, m in enumerate(whole))
+    shares = [masks(eval_loader(fake_voc, "val", shard=(rank, 2))) for rank in range(2)]
+    assert [len(s) for s in shares] == [2, 2]
+    assert all(torch.equal(a, b) for a, b in zip(shares[0] + shares[1], whole[0::2] + whole[1::2]))
+
+
+def test_image_path_names_the_file_behind_every_train_aug_sample(tmp_path):
+    make_fake_voc(tmp_path, num_images=8, with_sbd=True)
+    data = dataset.train_aug_dataset(tmp_path, None)
+    for i in range(len(data)):
+        with Image.open(image_path(data, i)) as photo:
+            assert np.array_equal(np.asarray(photo), np.asarray(data[i][0])), i
+
+
+def training_share(rank: int, world: int, store: str, results: str) -> None:
+    """One process of a 2-process gloo group: the sample indices its training loader gives."""
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    samples = [(torch.zeros(1), torch.zeros(1), torch.zeros(5))] * 6
+    loader = dataset.training_loader(samples, 1, 0, seed=0, world=world, cuda=False)
+    seen = [int(i) for *_, indices in loader for i in indices]
+    Path(f"{results}.{rank}").write_text(json.dumps(seen))
+    dist.destroy_process_group()
+
+
+def test_under_torchrun_each_process_trains_on_its_own_share(tmp_path):
+    results = tmp_path / "seen"
+    mp.spawn(training_share, args=(2, str(tmp_path / "store"), str(results)), nprocs=2)
+    shares = [json.loads(Path(f"{results}.{rank}").read_text()) for rank in range(2)]
+    assert len(shares[0]) == len(shares[1]) == 3 and sorted(shares[0] + shares[1]) == list(range(6))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num-images", "1"], "--num-images: must be at least 2 and at most 100000"),
+        (["--num-images", "100001"], "--num-images: must be at least 2 and at most 100000"),
+        (["--download"], "goes with neither --download nor --check"),
+        (["--check"], "goes with neither --download nor --check"),
+    ],
+)
+def test_fake_voc_flags_out_of_range_or_contradictory_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        dataset.parse_args(["--fake-voc", "x", *argv])
+    assert message in capsys.readouterr().err
+    assert dataset.parse_args(["--fake-voc", "x", "--num-images", "2"]).num_images == 2

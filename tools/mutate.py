@@ -14,14 +14,14 @@ calls something removed. Never in a docstring, nor in the keywords that only dra
 bars or schedule copies (PRESENTATION: tqdm's leave, disable, ...; non_blocking).
 
 `map` runs the whole suite once, in this process, recording with sys.setprofile which functions
-of the project each test calls, itself or through its fixtures, and how long it takes
-(.mutate/map.json). `run` gives each mutant the tests that call its function, fastest first,
-and stops at the first failure. Each mutant runs in a process forked from this one once torch
-and the other libraries are imported (seconds saved per mutant), in a private copy of the
-repository: --jobs mutants side by side, one core each, and the working tree never touched.
-A mutant whose tests pass the time limit counts as killed (timeout). What a test runs in
-another process (a script in its own interpreter, torchrun) is not in the map: a function no
-test calls in-process gets the module's own test file instead.
+of the project each test calls, itself, through its fixtures or in the processes it starts
+(SUBPROCESS_HOOK), and how long it takes (.mutate/map.json). `run` gives each mutant the tests
+that call its function, fastest first, and stops at the first failure. Each mutant runs in a
+process forked from this one once torch and the other libraries are imported (seconds saved
+per mutant), in a private copy of the repository: --jobs mutants side by side, one core each,
+and the working tree never touched.
+A mutant whose tests pass the time limit counts as killed (timeout). A function that no test
+reaches at all gets the module's own test file.
 
 Why a tool of our own beside mutmut (requirements-dev.txt, configured in pyproject.toml):
 measured here on 2026-12-01, mutmut 3.8.1 made 3,952 mutants of the eight modules (most in
@@ -39,6 +39,7 @@ import os
 import shutil
 import signal
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -183,11 +184,12 @@ def mutated_source(path: Path, index: int) -> str:
 
 class CallMap:
     """A pytest plugin: for each test, the project functions it calls ('file.py::qualname'),
-    itself or in the setup of the fixtures it uses, and its duration."""
+    itself or in the setup of the fixtures it uses, and its duration. What runs in the
+    processes a test starts is recorded by SUBPROCESS_HOOK, named by the test it ran for."""
 
     def __init__(self):
         self.files = {str(p): p.name for p in ROOT.glob("*.py")}
-        self.calls = collections.defaultdict(set)  # test node id or fixture name -> calls
+        self.calls = collections.defaultdict(set)  # test node id or fixture:name -> calls
         self.current = None
         self.seconds = collections.Counter()
         self.fixtures = {}
@@ -200,6 +202,7 @@ class CallMap:
 
     def recording(self, key: str):
         outer, self.current = self.current, self.calls[key]
+        os.environ["MUTATE_TEST"] = key  # what a process started now records for
         return outer
 
     @pytest.hookimpl(wrapper=True)
@@ -209,6 +212,8 @@ class CallMap:
             yield
         finally:
             self.current = outer
+            if outer is not None:
+                os.environ["MUTATE_TEST"] = request.node.nodeid
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item, nextitem):
@@ -224,7 +229,9 @@ class CallMap:
     def pytest_runtest_logreport(self, report):
         self.seconds[report.nodeid] += report.duration
 
-    def result(self) -> dict:
+    def result(self, subprocess_calls: dict) -> dict:
+        for key, calls in subprocess_calls.items():
+            self.calls[key] |= calls
         tests = {}
         for nodeid, fixtures in self.fixtures.items():
             calls = set(self.calls[nodeid])
@@ -234,13 +241,50 @@ class CallMap:
         return tests
 
 
+# Run at the start of every Python process while the map is made (a .pth file in
+# site-packages, as coverage.py measures subprocesses): the scripts a test runs in their own
+# interpreter, torchrun's workers, mp.spawn's processes. Forked DataLoader workers end with
+# os._exit and record nothing; the process that forked them does.
+SUBPROCESS_HOOK = """
+import atexit, json, os, sys
+_root, _calls = os.environ["MUTATE_ROOT"], set()
+def _profile(frame, event, arg):
+    path = frame.f_code.co_filename
+    if event == "call" and os.path.dirname(path) == _root:
+        _calls.add(os.path.basename(path) + "::" + frame.f_code.co_qualname)
+@atexit.register
+def _write():
+    out = os.path.join(os.environ["MUTATE_CALLS"], f"{os.getpid()}.json")
+    with open(out, "w") as f:
+        json.dump({"test": os.environ.get("MUTATE_TEST", ""), "calls": sorted(_calls)}, f)
+sys.setprofile(_profile)
+"""
+
+
 def make_map() -> None:
     plugin = CallMap()
-    code = pytest.main(["-q", "-p", "no:cacheprovider", str(ROOT / "tests")], plugins=[plugin])
+    pth = Path(sysconfig.get_paths()["purelib"]) / "mutate_map_hook.pth"
+    with tempfile.TemporaryDirectory() as calls:
+        hook = Path(calls) / "hook.py"
+        hook.write_text(SUBPROCESS_HOOK)
+        os.environ.update(MUTATE_ROOT=str(ROOT), MUTATE_CALLS=calls, MUTATE_HOOK=str(hook))
+        pth.write_text(
+            "import os; exec(open(os.environ['MUTATE_HOOK']).read(), {}) "
+            "if 'MUTATE_HOOK' in os.environ else None\n"
+        )
+        try:
+            argv = ["-q", "-p", "no:cacheprovider", str(ROOT / "tests")]
+            code = pytest.main(argv, plugins=[plugin])
+        finally:
+            pth.unlink()
+        found = collections.defaultdict(set)
+        for record in Path(calls).glob("*.json"):
+            data = json.loads(record.read_text())
+            found[data["test"]] |= set(data["calls"])
     if code != 0:
         raise SystemExit(f"the suite fails without any mutant (exit {code}); fix it first")
     STATE.mkdir(exist_ok=True)
-    (STATE / "map.json").write_text(json.dumps(plugin.result(), indent=1))
+    (STATE / "map.json").write_text(json.dumps(plugin.result(found), indent=1))
     print(f"wrote {STATE / 'map.json'}")
 
 
