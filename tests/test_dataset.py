@@ -371,3 +371,19 @@ def test_fake_voc_flags_out_of_range_or_contradictory_are_refused(argv, message,
         dataset.parse_args(["--fake-voc", "x", *argv])
     assert message in capsys.readouterr().err
     assert dataset.parse_args(["--fake-voc", "x", "--num-images", "2"]).num_images == 2
+
+
+def test_dataset_py_writes_counts_and_downloads_through_its_command_line(tmp_path):
+    """What the README's commands print: the synthetic tree written, the images of each split
+    (and of train_aug with SBD), and --download on a tree already extracted whole."""
+    made = run_script("dataset.py", "--fake-voc", tmp_path, "--num-images", "6", "--with-sbd")
+    assert made.returncode == 0 and "wrote a SYNTHETIC dataset of 6 images" in made.stdout
+    counted = run_script("dataset.py", "--data-root", tmp_path)
+    lines = counted.stdout.splitlines()
+    assert lines == ["train: 3 images (SYNTHETIC)", "val: 3 images (SYNTHETIC)", lines[2]]
+    assert (
+        lines[2]
+        == f"train_aug: {len(dataset.train_aug_dataset(tmp_path, None))} images (SYNTHETIC)"
+    )
+    fetched = run_script("dataset.py", "--download", "--data-root", tmp_path)
+    assert fetched.returncode == 0 and "nothing to do" in fetched.stdout
