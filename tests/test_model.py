@@ -1,5 +1,6 @@
 from cli import UserError
 
+import os
 import socket
 
 import pytest
@@ -198,3 +199,51 @@ def test_a_checkpoint_entry_of_the_wrong_type_is_one_error_naming_it(tmp_path, e
     torch.save({"model": build_student().state_dict(), entry: value}, path)
     with pytest.raises(UserError, match=f"{path}: its '{entry}' entry"):
         load_student(path)
+
+
+def test_the_student_has_the_documented_dilations_and_final_upsampling(student):
+    """Student's docstring: the ASPP's 3x3s at rates 6, 12, 18, the decoder's 3x3 undilated,
+    the logits the classifier's stride-4 map upsampled bilinearly (align_corners=False)."""
+    aspp = [branch[0][0].dilation for branch in student.aspp.branches[1:]]
+    assert aspp == [(6, 6), (12, 12), (18, 18)]
+    assert student.decoder[1][0][0].dilation == (1, 1)
+    stride4 = []
+    hook = student.classifier.register_forward_hook(lambda m, i, out: stride4.append(out))
+    x = torch.randn(1, 3, 70, 90)
+    with torch.inference_mode():
+        logits = student(x)
+    hook.remove()
+    up = F.interpolate(stride4[0], size=(70, 90), mode="bilinear", align_corners=False)
+    assert stride4[0].shape[-2:] == (18, 23) and torch.equal(logits, up)
+
+
+def test_the_pretrained_encoder_is_dilated_like_the_random_one(monkeypatch):
+    """ImageNet's weights (a random MobileNetV3-Small's here, served instead of a download)
+    go into the dilated encoder: the deepest tap stays at stride 16."""
+    weights = torchvision.models.mobilenet_v3_small().state_dict()
+    monkeypatch.setattr(
+        torchvision.models._api, "load_state_dict_from_url", lambda *a, **k: weights
+    )
+    student = build_student(pretrained_backbone=True).eval()
+    assert torch.equal(student.low[0][0].weight, weights["features.0.0.weight"])
+    with torch.inference_mode():
+        _, feats = student(torch.randn(1, 3, 64, 64), return_features=True)
+    assert feats["high"].shape[-2:] == (64 // STUDENT_TAPS["high"][1],) * 2
+
+
+class Payload:
+    """A pickle that makes a folder when it is loaded without weights_only."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "the_payload_ran"
+    torch.save({"model": Payload(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(UserError, match="corrupt or not a PyTorch file"):
+        load_student(tmp_path / "evil.pth")
+    assert not marker.exists()
