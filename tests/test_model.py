@@ -247,3 +247,9 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     with pytest.raises(UserError, match="corrupt or not a PyTorch file"):
         load_student(tmp_path / "evil.pth")
     assert not marker.exists()
+
+
+def test_the_layer_table_gives_each_part_its_output_as_channels_by_height_by_width(student):
+    rows = {name: (kind, shape) for name, kind, shape, _ in describe_layers(student, size=64)}
+    assert rows["low.0"] == ("Conv2dNormActivation", (16, 32, 32))
+    assert rows["aspp"] == ("ASPP", (128, 4, 4)) and rows["classifier"][1] == (21, 16, 16)
