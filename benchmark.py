@@ -13,7 +13,7 @@ ms/image: batch 1, median of --runs after warm-up, CUDA synchronised; every row 
 in each round (interleaved), so machine noise hits all alike, and is timed warm, right after an
 untimed call of its own (metrics.median_ms). "vs student" is a row's time over the eager
 student's. ONNX rows run on ONNX Runtime's CPU provider (the teacher has none:
-at ~2 s a pass on a CPU it would only lengthen the run). GFLOPs: counted by
+at 1 to 2 s a pass on our CPUs it would only lengthen the run). GFLOPs: counted by
 torch.utils.flop_counter.FlopCounterMode (2 per multiply-add of convolutions and matrix
 products). MB: the state dict as torch.save writes it, or the .onnx file.
 """
