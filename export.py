@@ -99,9 +99,11 @@ class OnnxModel:
                 f"{path} is not a segmentation model of export.py (its input is not "
                 f"{INPUT!r} or it has no {OUTPUT!r} output)"
             )
-        shape = next(o.shape for o in outputs if o.name == OUTPUT)
+        shape = next(o.shape for o in outputs if o.name == OUTPUT)  # [] when the file is silent
+        if shape and len(shape) != 4:
+            raise UserError(f"{path}: its {OUTPUT!r} output has {len(shape)} dimensions, not 4")
         # N x C x H x W with C fixed when the file says it; None when it does not
-        self.classes = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else None
+        self.classes = shape[1] if shape and isinstance(shape[1], int) else None
         props = self.session.get_modelmeta().custom_metadata_map
         try:
             self.metadata = json.loads(props.get(METADATA_KEY, "{}"))

@@ -4,13 +4,27 @@ from cli import UserError
 
 import json
 import re
+import sys
+from pathlib import Path
 
 import onnx
 import pytest
 import torch
 
+import export
 from conftest import run_script
-from export import OnnxModel, argmax_agreement, images, parity, require
+from export import (
+    INPUT,
+    METADATA_KEY,
+    OUTPUT,
+    OnnxModel,
+    argmax_agreement,
+    export_onnx,
+    images,
+    parity,
+    parse_args,
+    require,
+)
 from model import load_student
 
 
@@ -108,15 +122,103 @@ def test_int8_without_calibration_data_is_one_error_and_writes_nothing(trained, 
     assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
 
 
-def test_an_onnx_model_of_another_kind_is_refused(tmp_path):
-    onnx = require("onnx")
+def identity_onnx(path, shape, names=(INPUT, OUTPUT), metadata=None) -> str:
+    """An .onnx file whose one node copies its input (named names[0], of `shape`) to its
+    output (names[1]), with `metadata` as export.py stores it: a model of any declared kind,
+    for the loaders' checks."""
+    tensor = onnx.helper.make_tensor_value_info
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Identity", ["x"], ["y"])],
+        [onnx.helper.make_node("Identity", [names[0]], [names[1]])],
         "g",
-        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        [tensor(names[0], onnx.TensorProto.FLOAT, shape)],
+        [tensor(names[1], onnx.TensorProto.FLOAT, shape)],
     )
-    path = tmp_path / "other.onnx"
-    onnx.save_model(onnx.helper.make_model(graph), str(path))
+    model = onnx.helper.make_model(graph)
+    if metadata is not None:
+        onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(metadata)})
+    onnx.save_model(model, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("names", [("x", "y"), ("x", OUTPUT), (INPUT, "y")])
+def test_an_onnx_model_of_another_kind_is_refused(tmp_path, names):
+    path = identity_onnx(tmp_path / "other.onnx", [1, 3, 4, 4], names)
     with pytest.raises(UserError, match="is not a segmentation model of export.py"):
         OnnxModel(path)
+
+
+@pytest.mark.parametrize(
+    "shape, classes",
+    [([1, 21, 4, 4], 21), (["n", 5, "h", "w"], 5), ([1, "c", 4, 4], None), (None, None)],
+)
+def test_the_class_count_is_read_from_the_output_shape_where_the_file_gives_it(
+    tmp_path, shape, classes
+):
+    assert OnnxModel(identity_onnx(tmp_path / "m.onnx", shape)).classes == classes
+
+
+def test_an_output_that_is_not_n_c_h_w_is_refused(tmp_path):
+    with pytest.raises(UserError, match="output has 2 dimensions, not 4"):
+        OnnxModel(identity_onnx(tmp_path / "m.onnx", [5, 21]))
+
+
+def test_test_py_refuses_an_onnx_model_with_other_than_21_classes(tmp_path):
+    metadata = {"kd": "none", "params": 1}
+    path = identity_onnx(tmp_path / "five.onnx", [1, 5, "h", "w"], metadata=metadata)
+    proc = run_script("test.py", "--checkpoint", path, "--device", "cpu", "--out-dir", tmp_path)
+    assert (
+        proc.returncode == 1 and proc.stderr == f"error: {path} outputs 5 classes, not VOC's 21\n"
+    )
+
+
+def test_argmax_agreement_is_the_fraction_of_pixels_whose_classes_agree():
+    # Two "models" of fixed logits: classes [[0, 1], [1, 0]] against [[0, 1], [0, 0]].
+    a = torch.tensor([[[[1.0, 0], [0, 1]], [[0, 1], [1, 0]]]])
+    b = torch.tensor([[[[1.0, 0], [1, 1]], [[0, 1], [0, 0]]]])
+    inputs = [torch.zeros(1, 3, 2, 2).numpy()] * 2
+    assert argmax_agreement(lambda x: a, lambda x: b, inputs) == 3 / 4
+    assert argmax_agreement(lambda x: a, lambda x: a, inputs) == 1.0
+
+
+def test_export_without_onnxscript_is_one_error_naming_the_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript -> ImportError
+    with pytest.raises(UserError, match="needs the package onnxscript: pip install"):
+        export_onnx(torch.nn.Conv2d(3, 21, 1), tmp_path / "m.onnx", {})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv, error",
+    [
+        ([], "the following arguments are required: --checkpoint"),
+        (["--checkpoint", "s.pth", "--calib", "0"], "--calib"),
+        (["--checkpoint", "s.pth", "--calib", "10001"], "--calib"),
+        (["--checkpoint", "s.pth", "--out", "s.onx"], "--out: s.onx must end in .onnx"),
+    ],
+)
+def test_export_flags_out_of_range_are_refused(capsys, argv, error):
+    with pytest.raises(SystemExit) as exit:
+        parse_args(argv)
+    assert exit.value.code == 2 and error in capsys.readouterr().err
+
+
+def test_export_flags_at_their_limits_are_taken():
+    for calib in ("1", "10000"):
+        assert parse_args(["--checkpoint", "s.pth", "--calib", calib]).calib == int(calib)
+    assert parse_args(["--checkpoint", "d/s.pth"]).out == str(Path("d/s.onnx"))
+
+
+def test_export_prints_the_agreement_and_the_size_it_wrote(export_run):
+    stdout = export_run["proc"].stdout
+    agreements = [float(a) for a in re.findall(r"argmax agreement ([\d.]+)%", stdout)]
+    assert len(agreements) == 3 and all(99.0 <= a <= 100.0 for a in agreements)
+    mb = float(re.search(r"wrote \S+student_none.onnx \(([\d.]+) MB\)", stdout).group(1))
+    assert mb == pytest.approx(export_run["onnx"].stat().st_size / 1e6, abs=0.005)
+
+
+def test_an_export_that_differs_from_pytorch_is_deleted(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # any difference is too large
+    out = tmp_path / "s.onnx"
+    with pytest.raises(UserError, match=f"differs from PyTorch .*; {re.escape(str(out))} deleted"):
+        export.main(parse_args(["--checkpoint", str(trained["out"]), "--out", str(out)]))
+    assert list(tmp_path.iterdir()) == []

@@ -12,13 +12,14 @@ A list holds blocks separated by blank lines:
     old:     if flipped:  # mirror the small stored map and the box, not the large output
     new:     if False:
     (in old and new, \n stands for a line break)
-    tests: tests/test_teacher_cache.py
+    tests: tests/test_teacher_cache.py   (pytest arguments, split as a shell would: -k "a or b")
 
-The planted-bug runs of docs/mutation.md use mutmut; this tool is for the behaviours that
+The systematic runs of docs/mutation.md use tools/mutate.py; this tool is for the behaviours that
 need a named, hand-written bug (a forgotten flip, a blended panel) to be shown caught.
 """
 
 import argparse
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,7 @@ def run_plant(plant: dict) -> bool:
                 "-q",
                 "-p",
                 "no:cacheprovider",
-                *plant["tests"].split(),
+                *shlex.split(plant["tests"]),
             ],
             cwd=ROOT,
             capture_output=True,
