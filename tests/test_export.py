@@ -214,6 +214,11 @@ def test_export_prints_the_agreement_and_the_size_it_wrote(export_run):
     assert len(agreements) == 3 and all(99.0 <= a <= 100.0 for a in agreements)
     mb = float(re.search(r"wrote \S+student_none.onnx \(([\d.]+) MB\)", stdout).group(1))
     assert mb == pytest.approx(export_run["onnx"].stat().st_size / 1e6, abs=0.005)
+    int8, fp32 = re.search(
+        r"wrote \S+_int8.onnx \(([\d.]+) MB, fp32 ([\d.]+) MB\)", stdout
+    ).groups()
+    assert float(int8) == pytest.approx(export_run["int8"].stat().st_size / 1e6, abs=0.005)
+    assert float(fp32) == mb
 
 
 def test_an_export_that_differs_from_pytorch_is_deleted(trained, tmp_path, monkeypatch, capsys):
