@@ -7,14 +7,17 @@ import argparse
 import ast
 import json
 import math
+import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, load_script, run_python
+from conftest import GUARD, ROOT, load_script, run_python
 from model import save_file
 
 
@@ -148,6 +151,30 @@ def test_sigterm_during_a_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert proc.returncode == cli.EXIT_INTERRUPTED and "SIGTERM received" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+ENDLESS_OUTPUT = """
+import cli
+
+def main(args):
+    while True:
+        print("a line for | head")
+
+cli.run(main, lambda: None)
+"""
+
+
+@pytest.mark.slow
+def test_a_closed_pipe_ends_the_output_quietly_with_exit_1():
+    """What `python test.py ... | head -1` meets: the reader goes, the next write fails."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GUARD), str(ROOT)]))
+    command = [sys.executable, "-c", ENDLESS_OUTPUT]
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as p:
+        assert p.stdout.readline() == b"a line for | head\n"
+        p.stdout.close()
+        stderr = p.stderr.read().decode()
+        assert p.wait(timeout=60) == cli.EXIT_ERROR
+    assert stderr == ""  # no traceback, no "Exception ignored ... BrokenPipeError" at exit
 
 
 @pytest.mark.parametrize(
