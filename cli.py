@@ -98,7 +98,7 @@ def parser(doc: str) -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- argument types
 
 
-def number(kind: type = int, minimum: float = 0, maximum: float = math.inf, strict: bool = False):
+def number(kind: type, minimum: float, maximum: float = math.inf, strict: bool = False):
     """An argparse type: a finite `kind` in [minimum, maximum] (minimum excluded with strict),
     else argparse's one-line "argument --x: must be ..." error."""
 

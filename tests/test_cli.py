@@ -5,9 +5,11 @@ from cli import UserError, atomic_path, check_output, number, write_json
 
 import argparse
 import ast
+import io
 import json
 import math
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -257,3 +259,23 @@ def test_a_ctrl_c_during_the_imports_is_one_line():
     assert proc.stderr == "\ninterrupted\n" and proc.returncode == -signal.SIGINT
     proc = run_python("-c", "import cli\nraise ValueError('other errors keep their traceback')")
     assert "Traceback" in proc.stderr and proc.returncode == 1
+
+
+def test_cuda_asked_for_without_a_gpu_is_one_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="--device cuda asked for, but PyTorch sees no CUDA GPU"):
+        cli.resolve_device("cuda")
+    assert cli.resolve_device(None) == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, name",
+    [
+        ("processor\t: 0\nmodel name\t: Some CPU: 8-Core @ 2GHz\n", "Some CPU: 8-Core @ 2GHz"),
+        ("processor\t: 0\n", platform.processor() or platform.machine()),  # no model name
+    ],
+)
+def test_the_cpu_is_named_by_cpuinfos_model_name_with_the_threads(monkeypatch, cpuinfo, name):
+    monkeypatch.setattr(cli, "open", lambda path: io.StringIO(cpuinfo), raising=False)
+    threads = torch.get_num_threads()
+    assert cli.device_name(torch.device("cpu")) == f"{name} ({threads} threads)"
