@@ -6,6 +6,7 @@ from cli import UserError
 import copy
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -203,6 +204,61 @@ def test_bad_flag_values_exit_with_a_clear_message(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
         train.parse_args(flags)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def documented_defaults() -> dict:
+    """{flag: default} of docs/design.md's tables of defaults ("| `--flag` | value | why |")."""
+    text = (ROOT / "docs" / "design.md").read_text()
+    rows = re.findall(r"^\| `(--[\w-]+)` \| ([^|]+) \|", text, flags=re.MULTILINE)
+    return {flag: value.split()[0].rstrip(",") for flag, value in rows}
+
+
+def test_the_documented_defaults_are_the_flags_defaults():
+    documented, args = documented_defaults(), vars(train.parse_args([]))
+    assert len(documented) >= 12  # the recipe's table and the KD table
+    for flag, text in documented.items():
+        default = args[flag.removeprefix("--").replace("-", "_")]
+        if isinstance(default, bool):
+            assert default == {"on": True, "off": False}[text], flag
+        elif flag == "--num-workers":  # "4, at most the CPU count"
+            assert default == min(int(text), os.cpu_count()), flag
+        elif isinstance(default, (int, float)):
+            assert default == float(text), flag
+        else:
+            assert default == text, flag
+
+
+# Each numeric flag's smallest and largest value taken, and the values just beyond refused.
+FLAG_RANGES = {
+    "--epochs": ("1", "100000", "0", "100001"),
+    "--batch-size": ("1", "4096", "0", "4097"),
+    "--crop-size": ("32", "4096", "31", "4097"),
+    "--lr": ("1e-9", "10", "0", "10.01"),
+    "--weight-decay": ("0", "1", "-1e-9", "1.01"),
+    "--seed": ("0", str(2**63 - 1), "-1", str(2**63)),
+    "--tau": ("0.1", "100", "0.09", "100.1"),
+    "--limit-train": ("1", None, "0", None),
+    "--limit-val": ("1", None, "0", None),
+    "--alpha": ("0", None, "-1e-9", None),
+    "--beta": ("0", None, "-1e-9", None),
+    "--feat-weight": ("0", None, "-1e-9", None),
+    "--warmup-epochs": ("0", None, "-1e-9", None),
+}
+
+
+@pytest.mark.parametrize("flag", FLAG_RANGES)
+def test_each_numeric_flag_takes_its_limits_and_refuses_what_lies_beyond(flag, capsys):
+    low, high, below, above = FLAG_RANGES[flag]
+    # what lets the limit itself be valid: warm-up within the epochs, a loss term left
+    extra = {"--warmup-epochs": ["--epochs", "100000"], "--alpha": ["--kd", "response"]}
+    for value in filter(None, (low, high)):
+        args = vars(train.parse_args([*extra.get(flag, []), f"{flag}={value}"]))  # "=": -1 too
+        parsed = args[flag.removeprefix("--").replace("-", "_")]
+        assert parsed == type(parsed)(value)
+    for value in filter(None, (below, above)):
+        with pytest.raises(SystemExit):
+            train.parse_args([f"{flag}={value}"])
+        assert f"argument {flag}: must be" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
