@@ -161,9 +161,9 @@ class Planter(ast.NodeTransformer):
         return node
 
 
-def mutants(path: Path) -> list:
+def mutants(source: str) -> list:
     """[(index, qualified name, description with its occurrence in the function, line)]."""
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(source)
     planter = Planter(skip=unmutated(tree))
     planter.visit(tree)
     seen, found = collections.Counter(), []
@@ -173,8 +173,8 @@ def mutants(path: Path) -> list:
     return found
 
 
-def mutated_source(path: Path, index: int) -> str:
-    tree = ast.parse(path.read_text())
+def mutated_source(source: str, index: int) -> str:
+    tree = ast.parse(source)
     Planter(index, unmutated(tree)).visit(tree)
     return ast.unparse(ast.fix_missing_locations(tree))
 
@@ -303,12 +303,15 @@ def preload() -> None:
     import torchvision.transforms.v2  # noqa: F401
 
 
-def worker_copy(work: Path, i: int) -> Path:
+def worker_copy(work: Path, i: int, originals: dict) -> Path:
+    """A copy of the repository with the modules to mutate as they were read at the start."""
     copy = work / f"w{i}"
     ignore = shutil.ignore_patterns(
         ".git", ".mutate", "__pycache__", "demo", "data", "weights", "outputs"
     )
     shutil.copytree(ROOT, copy, ignore=ignore, symlinks=True)
+    for module, source in originals.items():
+        (copy / module).write_text(source)
     return copy
 
 
@@ -321,6 +324,10 @@ def start(copy: Path, module: str, source: str, tests: list) -> int:
     try:  # the child: its own process group, so that a timeout stops what it started too
         os.setpgrp()
         os.chdir(copy)
+        # No .pyc: one keyed on a source's size and mtime in seconds would let the next
+        # mutant of the same size, written within the same second, run this one's code.
+        sys.dont_write_bytecode = True
+        os.environ["PYTHONDONTWRITEBYTECODE"] = "1"  # and the scripts the tests start
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 1)
         os.dup2(null, 2)
@@ -330,9 +337,9 @@ def start(copy: Path, module: str, source: str, tests: list) -> int:
         os._exit(3)
 
 
-def reset(copy: Path, module: str, listing: set) -> None:
+def reset(copy: Path, module: str, original: str, listing: set) -> None:
     """The copy as it was: the module restored, anything a mutant wrote at the top removed."""
-    shutil.copy2(ROOT / module, copy / module)
+    (copy / module).write_text(original)
     for name in set(os.listdir(copy)) - listing:
         path = copy / name
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
@@ -353,9 +360,11 @@ def tests_for(mapping: dict, module: str, function: str) -> tuple:
 def run_mutants(args) -> None:
     mapping = json.loads((STATE / "map.json").read_text())
     wanted = args.survivors_of.read_text() if args.survivors_of else None
+    # The tree as it is now: editing it while the run goes on changes nothing in the run.
+    originals = {module: (ROOT / module).read_text() for module in args.modules}
     queue = []
     for module in args.modules:
-        for index, function, description, line in mutants(ROOT / module):
+        for index, function, description, line in mutants(originals[module]):
             name = f"{module}:{function}: {description}"
             if args.function and args.function not in function.split("."):
                 continue
@@ -372,15 +381,17 @@ def run_mutants(args) -> None:
     preload()
     begin = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
-        copies = [worker_copy(Path(work), i) for i in range(args.jobs)]
+        copies = [worker_copy(Path(work), i, originals) for i in range(args.jobs)]
         clean = [
             clean_job(module, [j for j in queue if j.module == module]) for module in args.modules
         ]
-        failed = [job.name for job, outcome in execute(clean, copies) if outcome != "survived"]
+        failed = [
+            job.name for job, outcome in execute(clean, copies, originals) if outcome != "survived"
+        ]
         if failed:
             raise SystemExit(f"the unmutated code fails its tests in a worker copy: {failed}")
         counts = {module: collections.Counter() for module in args.modules}
-        for job, outcome in execute(queue, copies):
+        for job, outcome in execute(queue, copies, originals):
             counts[job.module][outcome] += 1
             print(f"{outcome:16s} {job.name}", flush=True)
     for module, c in counts.items():
@@ -409,7 +420,7 @@ def clean_job(module: str, jobs: list) -> Job:
     return Job(module, None, f"{module} unmutated", tests, sum(job.seconds for job in jobs))
 
 
-def execute(jobs: list, copies: list):
+def execute(jobs: list, copies: list, originals: dict):
     """Run the jobs, one per copy at a time; yields (job, outcome) as each ends: survived
     (its tests pass), killed, killed (timeout)."""
     listing, free, running, jobs = set(os.listdir(copies[0])), list(copies), {}, list(jobs)
@@ -420,18 +431,15 @@ def execute(jobs: list, copies: list):
                 yield job, "no test"
                 continue
             copy = free.pop()
-            source = (
-                (ROOT / job.module).read_text()
-                if job.index is None
-                else mutated_source(ROOT / job.module, job.index)
-            )
+            original = originals[job.module]
+            source = original if job.index is None else mutated_source(original, job.index)
             pid = start(copy, job.module, source, job.tests)
             running[pid] = (job, copy, time.monotonic() + 2 * job.seconds + 60)
         if not running:
             continue
         pid, outcome = wait_for_one(running)
         job, copy, _ = running.pop(pid)
-        reset(copy, job.module, listing)
+        reset(copy, job.module, originals[job.module], listing)
         free.append(copy)
         yield job, outcome
 
