@@ -113,6 +113,12 @@ def test_output_paths_of_the_wrong_kind_are_refused(tmp_path):
         check_output(tmp_path / "file" / "below" / "out.json")
 
 
+def test_the_missing_folders_of_an_output_are_made_and_nothing_is_left_in_them(tmp_path):
+    assert check_output(tmp_path / "a" / "b" / "out.json") == tmp_path / "a" / "b" / "out.json"
+    assert check_output(tmp_path / "c" / "d", folder=True).is_dir()
+    assert list((tmp_path / "a" / "b").iterdir()) == []  # the probe file is gone
+
+
 def test_a_failing_torch_save_is_one_error_and_the_old_file_stays(tmp_path, monkeypatch):
     """torch.save reports a full disk as a RuntimeError, not an OSError."""
     path = tmp_path / "ckpt.pth"
