@@ -285,3 +285,54 @@ def test_the_cpu_is_named_by_cpuinfos_model_name_with_the_threads(monkeypatch, c
     monkeypatch.setattr(cli, "open", lambda path: io.StringIO(cpuinfo), raising=False)
     threads = torch.get_num_threads()
     assert cli.device_name(torch.device("cpu")) == f"{name} ({threads} threads)"
+
+
+def test_a_lock_is_refused_while_its_owner_lives_and_the_owner_is_left_alone(tmp_path):
+    lock = tmp_path / "out.lock"
+    # A run as the user starts it: every signal at its default (a nohup'd parent ignores SIGHUP).
+    sleeper = "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); print(flush=True)"
+    sleeper += "; time.sleep(60)"
+    with subprocess.Popen([sys.executable, "-c", sleeper], stdout=subprocess.PIPE) as owner:
+        owner.stdout.readline()  # its handler is set
+        lock.write_text(f"{owner.pid}\n")
+        with pytest.raises(UserError, match=f"another run \\(process {owner.pid}\\)"):
+            with cli.exclusive(lock):
+                pass
+        with pytest.raises(subprocess.TimeoutExpired):  # asked whether it lives, not signalled
+            owner.wait(timeout=1)
+        assert lock.read_text() == f"{owner.pid}\n"
+        owner.kill()
+
+
+def test_a_lock_holds_this_process_id_until_the_block_ends_then_goes(tmp_path):
+    lock = tmp_path / "out.lock"
+    with cli.exclusive(lock):
+        assert lock.read_text() == f"{os.getpid()}\n"
+        with pytest.raises(UserError, match="another run"), cli.exclusive(lock):
+            pass
+    assert not lock.exists()
+    lock.write_text("not a process id")  # unreadable: a stale lock, taken over
+    with cli.exclusive(lock):
+        assert lock.read_text() == f"{os.getpid()}\n"
+
+
+@pytest.mark.parametrize(
+    "flag, taken, refused",
+    [
+        ("--size", ("32", "4096"), ("31", "4097")),
+        ("--runs", ("1", "10000"), ("0", "10001")),
+        ("--num-overlays", ("0", "100"), ("-1", "101")),
+    ],
+)
+def test_the_evaluation_flags_take_their_limits_and_refuse_what_lies_beyond(
+    flag, taken, refused, capsys
+):
+    p = cli.parser("test")
+    cli.add_eval_args(p, size=512)
+    dest = flag.removeprefix("--").replace("-", "_")
+    for value in taken:
+        assert getattr(p.parse_args([f"{flag}={value}"]), dest) == int(value)
+    for value in refused:
+        with pytest.raises(SystemExit):
+            p.parse_args([f"{flag}={value}"])
+        assert f"argument {flag}: must be" in capsys.readouterr().err
