@@ -9,6 +9,7 @@ import importlib.util
 import inspect
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,18 @@ def fake_voc(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fake_voc")
     make_fake_voc(root, num_images=8, seed=0)
     return root
+
+
+def documented_defaults(args: dict) -> dict:
+    """{flag: default as written} of the rows of docs/design.md's tables of defaults
+    ("| `--flag` | value | why |") whose flag is in `args` (a parsed namespace, as a dict)."""
+    text = (ROOT / "docs" / "design.md").read_text()
+    rows = re.findall(r"^\| `(--[\w-]+)` \| ([^|]+) \|", text, flags=re.MULTILINE)
+    return {
+        flag: value.split()[0].rstrip(",")
+        for flag, value in rows
+        if flag.removeprefix("--").replace("-", "_") in args
+    }
 
 
 def run_python(*argv, cwd: Path | None = None, timeout: float = 300):

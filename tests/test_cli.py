@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import GUARD, ROOT, load_script, run_python
+from conftest import GUARD, ROOT, documented_defaults, load_script, run_python
 from model import save_file
 
 
@@ -336,3 +336,12 @@ def test_the_evaluation_flags_take_their_limits_and_refuse_what_lies_beyond(
         with pytest.raises(SystemExit):
             p.parse_args([f"{flag}={value}"])
         assert f"argument {flag}: must be" in capsys.readouterr().err
+
+
+def test_the_evaluation_defaults_are_the_documented_ones():
+    p = cli.parser("test")
+    cli.add_eval_args(p, size=512)
+    args = vars(p.parse_args([]))
+    documented = documented_defaults(args)
+    for flag in ("--runs", "--num-overlays"):
+        assert args[flag.removeprefix("--").replace("-", "_")] == int(documented[flag]), flag

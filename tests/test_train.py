@@ -6,7 +6,6 @@ from cli import UserError
 import copy
 import csv
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -17,7 +16,16 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import GUARD, ROOT, TINY_TRAIN, load_script, run_python, run_script, train_tiny
+from conftest import (
+    GUARD,
+    ROOT,
+    TINY_TRAIN,
+    documented_defaults,
+    load_script,
+    run_python,
+    run_script,
+    train_tiny,
+)
 from dataset import image_path, read_split
 from distill import KDConfig, Trainee, teacher_outputs
 from metrics import evaluate
@@ -206,15 +214,9 @@ def test_bad_flag_values_exit_with_a_clear_message(flags, message, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
-def documented_defaults() -> dict:
-    """{flag: default} of docs/design.md's tables of defaults ("| `--flag` | value | why |")."""
-    text = (ROOT / "docs" / "design.md").read_text()
-    rows = re.findall(r"^\| `(--[\w-]+)` \| ([^|]+) \|", text, flags=re.MULTILINE)
-    return {flag: value.split()[0].rstrip(",") for flag, value in rows}
-
-
 def test_the_documented_defaults_are_the_flags_defaults():
-    documented, args = documented_defaults(), vars(train.parse_args([]))
+    args = vars(train.parse_args([]))
+    documented = documented_defaults(args)
     assert len(documented) >= 12  # the recipe's table and the KD table
     for flag, text in documented.items():
         default = args[flag.removeprefix("--").replace("-", "_")]
