@@ -230,6 +230,13 @@ def test_the_documented_defaults_are_the_flags_defaults():
             assert default == text, flag
 
 
+def test_a_crop_too_small_for_the_aspp_is_warned_about_and_a_large_one_is_not(capsys):
+    train.parse_args(["--crop-size", str(train.MIN_CROP - 1)])
+    assert capsys.readouterr().err.startswith(f"warning: --crop-size {train.MIN_CROP - 1} is below")
+    train.parse_args(["--crop-size", str(train.MIN_CROP)])
+    assert capsys.readouterr().err == ""
+
+
 # Each numeric flag's smallest and largest value taken, and the values just beyond refused.
 FLAG_RANGES = {
     "--epochs": ("1", "100000", "0", "100001"),
