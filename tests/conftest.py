@@ -57,9 +57,9 @@ def fake_voc(tmp_path_factory) -> Path:
 
 
 def documented_defaults(args: dict) -> dict:
-    """{flag: default as written} of the rows of docs/design.md's tables of defaults
+    """{flag: default as written} of the rows of the docs' tables of defaults
     ("| `--flag` | value | why |") whose flag is in `args` (a parsed namespace, as a dict)."""
-    text = (ROOT / "docs" / "design.md").read_text()
+    text = "\n".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))
     rows = re.findall(r"^\| `(--[\w-]+)` \| ([^|]+) \|", text, flags=re.MULTILINE)
     return {
         flag: value.split()[0].rstrip(",")

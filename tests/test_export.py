@@ -2,6 +2,7 @@
 
 from cli import UserError
 
+import collections
 import json
 import re
 import sys
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 import export
-from conftest import run_script
+from conftest import documented_defaults, run_script
 from export import (
     INPUT,
     METADATA_KEY,
@@ -202,6 +203,11 @@ def test_export_flags_out_of_range_are_refused(capsys, argv, error):
     assert exit.value.code == 2 and error in capsys.readouterr().err
 
 
+def test_the_calibration_default_is_the_documented_one():
+    args = vars(parse_args(["--checkpoint", "s.pth"]))
+    assert args["calib"] == int(documented_defaults(args)["--calib"])
+
+
 def test_export_flags_at_their_limits_are_taken():
     for calib in ("1", "10000"):
         assert parse_args(["--checkpoint", "s.pth", "--calib", calib]).calib == int(calib)
@@ -227,3 +233,39 @@ def test_an_export_that_differs_from_pytorch_is_deleted(trained, tmp_path, monke
     with pytest.raises(UserError, match=f"differs from PyTorch .*; {re.escape(str(out))} deleted"):
         export.main(parse_args(["--checkpoint", str(trained["out"]), "--out", str(out)]))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_printed_agreements_are_percentages_of_what_was_measured(
+    trained, fake_voc, tmp_path, monkeypatch, capsys
+):
+    """main's parity lines and write_int8's line, with the measurements replaced by a model
+    that agrees on half of the pixels (a real export agrees on all, where x 100 and / 100
+    print alike)."""
+    half = [(64, 64, 0.0, 0.5)]
+    monkeypatch.setattr(
+        export, "export_onnx", lambda student, path, metadata: path.write_bytes(b"")
+    )
+    monkeypatch.setattr(export, "quantize_int8", lambda fp32, out, calib: out.write_bytes(b""))
+    monkeypatch.setattr(export, "OnnxModel", lambda path: None)
+    monkeypatch.setattr(export, "parity", lambda student, model: half)
+    monkeypatch.setattr(export, "argmax_agreement", lambda a, b, inputs: 0.5)
+    monkeypatch.setattr(export, "runtime_ops", lambda path: collections.Counter())
+    out = tmp_path / "s.onnx"
+    export.main(
+        parse_args(
+            [
+                "--checkpoint",
+                str(trained["out"]),
+                "--out",
+                str(out),
+                "--int8",
+                "--calib",
+                "2",
+                "--data-root",
+                str(fake_voc),
+            ]
+        )
+    )
+    stdout = capsys.readouterr().out
+    assert "64x64: max |ONNX Runtime - PyTorch| = 0.0e+00, argmax agreement 50.00%" in stdout
+    assert "int8 argmax agreement with fp32 on 2 val images (SYNTHETIC data): 50.00%" in stdout
