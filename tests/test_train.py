@@ -285,6 +285,22 @@ def test_bad_environments_exit_with_one_error_line(flags, message, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and message in proc.stderr
 
 
+def test_a_last_checkpoint_alone_is_not_replaced_without_asking(fake_voc, tmp_path):
+    args = tiny_args(fake_voc, tmp_path)
+    train.last_path(args.out).write_bytes(b"the user's last checkpoint")
+    with pytest.raises(UserError, match="already exists; use --resume to continue it"):
+        train.check_outputs(args)
+
+
+@pytest.mark.parametrize("flag", ["--out-dir", "--teacher-cache"])
+def test_an_output_folder_below_a_file_is_refused_before_any_work(flag, fake_voc, tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    kd = ["--kd", "response"] if flag == "--teacher-cache" else []
+    args = tiny_args(fake_voc, tmp_path, *kd, flag, tmp_path / "a_file" / "below")
+    with pytest.raises(UserError, match="cannot create the folder|a_file is a file"):
+        train.check_outputs(args)
+
+
 def test_output_paths_are_checked_before_any_work(tmp_path, fake_voc):
     (tmp_path / "a_file").write_text("x")
     proc = train_tiny(fake_voc, tmp_path / "a_file" / "s.pth", "--epochs", 1)
