@@ -56,16 +56,30 @@ def fake_voc(tmp_path_factory) -> Path:
     return root
 
 
+def dest(flag: str) -> str:
+    """argparse's attribute for a flag: --crop-size -> crop_size."""
+    return flag.removeprefix("--").replace("-", "_")
+
+
 def documented_defaults(args: dict) -> dict:
     """{flag: default as written} of the rows of the docs' tables of defaults
     ("| `--flag` | value | why |") whose flag is in `args` (a parsed namespace, as a dict)."""
     text = "\n".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))
     rows = re.findall(r"^\| `(--[\w-]+)` \| ([^|]+) \|", text, flags=re.MULTILINE)
-    return {
-        flag: value.split()[0].rstrip(",")
-        for flag, value in rows
-        if flag.removeprefix("--").replace("-", "_") in args
-    }
+    return {flag: value.split()[0].rstrip(",") for flag, value in rows if dest(flag) in args}
+
+
+def assert_limits(parse_args, flag: str, taken, refused, capsys, extra=()) -> None:
+    """parse_args (argv -> Namespace) takes each value of `taken` for `flag` as it is written
+    and refuses each of `refused` with argparse's "must be" line; "--flag=value", so that a
+    negative value is not read as a flag. `extra`: the other flags a limit needs to be valid."""
+    for value in taken:
+        parsed = getattr(parse_args([*extra, f"{flag}={value}"]), dest(flag))
+        assert parsed == type(parsed)(value), (flag, value)
+    for value in refused:
+        with pytest.raises(SystemExit):
+            parse_args([f"{flag}={value}"])
+        assert f"argument {flag}: must be" in capsys.readouterr().err
 
 
 def run_python(*argv, cwd: Path | None = None, timeout: float = 300):

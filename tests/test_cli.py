@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import GUARD, ROOT, documented_defaults, load_script, run_python
+from conftest import GUARD, ROOT, assert_limits, dest, documented_defaults, load_script, run_python
 from model import save_file
 
 
@@ -329,13 +329,7 @@ def test_the_evaluation_flags_take_their_limits_and_refuse_what_lies_beyond(
 ):
     p = cli.parser("test")
     cli.add_eval_args(p, size=512)
-    dest = flag.removeprefix("--").replace("-", "_")
-    for value in taken:
-        assert getattr(p.parse_args([f"{flag}={value}"]), dest) == int(value)
-    for value in refused:
-        with pytest.raises(SystemExit):
-            p.parse_args([f"{flag}={value}"])
-        assert f"argument {flag}: must be" in capsys.readouterr().err
+    assert_limits(p.parse_args, flag, taken, refused, capsys)
 
 
 def test_the_evaluation_defaults_are_the_documented_ones():
@@ -344,4 +338,4 @@ def test_the_evaluation_defaults_are_the_documented_ones():
     args = vars(p.parse_args([]))
     documented = documented_defaults(args)
     for flag in ("--runs", "--num-overlays"):
-        assert args[flag.removeprefix("--").replace("-", "_")] == int(documented[flag]), flag
+        assert args[dest(flag)] == int(documented[flag]), flag

@@ -225,20 +225,20 @@ def test_export_prints_the_agreement_and_the_size_it_wrote(export_run):
     assert float(fp32) == mb
 
 
-def test_an_export_that_differs_from_pytorch_is_deleted(trained, tmp_path, monkeypatch):
-    """main's tolerance check, with the export replaced by a file whose parity is off by 1."""
-    monkeypatch.setattr(export, "export_onnx", empty_export)
+def stand_in_export(monkeypatch, parity_rows: list) -> None:
+    """export.main's own logic only: the export writes an empty file, which is not loaded, and
+    its parity check gives `parity_rows` [(h, w, max |difference|, agreement)]."""
+    monkeypatch.setattr(export, "export_onnx", lambda student, path, metadata: path.touch())
     monkeypatch.setattr(export, "OnnxModel", lambda path: None)
-    monkeypatch.setattr(export, "parity", lambda student, model: [(64, 64, 1.0, 1.0)])
+    monkeypatch.setattr(export, "parity", lambda student, model: parity_rows)
+
+
+def test_an_export_that_differs_from_pytorch_is_deleted(trained, tmp_path, monkeypatch):
+    stand_in_export(monkeypatch, [(64, 64, 1.0, 1.0)])  # off by 1, far beyond the tolerance
     out = tmp_path / "s.onnx"
     with pytest.raises(UserError, match=f"differs from PyTorch .*; {re.escape(str(out))} deleted"):
         export.main(parse_args(["--checkpoint", str(trained["out"]), "--out", str(out)]))
     assert list(tmp_path.iterdir()) == []
-
-
-def empty_export(student, path, metadata) -> None:
-    """Stands in for export_onnx where only main's own logic is tested."""
-    path.write_bytes(b"")
 
 
 def test_the_printed_agreements_are_percentages_of_what_was_measured(
@@ -247,29 +247,12 @@ def test_the_printed_agreements_are_percentages_of_what_was_measured(
     """main's parity lines and write_int8's line, with the measurements replaced by a model
     that agrees on half of the pixels (a real export agrees on all, where x 100 and / 100
     print alike)."""
-    half = [(64, 64, 0.0, 0.5)]
-    monkeypatch.setattr(export, "export_onnx", empty_export)
-    monkeypatch.setattr(export, "quantize_int8", lambda fp32, out, calib: out.write_bytes(b""))
-    monkeypatch.setattr(export, "OnnxModel", lambda path: None)
-    monkeypatch.setattr(export, "parity", lambda student, model: half)
+    stand_in_export(monkeypatch, [(64, 64, 0.0, 0.5)])
+    monkeypatch.setattr(export, "quantize_int8", lambda fp32, out, calib: out.touch())
     monkeypatch.setattr(export, "argmax_agreement", lambda a, b, inputs: 0.5)
     monkeypatch.setattr(export, "runtime_ops", lambda path: collections.Counter())
-    out = tmp_path / "s.onnx"
-    export.main(
-        parse_args(
-            [
-                "--checkpoint",
-                str(trained["out"]),
-                "--out",
-                str(out),
-                "--int8",
-                "--calib",
-                "2",
-                "--data-root",
-                str(fake_voc),
-            ]
-        )
-    )
+    argv = ["--checkpoint", str(trained["out"]), "--out", str(tmp_path / "s.onnx"), "--int8"]
+    export.main(parse_args(argv + ["--calib", "2", "--data-root", str(fake_voc)]))
     stdout = capsys.readouterr().out
     assert "64x64: max |ONNX Runtime - PyTorch| = 0.0e+00, argmax agreement 50.00%" in stdout
     assert "int8 argmax agreement with fp32 on 2 val images (SYNTHETIC data): 50.00%" in stdout

@@ -20,6 +20,8 @@ from conftest import (
     GUARD,
     ROOT,
     TINY_TRAIN,
+    assert_limits,
+    dest,
     documented_defaults,
     load_script,
     run_python,
@@ -219,7 +221,7 @@ def test_the_documented_defaults_are_the_flags_defaults():
     documented = documented_defaults(args)
     assert len(documented) >= 12  # the recipe's table and the KD table
     for flag, text in documented.items():
-        default = args[flag.removeprefix("--").replace("-", "_")]
+        default = args[dest(flag)]
         if isinstance(default, bool):
             assert default == {"on": True, "off": False}[text], flag
         elif flag == "--num-workers":  # "4, at most the CPU count"
@@ -260,14 +262,8 @@ def test_each_numeric_flag_takes_its_limits_and_refuses_what_lies_beyond(flag, c
     low, high, below, above = FLAG_RANGES[flag]
     # what lets the limit itself be valid: warm-up within the epochs, a loss term left
     extra = {"--warmup-epochs": ["--epochs", "100000"], "--alpha": ["--kd", "response"]}
-    for value in filter(None, (low, high)):
-        args = vars(train.parse_args([*extra.get(flag, []), f"{flag}={value}"]))  # "=": -1 too
-        parsed = args[flag.removeprefix("--").replace("-", "_")]
-        assert parsed == type(parsed)(value)
-    for value in filter(None, (below, above)):
-        with pytest.raises(SystemExit):
-            train.parse_args([f"{flag}={value}"])
-        assert f"argument {flag}: must be" in capsys.readouterr().err
+    taken, refused = filter(None, (low, high)), filter(None, (below, above))
+    assert_limits(train.parse_args, flag, taken, refused, capsys, extra.get(flag, []))
 
 
 @pytest.mark.parametrize(
