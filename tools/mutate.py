@@ -6,6 +6,7 @@ the tests pass is a bug they would not catch.
     python tools/mutate.py run train.py --function resume
     python tools/mutate.py run cli.py --list            # the mutants, not run
     python tools/mutate.py run metrics.py --survivors-of metrics.log   # rerun what survived
+    python tools/mutate.py run train.py --not-in train.partial.log    # finish a stopped run
 
 The mutations, each at one place inside a function: comparisons turned around (== !=, < >=,
 <= >, in / not in, is / is not), + - and * / swapped, numbers changed (n -> n + 1, x -> 2x),
@@ -360,6 +361,7 @@ def tests_for(mapping: dict, module: str, function: str) -> tuple:
 def run_mutants(args) -> None:
     mapping = json.loads((STATE / "map.json").read_text())
     wanted = args.survivors_of.read_text() if args.survivors_of else None
+    done = reported(args.not_in.read_text()) if args.not_in else set()
     # The tree as it is now: editing it while the run goes on changes nothing in the run.
     originals = {module: (ROOT / module).read_text() for module in args.modules}
     queue = []
@@ -369,6 +371,8 @@ def run_mutants(args) -> None:
             if args.function and args.function not in function.split("."):
                 continue
             if wanted is not None and f"survived         {name} " not in wanted:
+                continue
+            if name in done:
                 continue
             queue.append(
                 Job(module, index, f"{name} (line {line})", *tests_for(mapping, module, function))
@@ -400,6 +404,12 @@ def run_mutants(args) -> None:
             f"{c['survived']} survived"
         )
     print(f"({(time.perf_counter() - begin) / 60:.1f} min, {args.jobs} jobs)")
+
+
+def reported(log: str) -> set:
+    """The mutants an earlier run's output names, whatever their outcome: each line is
+    `outcome (16 columns) module:function: description (line n)`."""
+    return {line[17:].rsplit(" (line ", 1)[0] for line in log.splitlines() if " (line " in line}
 
 
 @dataclasses.dataclass
@@ -472,6 +482,12 @@ def main() -> None:
         type=Path,
         metavar="LOG",
         help="only the mutants this tool's earlier output (LOG) lists as survived",
+    )
+    r.add_argument(
+        "--not-in",
+        type=Path,
+        metavar="LOG",
+        help="only the mutants this tool's earlier, stopped output (LOG) does not list",
     )
     args = p.parse_args()
     make_map() if args.command == "map" else run_mutants(args)
