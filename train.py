@@ -398,6 +398,16 @@ def teacher_targets(args, teacher, train_set, device: torch.device, is_main: boo
     return targets
 
 
+def start_epoch(loader, seed: int, epoch: int, rank: int, world: int) -> None:
+    """Seed the epoch's shuffle, augmentation (the loader's workers take their seeds from this
+    generator) and dropout from the seed, the epoch and the process alone, so that a resumed
+    run sees exactly the batches an uninterrupted one would: process `rank` of `world` in
+    epoch e draws from seed + e * world + rank, one seed per (epoch, process), none repeated."""
+    torch.manual_seed(seed + epoch * world + rank)
+    if world > 1:
+        loader.sampler.set_epoch(epoch)  # another shuffle each epoch, the same on every process
+
+
 def train_one_epoch(model, targets, loader, optimizer, scheduler, scaler, device, desc) -> dict:
     """One pass over the loader, one optimizer and scheduler step per batch; returns the mean
     of each loss term as {"train_<term>": x}, averaged over processes under torchrun. The bar
@@ -437,8 +447,9 @@ def stop_if_not_finite(value: torch.Tensor, what: str) -> None:
     if dist.is_initialized():
         dist.all_reduce(bad)
     if bad.item():
+        became = "NaN or infinite in another process" if torch.isfinite(value) else value.item()
         raise UserError(
-            f"{what} became {value.item()}; stopping without saving this epoch. Try a lower --lr."
+            f"{what} became {became}; stopping without saving this epoch. Try a lower --lr."
         )
 
 
@@ -488,7 +499,13 @@ def write_log(history: list, path: Path) -> None:
 
 def validate(student, loader, device: torch.device, epoch: int, is_main: bool) -> dict:
     """The val columns of the epoch's row: val_ce (the same pixel cross-entropy as train_ce,
-    on val), val_miou (a fraction, as in every file; the console shows %)."""
+    on val), val_miou (a fraction, as in every file; the console shows %). Under torchrun
+    every process first takes rank 0's BatchNorm statistics: each updated its own in its last
+    training step (DDP syncs them at the start of the next forward only), and the val numbers
+    are to be those of the model rank 0 saves."""
+    if dist.is_initialized():
+        for buffer in student.buffers():
+            dist.broadcast(buffer, 0)
     val = evaluate(student, loader, device, "val", is_main)
     if val["pixels"] == 0:
         raise UserError("no val image has a labelled pixel (all are 255): nothing to score")
@@ -528,12 +545,7 @@ def run_training(args: argparse.Namespace) -> None:
     try:
         for epoch in range(len(history) + 1, args.epochs + 1):
             start = time.perf_counter()
-            # Shuffle, augmentation (workers are seeded from this generator) and dropout drawn
-            # from the seed, the epoch and the process alone: a resumed run sees exactly the
-            # batches an uninterrupted one would.
-            torch.manual_seed(args.seed + epoch * world + rank)
-            if world > 1:
-                train_loader.sampler.set_epoch(epoch)  # another shuffle each epoch, same on all
+            start_epoch(train_loader, args.seed, epoch, rank, world)
             # lr: the first step's, as the bar shows each step's (the schedule is per step)
             row = {"epoch": epoch, "data": tag, "lr": scheduler.get_last_lr()[0]}
             row |= train_one_epoch(

@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 import teacher_cache
-from conftest import train_tiny
+from conftest import TINY_TRAIN, load_script, train_tiny
 from dataset import EvalTransform, RandomScaleCropFlip, image_path, voc_dataset
+from distill import teacher_outputs
 from model import build_teacher, teacher_features
 from synthetic import make_fake_voc
 from teacher_cache import LOGITS, TeacherCache, crop_logits
@@ -135,6 +136,31 @@ def test_the_recorded_box_is_where_the_crop_came_from():
             expected, inside = expected.flip(-1), inside.flip(-1)
         assert ((crop == expected) | ~inside).float().mean() > 0.95
         assert (crop[~inside] == 255).all()  # the padding, beyond the image
+
+
+@pytest.mark.parametrize("kd", ["response", "both"])
+def test_train_py_takes_the_crops_cached_logits_and_for_both_the_live_features(
+    kd, fake_voc, teacher, cache
+):
+    """train.teacher_targets on a batch of train.py's loader: the logits are the cache's for
+    each crop's box, at the crop's size (N x C x H x W), and --kd both adds the live teacher's
+    features of the same crops."""
+    train = load_script("train")
+    flags = ["--data-root", str(fake_voc), *TINY_TRAIN, "--kd", kd]
+    args = train.parse_args([*flags, "--teacher-cache", str(cache.directory)])
+    torch.manual_seed(0)
+    loader = train.build_loaders(args, 0, 1, CPU)[0]
+    targets = train.teacher_targets(args, teacher, loader.dataset.dataset, CPU, True)
+    images, _, where, indices = next(iter(loader))
+    logits, features = targets(images, where, indices)
+    assert logits.shape == (len(images), 21, *images.shape[-2:])
+    assert torch.equal(logits, cache.crop_logits(where, indices, tuple(images.shape[-2:]), CPU))
+    if kd == "response":
+        assert features is None
+    else:
+        live = teacher_outputs(teacher, images)[1]
+        assert len(features) == len(live) > 0
+        assert all(torch.equal(a, b) for a, b in zip(features, live))
 
 
 def test_a_cache_of_another_teacher_is_refused(fake_voc, cache):

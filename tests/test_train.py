@@ -1,20 +1,30 @@
 """train.py: through its own functions (train_one_epoch, save_epoch, build_loaders, ...) and as
 the script a user runs."""
 
-from cli import UserError
+from cli import UserError, write_json
 
 import copy
 import csv
+import datetime
+import itertools
+import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from PIL import Image
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
 from conftest import (
     GUARD,
@@ -28,7 +38,7 @@ from conftest import (
     run_script,
     train_tiny,
 )
-from dataset import image_path, read_split
+from dataset import eval_loader, image_path, read_split
 from distill import KDConfig, Trainee, teacher_outputs
 from metrics import evaluate
 from model import build_student, build_teacher, load_file, load_student
@@ -65,6 +75,7 @@ def test_a_tiny_run_writes_checkpoints_log_and_plot(trained):
     assert ckpt["adapters"] is None and not any(k.startswith("teacher") for k in ckpt["model"])
     last = load_file(train.last_path(out), "checkpoint")
     assert last["epoch"] == 2 and len(last["history"]) == 2
+    assert last["scaler"] == {}  # loss scaling is for float16 autocast, on CUDA only
     rows = list(csv.DictReader(open(logs / "student_none_log.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert {r["data"] for r in rows} == {"SYNTHETIC data, not a VOC result"}
@@ -72,6 +83,31 @@ def test_a_tiny_run_writes_checkpoints_log_and_plot(trained):
     assert (logs / "student_none_curves.png").stat().st_size > 1000
     stdout = trained["proc"].stdout
     assert "training time" in stdout and "SYNTHETIC" in stdout.splitlines()[-3]
+
+
+def test_the_console_reports_what_the_log_holds(trained):
+    """An epoch's line each and the summary, nothing else (no "resuming" on a new run): the
+    log's numbers (the mIoU in %), the best epoch's, and where the files went."""
+    out, logs = trained["out"], trained["logs"]
+    rows = [
+        {k: float(v) for k, v in row.items() if k != "data"}
+        for row in csv.DictReader(open(logs / "student_none_log.csv"))
+    ]
+    lines = trained["proc"].stdout.splitlines()
+    assert lines[:-3] == [
+        f"epoch {r['epoch']:.0f}: train CE {r['train_ce']:.4f}, val CE {r['val_ce']:.4f}, "
+        f"val mIoU {100 * r['val_miou']:.2f}%, {r['epoch_time_s']:.1f} s (SYNTHETIC)"
+        for r in rows
+    ]
+    best = max(rows, key=lambda r: r["val_miou"])
+    times = [r["epoch_time_s"] for r in rows]
+    assert lines[-3:] == [
+        f"best val mIoU {100 * best['val_miou']:.2f}% (epoch {best['epoch']:.0f}) on "
+        f"SYNTHETIC data, not a VOC result -> {out}; last -> {train.last_path(out)}",
+        f"training time {sum(times) / 60:.1f} min, {sum(times) / len(times):.1f} s per epoch "
+        "(including validation)",
+        f"log -> {logs / 'student_none_log.csv'} and {logs / 'student_none_curves.png'}",
+    ]
 
 
 def test_the_logged_lr_follows_warmup_then_poly_stepped_every_iteration(trained):
@@ -130,8 +166,12 @@ def test_resume_after_ctrl_c_ends_exactly_where_an_uninterrupted_run_does(
         with pytest.raises(KeyboardInterrupt, match="holds epoch 2; continue with --resume"):
             train.main(tiny_args(fake_voc, tmp_path / "a", *flags))
     train.main(tiny_args(fake_voc, tmp_path / "a", *flags, "--resume"))
+    begin = time.perf_counter()
     train.main(tiny_args(fake_voc, tmp_path / "b", *flags))
+    elapsed = time.perf_counter() - begin
     a, b = (load_file(tmp_path / run / "s_last.pth", "c") for run in "ab")
+    times = [row["epoch_time_s"] for row in b["history"]]
+    assert min(times) > 0 and sum(times) < elapsed  # each epoch's own time, within the run's
     assert a["epoch"] == b["epoch"] == 3
     assert [r["lr"] for r in a["history"]] == [r["lr"] for r in b["history"]]
     for key, value in b["model"].items():
@@ -313,6 +353,26 @@ def test_warmup_then_poly_decay():
     assert factor(50) == pytest.approx(0.5**0.9) and factor(100) == 0.0 and factor(120) == 0.0
 
 
+def test_each_epoch_and_process_draws_from_its_own_seed_and_shuffle():
+    """start_epoch: process r of w in epoch e seeds torch with seed + e w + r (one seed per
+    epoch and process, none repeated), and under torchrun reshuffles the sampler each epoch,
+    in the same order each time an epoch starts again (a resumed run)."""
+    for world in (1, 2, 3):
+        seeds = {}
+        for epoch, rank in itertools.product(range(1, 6), range(world)):
+            sampler = DistributedSampler(range(12), num_replicas=world, rank=rank, seed=0)
+            train.start_epoch(DataLoader(range(12), sampler=sampler), 5, epoch, rank, world)
+            seeds[epoch, rank] = torch.initial_seed()
+        assert len(set(seeds.values())) == len(seeds)
+        assert seeds[3, world - 1] == 5 + 3 * world + world - 1
+    orders = []
+    for epoch in (1, 2, 2):
+        sampler = DistributedSampler(range(12), num_replicas=2, rank=0, seed=0)
+        train.start_epoch(DataLoader(range(12), sampler=sampler), 0, epoch, 0, 2)
+        orders.append(list(sampler))
+    assert orders[0] != orders[1] == orders[2]
+
+
 def fixed_batches(fake_voc, tmp_path, count: int = 2) -> list:
     torch.manual_seed(0)
     loader = train.build_loaders(tiny_args(fake_voc, tmp_path), 0, 1, CPU)[0]
@@ -322,24 +382,31 @@ def fixed_batches(fake_voc, tmp_path, count: int = 2) -> list:
 NO_TEACHER = train.teacher_targets(None, None, None, CPU, True)  # what --kd none trains with
 
 
-def test_train_one_epoch_does_plain_sgd_steps_in_train_mode(fake_voc, tmp_path):
+@pytest.mark.parametrize("scaled", [False, True], ids=["cpu", "grad-scaler"])
+def test_train_one_epoch_does_plain_sgd_steps_in_train_mode(scaled, fake_voc, tmp_path, capsys):
     """Against steps made by hand: gradients cleared each step, train mode (BatchNorm batch
-    statistics, dropout) even for a model coming back from validation in eval mode."""
+    statistics, dropout) even for a model coming back from validation in eval mode, and the
+    mean loss of the steps returned and shown on the bar. With the GradScaler enabled, as on
+    CUDA, the steps are the same (the loss scale is a power of 2, undone exactly)."""
     batches = fixed_batches(fake_voc, tmp_path)
     torch.manual_seed(0)
     model = Trainee(build_student(), KDConfig("none"))
     reference = copy.deepcopy(model).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    scaler = torch.amp.GradScaler("cpu", enabled=scaled)
     torch.manual_seed(1)
-    train.train_one_epoch(model.eval(), NO_TEACHER, batches, optimizer, scheduler, scaler, CPU, "e")
+    means = train.train_one_epoch(
+        model.eval(), NO_TEACHER, batches, optimizer, scheduler, scaler, CPU, "e"
+    )
     torch.manual_seed(1)
     with torch.no_grad():
         params = list(reference.parameters())
+    losses = []
     for images, masks, *_ in batches:
         loss, _ = reference(images, masks.long())
         grads = torch.autograd.grad(loss, params, allow_unused=True)
+        losses.append(loss.item())
         with torch.no_grad():
             for p, g in zip(params, grads):
                 if g is not None:
@@ -347,6 +414,78 @@ def test_train_one_epoch_does_plain_sgd_steps_in_train_mode(fake_voc, tmp_path):
     for (name, a), b in zip(model.named_parameters(), reference.parameters()):
         assert torch.allclose(a, b, atol=1e-6), name
     assert scheduler.last_epoch == len(batches)  # one scheduler step per iteration
+    assert means["train_loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+    assert means["train_ce"] == pytest.approx(np.mean(losses), rel=1e-5)  # --kd none: L = CE
+    bar = capsys.readouterr().err.rsplit("\r", 1)[-1]  # the bar as the epoch ends
+    assert f"loss={np.mean(losses):.4f}, lr=5.00e-02" in bar
+
+
+GLOO_TIMEOUT = datetime.timedelta(seconds=60)  # a process left waiting fails, never hangs
+
+
+def train_share(rank: int, world: int, store: str, data_root: str, results: str, nan: bool):
+    """One process of a 2-process gloo group: train_one_epoch on one batch of its own (rank 1's
+    mirrored, or NaN when `nan`), the model wrapped in DDP as run_training wraps it; writes
+    what it returned, or the UserError it raised, to results/<rank>.json."""
+    import netguard
+
+    netguard.install()
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=GLOO_TIMEOUT
+    )
+    images, masks, where, indices = rank_batch(Path(data_root), Path(results), rank)
+    if nan and rank == 1:
+        images = images * math.nan
+    torch.manual_seed(0)
+    model = DistributedDataParallel(Trainee(build_student(), KDConfig("none")))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    batches = [(images, masks, where, indices)]
+    try:
+        result = train.train_one_epoch(
+            model, NO_TEACHER, batches, optimizer, scheduler, scaler, CPU, "e"
+        )
+    except UserError as e:
+        result = {"error": str(e)}
+    write_json(result, Path(results) / f"{rank}.json")
+    dist.destroy_process_group()
+
+
+def rank_batch(data_root: Path, tmp_path: Path, rank: int) -> tuple:
+    """The first fixed batch; rank 1's mirrored (another loss, the same labels' layout)."""
+    images, masks, *rest = fixed_batches(data_root, tmp_path / str(rank), count=1)[0]
+    return (images.flip(-1), masks.flip(-1), *rest) if rank else (images, masks, *rest)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nan", [False, True], ids=["finite", "nan-on-rank-1"])
+def test_under_torchrun_every_process_logs_the_mean_and_stops_together(nan, fake_voc, tmp_path):
+    """Two gloo processes, one batch each: both return the mean of the two processes' losses
+    (what one process would log), and a NaN loss on one stops both, each with a UserError that
+    says where (the other would otherwise wait for it forever)."""
+    results = tmp_path / "results"
+    results.mkdir()
+    store = str(tmp_path / "store")
+    mp.spawn(train_share, args=(2, store, str(fake_voc), str(results), nan), nprocs=2)
+    got = [json.loads((results / f"{rank}.json").read_text()) for rank in range(2)]
+    if nan:
+        assert [set(result) for result in got] == [{"error"}, {"error"}]
+        assert got[1]["error"].startswith("the loss, at step 1 of e, became nan;")
+        assert got[0]["error"].startswith(
+            "the loss, at step 1 of e, became NaN or infinite in another process;"
+        )
+        return
+    losses = []
+    for rank in range(2):
+        images, masks, *_ = rank_batch(fake_voc, tmp_path, rank)
+        torch.manual_seed(0)
+        losses.append(Trainee(build_student(), KDConfig("none")).train()(images, masks.long())[0])
+    assert losses[0].item() != pytest.approx(losses[1].item(), rel=1e-3)
+    assert got[0] == got[1]
+    assert got[0]["train_loss"] == pytest.approx(
+        (losses[0].item() + losses[1].item()) / 2, rel=1e-5
+    )
 
 
 def test_validation_reads_the_val_split(fake_voc, tmp_path):
@@ -500,7 +639,12 @@ def test_torchrun_with_two_gloo_processes_writes_one_loadable_checkpoint(fake_vo
     assert sorted(p.name for p in tmp_path.glob("*.pth")) == [out.name, "student_response_last.pth"]
     ckpt = load_file(out, "checkpoint")
     assert not any(key.startswith("module.") for key in ckpt["model"])
-    load_student(out)  # what test.py does with it
+    student, _ = load_student(out)  # what test.py does with it
+    # The val numbers logged are the saved model's: the two processes trained one model and
+    # scored it with rank 0's BatchNorm statistics, each on its half of val.
+    val = evaluate(student, eval_loader(fake_voc, "val", limit=2), CPU, progress=False)
+    assert ckpt["history"][-1]["val_ce"] == pytest.approx(val["loss"], rel=1e-5)
+    assert ckpt["history"][-1]["val_miou"] == pytest.approx(val["miou"], abs=1e-12)
 
 
 def test_ctrl_c_mid_epoch_keeps_the_last_completed_epoch_and_exits_130(fake_voc, tmp_path):
@@ -612,6 +756,71 @@ def test_a_second_run_on_the_same_outputs_is_refused_while_the_first_lives(fake_
     lock.write_text("999999999\n")  # no such process
     train.main(args)
     assert (tmp_path / "s.pth").exists() and not lock.exists()
+
+
+def fresh_run(args, seed: int) -> tuple:
+    """(trainee, optimizer, GradScaler enabled as on CUDA) as run_training builds them, the
+    student and adapters drawn from `seed`, the loss scale 2 ** seed."""
+    torch.manual_seed(seed)
+    trainee = Trainee(build_student(), train.kd_config(args))
+    optimizer = train.build_optimizer(trainee.parameters(), train.optim_config(args))
+    return trainee, optimizer, torch.amp.GradScaler("cpu", init_scale=2.0**seed)
+
+
+def saved_run(fake_voc, tmp_path, *flags) -> tuple:
+    """(args with --resume, the run whose _last.pth train.checkpoint wrote after 1 epoch)."""
+    args = tiny_args(fake_voc, tmp_path, *flags, "--resume")
+    saved = fresh_run(args, seed=7)
+    for param in saved[0].parameters():  # one step: momentum buffers to restore
+        param.grad = torch.ones_like(param)
+    saved[1].step()
+    history = [{"epoch": 1, "val_miou": 0.25}]
+    train.save_file(train.checkpoint(args, *saved, history, True), train.last_path(args.out))
+    return args, saved
+
+
+def test_resume_restores_the_student_adapters_optimizer_and_loss_scale(fake_voc, tmp_path):
+    """A --kd feature run resumed into a freshly drawn model: the student's and the adapters'
+    weights, the optimizer's state and the GradScaler's loss scale (which CUDA runs use) are
+    the saved run's, and its history is returned."""
+    args, (trainee, optimizer, scaler) = saved_run(fake_voc, tmp_path, "--kd", "feature")
+    into = fresh_run(args, seed=1)
+    assert train.resume(args, *into) == [{"epoch": 1, "val_miou": 0.25}]
+    for part in ("student", "adapters"):
+        state = getattr(into[0], part).state_dict()
+        for key, value in getattr(trainee, part).state_dict().items():
+            assert torch.equal(state[key], value), (part, key)
+    got, expected = into[1].state_dict(), optimizer.state_dict()
+    assert got["param_groups"] == expected["param_groups"] and len(got["state"]) > 0
+    for key, state in expected["state"].items():
+        assert all(torch.equal(got["state"][key][k], v) for k, v in state.items()), key
+    assert into[2].get_scale() == scaler.get_scale() == 2.0**7
+
+
+@pytest.mark.parametrize(
+    "entry, value, message",
+    [
+        ("history", None, "no history"),
+        ("optimizer", None, "no optimizer"),
+        ("scaler", None, "no scaler"),
+        ("optimizer", "damaged", "no optimizer state"),
+        ("scaler", "damaged", "no optimizer state"),
+    ],
+)
+def test_a_last_checkpoint_without_what_resuming_needs_is_refused(
+    entry, value, message, fake_voc, tmp_path
+):
+    """An entry missing (None here) or not a state dict: one UserError, before anything loads
+    (a disabled GradScaler, as on the CPU, would accept any state without a word)."""
+    args, _ = saved_run(fake_voc, tmp_path, "--kd", "none")
+    ckpt = load_file(train.last_path(args.out), "c")
+    if value is None:
+        del ckpt[entry]
+    else:
+        ckpt[entry] = value
+    torch.save(ckpt, train.last_path(args.out))
+    with pytest.raises(UserError, match=f"cannot be resumed: {message}$"):
+        train.resume(args, *fresh_run(args, seed=1))
 
 
 def test_an_optimizer_state_that_does_not_fit_is_one_error(trained, fake_voc, tmp_path):
