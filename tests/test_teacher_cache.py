@@ -159,8 +159,8 @@ def test_train_py_takes_the_crops_cached_logits_and_for_both_the_live_features(
         assert features is None
     else:
         live = teacher_outputs(teacher, images)[1]
-        assert len(features) == len(live) > 0
-        assert all(torch.equal(a, b) for a, b in zip(features, live))
+        assert features.keys() == live.keys() and len(live) > 0
+        assert all(torch.equal(features[name], live[name]) for name in live)
 
 
 def test_a_cache_of_another_teacher_is_refused(fake_voc, cache):

@@ -368,7 +368,7 @@ def run_mutants(args) -> None:
     for module in args.modules:
         for index, function, description, line in mutants(originals[module]):
             name = f"{module}:{function}: {description}"
-            if args.function and args.function not in function.split("."):
+            if args.function and not set(args.function) & set(function.split(".")):
                 continue
             if wanted is not None and f"survived         {name} " not in wanted:
                 continue
@@ -474,7 +474,9 @@ def main() -> None:
     sub.add_parser("map", help="record which tests call which function")
     r = sub.add_parser("run", help="plant each mutant and run the tests that reach it")
     r.add_argument("modules", nargs="+", help="root modules, e.g. metrics.py")
-    r.add_argument("--function", help="only the mutants inside this function")
+    r.add_argument(
+        "--function", action="append", help="only the mutants inside this function (repeatable)"
+    )
     r.add_argument("--list", action="store_true", help="list the mutants without running them")
     r.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants at a time")
     r.add_argument(
