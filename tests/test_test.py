@@ -113,8 +113,12 @@ def test_compare_times_together_and_lists_unreadable_inputs(trained, fake_voc, t
 @pytest.mark.parametrize(
     "content, message, run",
     [
-        # in a fresh interpreter, where a warning that Python shows once would be a 2nd line
-        (b"not a checkpoint", "corrupt or not a PyTorch file (UnpicklingError)", run_subprocess),
+        pytest.param(  # a fresh interpreter, where a warning Python shows once is a 2nd line
+            b"not a checkpoint",
+            "corrupt or not a PyTorch file (UnpicklingError)",
+            run_subprocess,
+            marks=pytest.mark.slow,
+        ),
         ({"model": {"x": torch.zeros(1)}}, "different architecture (Missing key(s)", run_script),
     ],
     ids=["damaged", "foreign"],
