@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -497,6 +498,15 @@ def test_a_nan_loss_on_another_process_stops_this_one_and_says_where(
     monkeypatch.setattr(train, "dist", OneOtherProcess(bad=1.0))
     with pytest.raises(UserError, match="^the loss, at step 1 of e, became NaN or infinite in an"):
         one_epoch(fixed_batches(fake_voc, tmp_path))
+
+
+def test_a_cpu_run_asks_for_no_pinned_memory(fake_voc, tmp_path):
+    """Pinned memory speeds copies to a GPU only; asked for without one, torch warns in every
+    epoch of every run."""
+    loader = train.build_loaders(tiny_args(fake_voc, tmp_path), 0, 1, CPU)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        next(iter(loader))
 
 
 def test_validation_reads_the_val_split(fake_voc, tmp_path):
