@@ -180,10 +180,9 @@ def test_the_soft_term_alone_teaches_the_teachers_answers(batch):
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
     start = agreement(student, teacher, images)
     config = KDConfig("response", alpha=0.0, beta=1.0, tau=1.0)
+    answers = teacher_outputs(teacher, images)  # frozen, in eval mode: the same at every step
     for _ in range(40):
-        loss, _ = training_loss(
-            student, None, images, masks, teacher_outputs(teacher, images), config
-        )
+        loss, _ = training_loss(student, None, images, masks, answers, config)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
