@@ -189,7 +189,7 @@ def test_the_soft_term_alone_teaches_the_teachers_answers(batch):
     assert agreement(student, teacher, images) > start + 0.2
 
 
-@pytest.mark.slow  # 20 optimizer steps of the student and the adapters
+@pytest.mark.slow  # 30 optimizer steps of the student and the adapters
 def test_the_feature_term_alone_lowers_the_cosine_distance(batch):
     torch.manual_seed(2)
     images, masks = batch

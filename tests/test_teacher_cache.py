@@ -20,6 +20,7 @@ from synthetic import make_fake_voc
 from teacher_cache import LOGITS, TeacherCache, crop_logits
 
 CPU = torch.device("cpu")
+train = load_script("train")
 
 
 SMALL = 96  # the teacher's resize in these tests: 30 times less work than 520, same code
@@ -145,7 +146,6 @@ def test_train_py_takes_the_crops_cached_logits_and_for_both_the_live_features(
     """train.teacher_targets on a batch of train.py's loader: the logits are the cache's for
     each crop's box, at the crop's size (N x C x H x W), and --kd both adds the live teacher's
     features of the same crops."""
-    train = load_script("train")
     flags = ["--data-root", str(fake_voc), *TINY_TRAIN, "--kd", kd]
     args = train.parse_args([*flags, "--teacher-cache", str(cache.directory)])
     torch.manual_seed(0)
