@@ -22,14 +22,11 @@ from cli import (
     OUTPUTS_DIR,
     add_device,
     add_timing_args,
-    check_output,
-    device_name,
     number,
     parser,
     path_arg,
     resolve_device,
     run,
-    write_json,
 )
 
 import argparse
@@ -47,16 +44,11 @@ from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
 from distill import KD_MODES, KDConfig, Trainee, teacher_outputs
 from export import OnnxModel, export_onnx, quantize_int8
+from files import check_output, write_json
 from lab import BENCHMARK_RESULT, OptimConfig, build_optimizer
-from metrics import median_ms, model_logits
-from model import (
-    TEACHER_RESIZE,
-    build_student,
-    build_teacher,
-    count_params,
-    teacher_stride8_logits,
-)
-from teacher_cache import TeacherCache
+from metrics import device_name, median_ms, model_logits
+from model import TEACHER_RESIZE, build_student, build_teacher, count_params
+from teacher_cache import TeacherCache, teacher_stride8_logits
 from voc import NUM_CLASSES
 
 STUDENT, TEACHER, LRASPP = "student", "FCN-ResNet50 (teacher)", "LR-ASPP MobileNetV3-Large"

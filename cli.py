@@ -1,7 +1,7 @@
 """What every script shares on the command line: the error type, the entry point, argument
-types and common flags, the device, and atomic writing of outputs.
+types and common flags, the device.
 
-    from cli import UserError, run, parser, atomic_path, write_json
+    from cli import UserError, run, parser, number, resolve_device
 
 Library code raises UserError for anything the user can fix (a missing file, a bad flag
 value, a foreign checkpoint); `run` prints it as one `error: ...` line and exits 1. Ctrl+C
@@ -13,16 +13,11 @@ starts, is one line too (`one_line_interrupt`), not a traceback through torch's 
 """
 
 import argparse
-import contextlib
-import json
 import math
 import os
-import platform
 import signal
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -172,121 +167,6 @@ def resolve_device(name: str | None) -> "torch.device":
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU here")
     return device
-
-
-def device_name(device: "torch.device") -> str:
-    """The GPU's or the CPU's model name, for saying where a time was measured."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        return f"{names[0]} ({torch.get_num_threads()} threads)"
-    except (OSError, IndexError):
-        return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-
-# ----------------------------------------------------------------------------- writing outputs
-
-
-def check_output(path: str | Path, folder: bool = False) -> Path:
-    """Fail now, not after an hour of work, when `path` cannot be written: a folder where a
-    file goes (or the reverse), a parent that is a file, a folder that takes no new file
-    (read-only, or not ours). Creates the missing folders; a file is created there and
-    deleted at once to know."""
-    path = Path(path)
-    if path.exists() and path.is_dir() != folder:
-        raise UserError(
-            f"{path} is {'a file' if folder else 'a folder'}; "
-            f"give the path of a {'folder' if folder else 'file'}"
-        )
-    directory = path if folder else path.parent
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the folder for {path}: {e.strerror or e}") from None
-    try:
-        tempfile.TemporaryFile(dir=directory).close()
-    except OSError as e:
-        raise UserError(f"cannot write into {directory}: {e.strerror or e}") from None
-    return path
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` to write to; it replaces `path` only when the block
-    ends without error, and is deleted otherwise (disk full, Ctrl+C): a reader finds the old
-    file or the new one, never half of one. The temporary name keeps the suffix, so
-    matplotlib and zipfile still see what they write."""
-    path = check_output(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def exclusive(path: str | Path) -> Iterator[None]:
-    """Hold the lock file `path` (holding this process's id) for the block, so that a second
-    run writing the same outputs is refused while the first lives; a lock left by a process
-    that no longer exists (killed) is taken over."""
-    path = Path(path)
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            owner = lock_owner(path)
-            if owner is not None:
-                raise UserError(
-                    f"another run (process {owner}) is writing these outputs ({path}); wait "
-                    "for it to end, or choose other output paths"
-                ) from None
-            path.unlink(missing_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create {path}: {e.strerror or e}") from None
-    else:
-        raise UserError(f"cannot take the lock {path}; delete it if no run is writing there")
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{os.getpid()}\n")
-    try:
-        yield
-    finally:
-        path.unlink(missing_ok=True)
-
-
-def lock_owner(path: Path) -> int | None:
-    """The id of the live process holding the lock file, or None (gone, or unreadable)."""
-    try:
-        pid = int(path.read_text().strip())
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except (OSError, ValueError):
-        return None
-    return pid
-
-
-def write_text(text: str, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def write_json(obj: dict, path: str | Path) -> None:
-    """JSON with NaN and infinities written as null (they are not JSON), atomically."""
-
-    def clean(x):
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        return [clean(v) for v in x] if isinstance(x, (list, tuple)) else x
-
-    write_text(json.dumps(clean(obj), indent=2) + "\n", path)
 
 
 def add_timing_args(p: argparse.ArgumentParser, size: int, runs: int) -> None:

@@ -67,10 +67,8 @@ class RandomScaleCropFlip:
     crop x crop window, flip it horizontally with probability 1/2, then `normalize`, the same
     function evaluation uses. The mask is resized nearest-neighbour, so 255 stays 255.
 
-    (PIL image, PIL mask) -> (image 3 x crop x crop float, mask crop x crop uint8, where:
-    [x0, y0, x1, y1, flipped]), where the crop's box is in the original image's pixel
-    coordinates (edges, x1 and y1 excluded; beyond the image where the crop was padded):
-    what a stored teacher map needs to be resampled over the same region (teacher_cache).
+    (PIL image, PIL mask) -> (image 3 x crop x crop float, mask crop x crop uint8).
+    `with_box` also returns where the crop came from (teacher_cache needs it).
     """
 
     def __init__(self, crop_size: int, short_sides: tuple | None = None):
@@ -78,6 +76,12 @@ class RandomScaleCropFlip:
         self.short_sides = short_sides or (crop_size // 2, 2 * crop_size)
 
     def __call__(self, image: Image.Image, mask: Image.Image) -> tuple:
+        return self.with_box(image, mask)[:2]
+
+    def with_box(self, image: Image.Image, mask: Image.Image) -> tuple:
+        """(image, mask, where: [x0, y0, x1, y1, flipped]): the crop's box in the original
+        image's pixel coordinates (edges, x1 and y1 excluded; beyond the image where the crop
+        was padded), what a stored teacher map needs to be resampled over the same region."""
         image, mask = to_tv_tensors(image, mask)
         height, width = image.shape[-2:]
         scale = int(torch.randint(*self.short_sides, ())) / min(height, width)
@@ -114,6 +118,12 @@ class EvalTransform:
         self.resize = resize
 
     def __call__(self, image: Image.Image, mask: Image.Image) -> tuple:
+        return self.with_box(image, mask)[:2]
+
+    def with_box(self, image: Image.Image, mask: Image.Image) -> tuple:
+        """(image, mask, where: [x0, y0, x1, y1, flipped]): the crop's box in the original
+        image's pixel coordinates (edges, x1 and y1 excluded; beyond the image where the crop
+        was padded), what a stored teacher map needs to be resampled over the same region."""
         image, mask = to_tv_tensors(image, mask)
         if self.resize is not None:
             image = TF.resize(image, self.resize, antialias=True)
@@ -260,24 +270,10 @@ def train_aug_dataset(data_root: str | Path, transforms, limit: int | None = Non
     return first(ConcatDataset(parts), limit)
 
 
-class Indexed(Dataset):
-    """dataset[i] with i appended: (image, mask, where) -> (image, mask, where, i), so that a
-    batch says which training images its crops came from."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple:
-        return (*self.dataset[index], index)
-
-
 def training_loader(
     dataset: Dataset, batch_size: int, num_workers: int, seed: int, world: int, cuda: bool
 ) -> DataLoader:
-    """Shuffled batches of (images, masks, where, indices); under torchrun (world > 1) a
+    """Shuffled batches of the dataset's samples; under torchrun (world > 1) a
     DistributedSampler gives each process its share, reshuffled each epoch by
     loader.sampler.set_epoch. Workers are started anew each epoch (not persistent): each then
     takes its seed from the main process's generator, which train.py seeds per epoch, so the
@@ -285,7 +281,7 @@ def training_loader(
     and a resumed run sees exactly the crops an uninterrupted one does."""
     sampler = DistributedSampler(dataset, seed=seed) if world > 1 else None
     return DataLoader(
-        Indexed(dataset),
+        dataset,
         batch_size=batch_size,
         shuffle=sampler is None,
         sampler=sampler,

@@ -21,7 +21,7 @@ gates, the resizes) need conversions around them, which can cost what the int8 c
 save (the printed operation lists show it; benchmark.py times it).
 """
 
-from cli import UserError, add_data_root, atomic_path, check_output, number, parser, path_arg, run
+from cli import UserError, add_data_root, number, parser, path_arg, run
 
 import argparse
 import collections
@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from dataset import EvalTransform, voc_dataset
+from files import atomic_path, check_output
 from model import TEACHER_RESIZE, count_params, load_student
 from voc import is_synthetic
 

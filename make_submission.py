@@ -12,13 +12,14 @@ packed; SYNTHETIC results get a warning. Only those are taken, so the dataset, c
 and version-control folders never enter the zip.
 """
 
-from cli import OUTPUTS_DIR, WEIGHTS_DIR, UserError, atomic_path, parser, path_arg, run
+from cli import OUTPUTS_DIR, WEIGHTS_DIR, UserError, parser, path_arg, run
 
 import argparse
 import json
 import zipfile
 from pathlib import Path
 
+from files import atomic_path
 from lab import COMPARISON, PHOTOS, curves_path, student_path
 
 TOP_FILES = ("train.txt", "test.txt", "README.md", "requirements.txt", "pyproject.toml")

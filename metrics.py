@@ -6,10 +6,11 @@ mIoU is computed from one confusion matrix accumulated over the whole split (the
 protocol), not as a mean of per-image scores.
 """
 
-from cli import UserError, device_name
+from cli import UserError
 
 import datetime
 import math
+import platform
 import statistics
 import time
 import zlib
@@ -17,11 +18,11 @@ from functools import partial
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+import distributed
 from voc import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES
 
 PAUSE_S = 0.02  # before each function's turn, untimed (see median_ms)
@@ -53,10 +54,8 @@ class ConfusionMatrix:
         self.mat += torch.bincount(pairs, minlength=n * n).reshape(n, n).cpu()
 
     def sum_across_processes(self, device: torch.device) -> None:
-        """Add up the counts of every process of a torch.distributed group, in place."""
-        mat = self.mat.to(device)
-        dist.all_reduce(mat)
-        self.mat = mat.cpu()
+        """Add up the counts of every process under torchrun, in place (none without it)."""
+        self.mat = distributed.total(self.mat.to(device)).cpu()
 
     def compute(self) -> dict:
         h = self.mat.double()
@@ -137,9 +136,9 @@ def evaluate(
                 predictions.append(Prediction(pred[0]))
     loss_sum = torch.tensor([sum(losses), len(losses)], dtype=torch.float32, device=device)
     totals = torch.cat([loss_sum, non_finite.float()[None]])
-    if dist.is_initialized():  # every process learns of a bad output, and stops with the others
-        cm.sum_across_processes(device)
-        dist.all_reduce(totals)
+    # Under torchrun: the whole split's counts, and every process learns of a bad output
+    cm.sum_across_processes(device)
+    distributed.total(totals)
     if totals[2] > 0:
         raise UserError(
             "the model's outputs hold NaN or infinite values: weights that are finite but not "
@@ -186,6 +185,18 @@ def model_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """N x C x H x W logits; torchvision's segmentation models return them as {"out": ...}."""
     out = model(images)
     return out["out"] if isinstance(out, dict) else out
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's or the CPU's model name, for saying where a time was measured."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return f"{names[0]} ({torch.get_num_threads()} threads)"
+    except (OSError, IndexError):
+        return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
 def median_ms(

@@ -1,5 +1,5 @@
 """The compact student (MobileNetV3-Small + ASPP + skip decoder), the frozen FCN-ResNet50
-teacher, and reading and writing their weights.
+teacher, and their builders (from torchvision's weights, a state dict or a checkpoint).
 
     from model import build_student, build_teacher, teacher_features, load_student
     python model.py   # prints the student layer by layer with parameter counts
@@ -8,7 +8,7 @@ The student follows DeepLabV3+ (Chen et al., 2018) on a MobileNetV3-Small encode
 al., 2019); its layout is in the docstring of `Student`.
 """
 
-from cli import UserError, atomic_path
+from cli import UserError
 
 import dataclasses
 from pathlib import Path
@@ -19,6 +19,7 @@ from torch import nn
 from torchvision.models import MobileNet_V3_Small_Weights, mobilenet_v3_small
 from torchvision.models.segmentation import FCN_ResNet50_Weights, fcn_resnet50
 
+from files import load_file, load_state, read_checkpoint
 from voc import NUM_CLASSES
 
 # name: (channels, stride) as measured on torchvision's MobileNetV3-Small with dilated=True.
@@ -220,95 +221,9 @@ def teacher_features(teacher: nn.Module, x: torch.Tensor) -> tuple:
     return logits, {"low": low, "mid": mid, "high": high}
 
 
-def teacher_stride8_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """x: N x 3 x H x W -> the teacher's logits at its output stride, N x 21 x h x w with
-    h, w about H / 8, W / 8: its forward pass without the final bilinear upsampling, which
-    teacher_features (and torchvision) apply to these very values."""
-    return teacher.classifier(teacher.backbone(x)["out"])
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def load_file(path: str | Path, what: str) -> dict:
-    """torch.load(weights_only=True), so a checkpoint can never run code, with a UserError for
-    a missing, unreadable or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(
-            f"{what} {path} {'is not a regular file' if path.exists() else 'does not exist'}"
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and unpickler errors have no common base class
-        raise UserError(
-            f"cannot read {what} {path}: corrupt or not a PyTorch file ({type(e).__name__})"
-        ) from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{what} {path} holds a {type(obj).__name__}, not a dict")
-    return obj
-
-
-def save_file(obj: dict, path: str | Path) -> None:
-    """torch.save through cli.atomic_path: a crash never leaves half a checkpoint. torch.save
-    reports a full disk or a file-size limit as a RuntimeError: a UserError here, the old
-    file intact."""
-    with atomic_path(path) as tmp:
-        try:
-            torch.save(obj, tmp)
-        except RuntimeError as e:
-            raise UserError(
-                f"cannot write {path}: the write failed midway (a full disk, or a file-size "
-                f"limit?): {str(e).splitlines()[0][:200]}"
-            ) from None
-
-
-def non_finite(state: dict) -> list:
-    """Names of the floating-point tensors of a state dict holding a NaN or an infinity."""
-    floats = {k: v for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()}
-    return [k for k, v in floats.items() if not torch.isfinite(v).all()]
-
-
-def load_state(model: nn.Module, state: dict, what: str) -> None:
-    """model.load_state_dict(state), strict, refusing non-finite weights; a UserError keeps
-    PyTorch's lists of missing and unexpected keys, the detail needed after changing a model."""
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        detail = "; ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
-        raise UserError(f"{what} does not fit: a different architecture ({detail[:600]})") from None
-    bad = non_finite(state)
-    if bad:
-        raise UserError(
-            f"{what} holds NaN or infinite values in {len(bad)} tensor(s), first "
-            f"{bad[0]}: the run that wrote it diverged"
-        )
-
-
-# What train.py writes beside `model`, and the type of each, checked before use.
-CHECKPOINT_ENTRIES = {"args": dict, "epoch": int, "history": list, "synthetic": bool}
-
-
-def check_checkpoint(ckpt: dict, path: str | Path) -> dict:
-    """`ckpt` when it is a checkpoint of train.py: a `model` state dict and, where present,
-    the CHECKPOINT_ENTRIES of their types, `history` a list of dicts; else a UserError
-    naming the file and the entry."""
-    if not isinstance(ckpt.get("model"), dict):
-        raise UserError(f"{path} is not a checkpoint of train.py (no 'model' entry)")
-    for key, kind in CHECKPOINT_ENTRIES.items():
-        if key in ckpt and not isinstance(ckpt[key], kind):
-            raise UserError(
-                f"{path}: its {key!r} entry is a {type(ckpt[key]).__name__}, not a "
-                f"{kind.__name__}: not a checkpoint of train.py"
-            )
-    if not all(isinstance(row, dict) for row in ckpt.get("history", [])):
-        raise UserError(f"{path}: its 'history' entry is not a list of epochs")
-    return ckpt
-
-
 def load_student(path: str | Path) -> tuple:
     """(student in eval mode, checkpoint dict) from a checkpoint written by train.py."""
-    ckpt = check_checkpoint(load_file(path, "checkpoint"), path)
+    ckpt = read_checkpoint(path)
     student = build_student()
     load_state(student, ckpt["model"], f"checkpoint {path}")
     return student.eval(), ckpt

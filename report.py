@@ -10,7 +10,7 @@ top instead of stopping the draft. The discussion and the LLM-use sections are h
 guiding questions: those are the student's to write.
 """
 
-from cli import OUTPUTS_DIR, WEIGHTS_DIR, UserError, check_output, parser, path_arg, run, write_text
+from cli import OUTPUTS_DIR, WEIGHTS_DIR, UserError, parser, path_arg, run
 
 import argparse
 import datetime
@@ -23,6 +23,7 @@ import torch
 import distill
 import model
 from distill import KD_MODES
+from files import check_output, load_file, write_text
 from lab import (
     BENCHMARK_RESULT,
     COMPARISON,
@@ -34,7 +35,7 @@ from lab import (
     last_path,
     student_path,
 )
-from model import build_student, count_params, describe_layers, load_file
+from model import build_student, count_params, describe_layers
 from voc import VOC_CLASSES
 
 HYPER_PARAMETERS = (

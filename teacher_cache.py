@@ -1,8 +1,9 @@
 """The frozen teacher's logits, computed once per training image and reused by every epoch of
 response-based distillation (train.py --teacher-cache DIR).
 
-    cache = TeacherCache.open_or_build("cache/fcn", teacher, image_files, device)
-    logits = cache.crop_logits(where, indices, (crop, crop), device)   # N x 21 x crop x crop
+    train_set = with_crop_boxes(make_set, RandomScaleCropFlip(480))  # samples + (where, index)
+    cache = TeacherCache.open_or_build("cache/fcn", teacher, image_files(train_set), device)
+    forward = cache.teacher_forward(None, device)  # forward(images, where, indices) -> logits, _
 
 The idea of ReLabel (Yun et al., CVPR 2021, "Re-labeling ImageNet") and FKD (Shen and Xing,
 ECCV 2022, "A Fast Knowledge Distillation Framework for Visual Recognition"): the teacher never
@@ -35,10 +36,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from dataset import EvalTransform
-from model import TEACHER_RESIZE, teacher_stride8_logits
+from dataset import EvalTransform, RandomScaleCropFlip, image_path
+from model import TEACHER_RESIZE, teacher_features
 
 FORMAT = 1  # of index.json; a cache of another format is refused
 LOGITS, INDEX = "logits.f16", "index.json"  # raw float16 values; their layout
@@ -56,6 +58,13 @@ def teacher_fingerprint(teacher: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def teacher_stride8_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """x: N x 3 x H x W -> the teacher's logits at its output stride, N x 21 x h x w with
+    h, w about H / 8, W / 8: its forward pass without the final bilinear upsampling, which
+    teacher_features (and torchvision) apply to these very values."""
+    return teacher.classifier(teacher.backbone(x)["out"])
 
 
 def crop_logits(stored: list, image_sizes: list, where: torch.Tensor, size: tuple) -> torch.Tensor:
@@ -100,6 +109,41 @@ def crop_logits(stored: list, image_sizes: list, where: torch.Tensor, size: tupl
         padding_mode="border",
         align_corners=False,
     )
+
+
+class WithBoxes:
+    """The training augmentation, also returning each crop's box (RandomScaleCropFlip.with_box)."""
+
+    def __init__(self, crops: RandomScaleCropFlip):
+        self.crops = crops
+
+    def __call__(self, image: Image.Image, mask: Image.Image) -> tuple:
+        return self.crops.with_box(image, mask)
+
+
+class Indexed(Dataset):
+    """dataset[i] with i appended: (image, mask, where) -> (image, mask, where, i), so that a
+    batch says which training images its crops came from."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple:
+        return (*self.dataset[index], index)
+
+
+def with_crop_boxes(make_set, crops: RandomScaleCropFlip) -> Indexed:
+    """make_set(transforms), the training set, its samples (image, mask, where, index): the
+    crop's box and the image's index, which the stored maps are read and resampled by."""
+    return Indexed(make_set(WithBoxes(crops)))
+
+
+def image_files(dataset: Indexed) -> list:
+    """The image file behind each sample of with_crop_boxes's set, in order."""
+    return [image_path(dataset.dataset, i) for i in range(len(dataset))]
 
 
 class TeacherCache:
@@ -181,6 +225,17 @@ class TeacherCache:
         images = [self.index["images"][i] for i in indices.tolist()]
         stored = [self.stored(i).to(device) for i in indices.tolist()]
         return crop_logits(stored, [entry["size"] for entry in images], where.cpu(), size)
+
+    def teacher_forward(self, teacher: nn.Module | None, device: torch.device):
+        """teacher_forward(images, where, indices) -> (logits, features), as the loss takes
+        the live teacher's: the stored logits over each crop at the batch's size, and the
+        live teacher's features when `teacher` is given (--kd both), else None."""
+
+        def forward(images: torch.Tensor, where: torch.Tensor, indices: torch.Tensor) -> tuple:
+            logits = self.crop_logits(where, indices, tuple(images.shape[-2:]), device)
+            return logits, teacher_features(teacher, images)[1] if teacher is not None else None
+
+        return forward
 
 
 @torch.no_grad()

@@ -18,17 +18,7 @@ A checkpoint that cannot be read is listed in the table's notes, and the rest st
 checkpoint was trained on synthetic data.
 """
 
-from cli import (
-    UserError,
-    add_eval_args,
-    check_output,
-    parser,
-    path_arg,
-    resolve_device,
-    run,
-    write_json,
-    write_text,
-)
+from cli import UserError, add_eval_args, parser, path_arg, resolve_device, run
 
 import argparse
 import json
@@ -42,6 +32,7 @@ from PIL import Image, ImageOps
 from dataset import eval_loader, normalize
 from distill import KD_MODES
 from export import OnnxModel
+from files import check_output, write_json, write_text
 from lab import COMPARISON, OVERLAYS, PHOTOS, STEP1_RESULT, save_overlays
 from metrics import format_report, measure, model_logits, ms_per_image
 from model import TEACHER_RESIZE, count_params, load_student

@@ -13,13 +13,14 @@ ignored. Prints the per-class IoU table, mIoU, pixel accuracy, parameters and ms
 writes <out-dir>/step1_fcn_resnet50.json and best/worst overlays under <out-dir>/overlays/.
 """
 
-from cli import add_eval_args, check_output, number, parser, resolve_device, run, write_json
+from cli import add_eval_args, number, parser, resolve_device, run
 
 import argparse
 
 import torch
 
 from dataset import eval_loader
+from files import check_output, write_json
 from lab import OVERLAYS, STEP1_RESULT, TEACHER_PREFIX, save_overlays
 from metrics import format_report, measure
 from model import TEACHER_RESIZE, build_teacher, count_params

@@ -9,8 +9,6 @@ would let the photo show through a prediction, so that a model that predicts not
 still seem to outline the objects.
 """
 
-from cli import atomic_path
-
 import math
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from matplotlib.figure import Figure  # the object API: no GUI backend, no pyplo
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
+from files import atomic_path
 from voc import IGNORE_INDEX, SYNTHETIC_NOTE, class_name, voc_palette
 
 MIN_PANEL_HEIGHT = 240  # small images are enlarged to this, so that labels stay readable

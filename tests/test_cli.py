@@ -1,26 +1,20 @@
 """cli.py: the entry point's one-line errors and exit codes, argument ranges, atomic writes."""
 
 import cli
-from cli import UserError, atomic_path, check_output, number, write_json
+from cli import UserError, number
 
 import argparse
 import ast
-import io
-import json
-import math
 import os
-import platform
 import re
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import GUARD, ROOT, assert_limits, dest, documented_defaults, load_script, run_python
-from model import save_file
 
 
 def run_main(main) -> tuple:
@@ -73,92 +67,6 @@ def test_numbers_in_range_are_parsed():
     assert number(int, 1, 10)("10") == 10 and number(float, 0, strict=True)("0.5") == 0.5
     with pytest.raises(argparse.ArgumentTypeError, match="above 0"):
         number(float, 0, strict=True)("0")
-
-
-def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
-    """A full disk in the middle of torch.save: the previous checkpoint is untouched."""
-    path = tmp_path / "s.pth"
-    save_file({"epoch": 1}, path)
-    before = path.read_bytes()
-
-    def half_written(obj, f):
-        open(f, "wb").write(b"half a checkpoint")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", half_written)
-    with pytest.raises(UserError, match="cannot write .*s.pth: No space left on device"):
-        save_file({"epoch": 2}, path)
-    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["s.pth"]
-
-
-def test_ctrl_c_while_writing_leaves_no_temporary(tmp_path):
-    with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "r.json") as tmp:
-        tmp.write_text("{")
-        raise KeyboardInterrupt
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_json_writes_nan_and_infinities_as_null(tmp_path):
-    write_json({"iou": [0.5, math.nan, math.inf]}, tmp_path / "r.json")
-    assert json.loads((tmp_path / "r.json").read_text()) == {"iou": [0.5, None, None]}
-
-
-def test_output_paths_of_the_wrong_kind_are_refused(tmp_path):
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(UserError, match="is a file; give the path of a folder"):
-        check_output(tmp_path / "file", folder=True)
-    with pytest.raises(UserError, match="is a folder; give the path of a file"):
-        check_output(tmp_path, folder=False)
-    with pytest.raises(UserError, match="cannot create the folder"):
-        check_output(tmp_path / "file" / "below" / "out.json")
-
-
-def test_the_missing_folders_of_an_output_are_made_and_nothing_is_left_in_them(tmp_path):
-    assert check_output(tmp_path / "a" / "b" / "out.json") == tmp_path / "a" / "b" / "out.json"
-    assert check_output(tmp_path / "c" / "d", folder=True).is_dir()
-    assert list((tmp_path / "a" / "b").iterdir()) == []  # the probe file is gone
-
-
-def test_a_failing_torch_save_is_one_error_and_the_old_file_stays(tmp_path, monkeypatch):
-    """torch.save reports a full disk as a RuntimeError, not an OSError."""
-    path = tmp_path / "ckpt.pth"
-    path.write_bytes(b"the previous checkpoint")
-
-    def full_disk(obj, f):
-        Path(f).write_bytes(b"half")
-        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
-
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(
-        UserError, match="cannot write .*ckpt.pth: .*full disk.*PytorchStreamWriter"
-    ):
-        save_file({"model": {}}, path)
-    assert path.read_bytes() == b"the previous checkpoint"
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]  # no temporary file left
-
-
-SIGTERM_DURING_A_WRITE = """
-import os, signal, sys, time
-import cli
-
-def main(args):
-    with cli.atomic_path(sys.argv[1]) as tmp:
-        tmp.write_text("half of a new file")
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(30)
-
-cli.run(main, lambda: None)
-"""
-
-
-@pytest.mark.slow
-def test_sigterm_during_a_write_leaves_the_old_file_and_no_temporary(tmp_path):
-    path = tmp_path / "out.json"
-    path.write_text("old")
-    proc = run_python("-c", SIGTERM_DURING_A_WRITE, path, timeout=60)
-    assert proc.returncode == cli.EXIT_INTERRUPTED and "SIGTERM received" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
 ENDLESS_OUTPUT = """
@@ -226,20 +134,6 @@ def test_degenerate_and_empty_flag_values_are_refused(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_a_folder_that_takes_no_new_file_is_refused_before_any_work(tmp_path):
-    """/proc/self exists but takes no file, root or not: what a read-only folder is for a user.
-    train.py stops on it before reading any data."""
-    with pytest.raises(UserError, match="cannot write into /proc/self"):
-        check_output("/proc/self/student.pth")
-    with pytest.raises(UserError, match="cannot write into /proc/self"):
-        check_output("/proc/self", folder=True)
-    check_output(tmp_path / "new" / "student.pth")  # a folder that does: created, left empty
-    assert list((tmp_path / "new").iterdir()) == []
-    proc = load_script("train")
-    with pytest.raises(UserError, match="cannot write into /proc/self"):
-        proc.main(proc.parse_args(["--out", "/proc/self/s.pth", "--data-root", "nowhere"]))
-
-
 def test_importing_cli_loads_nothing_slow_and_every_module_imports_it_first():
     """A Ctrl+C while a script loads torch is one line only if cli (which sets the hook) came
     before torch: cli imports no torch, and each root module's first import is cli's."""
@@ -272,48 +166,6 @@ def test_cuda_asked_for_without_a_gpu_is_one_error(monkeypatch):
     with pytest.raises(UserError, match="--device cuda asked for, but PyTorch sees no CUDA GPU"):
         cli.resolve_device("cuda")
     assert cli.resolve_device(None) == torch.device("cpu")
-
-
-@pytest.mark.parametrize(
-    "cpuinfo, name",
-    [
-        ("processor\t: 0\nmodel name\t: Some CPU: 8-Core @ 2GHz\n", "Some CPU: 8-Core @ 2GHz"),
-        ("processor\t: 0\n", platform.processor() or platform.machine()),  # no model name
-    ],
-)
-def test_the_cpu_is_named_by_cpuinfos_model_name_with_the_threads(monkeypatch, cpuinfo, name):
-    monkeypatch.setattr(cli, "open", lambda path: io.StringIO(cpuinfo), raising=False)
-    threads = torch.get_num_threads()
-    assert cli.device_name(torch.device("cpu")) == f"{name} ({threads} threads)"
-
-
-def test_a_lock_is_refused_while_its_owner_lives_and_the_owner_is_left_alone(tmp_path):
-    lock = tmp_path / "out.lock"
-    # A run as the user starts it: every signal at its default (a nohup'd parent ignores SIGHUP).
-    sleeper = "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); print(flush=True)"
-    sleeper += "; time.sleep(60)"
-    with subprocess.Popen([sys.executable, "-c", sleeper], stdout=subprocess.PIPE) as owner:
-        owner.stdout.readline()  # its handler is set
-        lock.write_text(f"{owner.pid}\n")
-        with pytest.raises(UserError, match=f"another run \\(process {owner.pid}\\)"):
-            with cli.exclusive(lock):
-                pass
-        with pytest.raises(subprocess.TimeoutExpired):  # asked whether it lives, not signalled
-            owner.wait(timeout=1)
-        assert lock.read_text() == f"{owner.pid}\n"
-        owner.kill()
-
-
-def test_a_lock_holds_this_process_id_until_the_block_ends_then_goes(tmp_path):
-    lock = tmp_path / "out.lock"
-    with cli.exclusive(lock):
-        assert lock.read_text() == f"{os.getpid()}\n"
-        with pytest.raises(UserError, match="another run"), cli.exclusive(lock):
-            pass
-    assert not lock.exists()
-    lock.write_text("not a process id")  # unreadable: a stale lock, taken over
-    with cli.exclusive(lock):
-        assert lock.read_text() == f"{os.getpid()}\n"
 
 
 @pytest.mark.parametrize(

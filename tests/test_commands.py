@@ -57,7 +57,7 @@ def documented_commands() -> list:
             argv = shlex.split(line, comments=True)
             if argv and argv[0] == "torchrun":
                 argv = argv[next(i for i, a in enumerate(argv) if a.endswith(".py")) - 1 :]
-            if len(argv) > 1 and argv[1].endswith(".py") and not argv[1].startswith("tools/"):
+            if len(argv) > 1 and argv[1].endswith(".py") and not argv[1].startswith("dev/"):
                 found.append(argv)
     return found
 

@@ -69,7 +69,7 @@ def interior(mask: torch.Tensor, margin: int = 3) -> torch.Tensor:
 @pytest.mark.parametrize("seed", range(6))
 def test_random_transforms_move_image_and_mask_together(seed):
     torch.manual_seed(seed)
-    image, mask, _ = train_transforms(crop_size=64)(*encoded_pair())
+    image, mask = train_transforms(crop_size=64)(*encoded_pair())
     inside = interior(mask) & (mask != 255)
     assert inside.float().mean() > 0.2
     decoded = (decode_red(image)[inside] / 10).round()
@@ -77,11 +77,24 @@ def test_random_transforms_move_image_and_mask_together(seed):
     assert set(mask.unique().tolist()) <= {0, 7, 15, 255}  # nearest-neighbour: no new values
 
 
+def test_the_augmentation_gives_image_and_mask_and_its_box_only_when_asked():
+    """The plain data path carries no cache bookkeeping: (image, mask); with_box draws the
+    same crop and adds its box [x0, y0, x1, y1, flipped]."""
+    pair = Image.new("RGB", (50, 40)), Image.new("L", (50, 40), 2)
+    transform = train_transforms(crop_size=32)
+    torch.manual_seed(3)
+    plain = transform(*pair)
+    torch.manual_seed(3)
+    boxed = transform.with_box(*pair)
+    assert len(plain) == 2 and len(boxed) == 3 and boxed[2].shape == (5,)
+    assert torch.equal(plain[0], boxed[0]) and torch.equal(plain[1], boxed[1])
+
+
 def test_crop_padding_gives_void_mask_and_black_image():
     torch.manual_seed(0)
     small = Image.new("RGB", (10, 10), (255, 255, 255)), Image.new("L", (10, 10), 3)
     transform = dataset.RandomScaleCropFlip(80, short_sides=(10, 11))  # no rescale: padding
-    image, mask, where = transform(*small)
+    image, mask, where = transform.with_box(*small)
     assert where[:4].tolist() == [0, 0, 80, 80]  # the box reaches past the 10 x 10 image
     assert tuple(mask.shape) == (80, 80)
     assert (mask == 3).sum() == 100 and (mask == 255).sum() == 80 * 80 - 100
@@ -94,7 +107,7 @@ def test_an_image_as_large_as_the_crop_is_taken_whole_never_shifted_into_padding
     pair = Image.new("RGB", (32, 32)), Image.new("L", (32, 32), 3)
     for seed in range(8):
         torch.manual_seed(seed)
-        _, mask, where = transform(*pair)
+        _, mask, where = transform.with_box(*pair)
         assert (mask == 3).all() and where[:4].tolist() == [0, 0, 32, 32]
 
 
@@ -102,7 +115,7 @@ def test_half_of_the_training_crops_are_flipped():
     torch.manual_seed(0)
     transform = train_transforms(crop_size=32)
     pair = Image.new("RGB", (40, 30)), Image.new("L", (40, 30))
-    flips = [bool(transform(*pair)[2][4]) for _ in range(400)]
+    flips = [bool(transform.with_box(*pair)[2][4]) for _ in range(400)]
     assert 0.42 < sum(flips) / len(flips) < 0.58  # 1/2, four standard deviations wide
 
 
@@ -113,7 +126,7 @@ def test_training_and_evaluation_images_are_both_downscaled_with_antialiasing():
     pair = Image.fromarray(np.stack([board] * 3, -1)), Image.new("L", (128, 128))
     torch.manual_seed(0)
     crops = [train_transforms(crop_size=32)(*pair) for _ in range(5)]
-    shown = [image[0][mask != 255] for image, mask, _ in crops]  # the padding aside
+    shown = [image[0][mask != 255] for image, mask in crops]  # the padding aside
     shown.append(EvalTransform(resize=40)(*pair)[0][0])  # the mask keeps its size there
     for red in shown:
         assert ((red * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255).std() < 5
@@ -134,7 +147,7 @@ def test_train_aug_is_voc_train_plus_sbd_minus_voc_val(tmp_path):
     assert set(ids) == (set(voc_train) | set(sbd_ids)) - set(voc_val)
     shared = next(i for i in ids if i in voc_train and i in sbd_ids)
     assert "VOCdevkit" in str(dataset.image_path(union, ids.index(shared)))  # VOC's label wins
-    for _, mask, _ in union:
+    for _, mask in union:
         assert set(mask.unique().tolist()) <= VOC_VALUES
     limited = dataset.train_aug_dataset(tmp_path, None, limit=5)
     assert len(limited) == 5
@@ -165,7 +178,7 @@ def test_eval_and_training_preprocessing_are_both_x_over_255_then_imagenet_norma
     evaluated, _ = EvalTransform()(image, mask)
     assert torch.allclose(evaluated, by_hand[:, None, None].expand(3, 30, 40), atol=1e-5)
     torch.manual_seed(0)
-    trained, crop_mask, _ = train_transforms(crop_size=32)(image, mask)
+    trained, crop_mask = train_transforms(crop_size=32)(image, mask)
     inside = crop_mask != 255  # away from the crop's padding, the colour is the image's
     assert inside.any() and torch.allclose(trained[:, inside], by_hand[:, None], atol=1e-4)
 
@@ -343,9 +356,9 @@ def test_image_path_names_the_file_behind_every_train_aug_sample(tmp_path):
 def training_share(rank: int, world: int, store: str, results: str) -> None:
     """One process of a 2-process gloo group: the sample indices its training loader gives."""
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    samples = [(torch.zeros(1), torch.zeros(1), torch.zeros(5))] * 6
+    samples = [(torch.zeros(1), torch.tensor(i)) for i in range(6)]  # (image, its index)
     loader = dataset.training_loader(samples, 1, 0, seed=0, world=world, cuda=False)
-    seen = [int(i) for *_, indices in loader for i in indices]
+    seen = [int(i) for _, indices in loader for i in indices]
     Path(f"{results}.{rank}").write_text(json.dumps(seen))
     dist.destroy_process_group()
 

@@ -132,7 +132,7 @@ def test_cosine_distance_is_taken_along_the_channels_at_each_position():
 def batch(fake_voc):
     torch.manual_seed(0)
     data = voc_dataset(fake_voc, "train", train_transforms(64))
-    images, masks, _ = zip(*(data[i] for i in range(4)))
+    images, masks = zip(*(data[i] for i in range(4)))
     return torch.stack(images), torch.stack(masks).long()
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT, run_python
 
-sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "dev"))
 import import_graph  # noqa: E402
 
 

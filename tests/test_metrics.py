@@ -1,7 +1,9 @@
-from cli import UserError, write_json
+from cli import UserError
 
+import io
 import json
 import math
+import platform
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from torch import nn
 
 import metrics
 from dataset import collate_eval, eval_loader
+from files import write_json
 from metrics import ConfusionMatrix, evaluate, format_iou_table, median_ms
 from model import build_student
 from voc import VOC_CLASSES
@@ -268,3 +271,16 @@ def test_the_printed_report_shows_the_numbers_in_percent():
     assert "ms/image        12.3  (batch 1, 520x520, a CPU)" in text
     assert "\nbackground    50.00\naeroplane     33.33\n" in text
     assert text.startswith("== the title -- SYNTHETIC data")
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, name",
+    [
+        ("processor\t: 0\nmodel name\t: Some CPU: 8-Core @ 2GHz\n", "Some CPU: 8-Core @ 2GHz"),
+        ("processor\t: 0\n", platform.processor() or platform.machine()),  # no model name
+    ],
+)
+def test_the_cpu_is_named_by_cpuinfos_model_name_with_the_threads(monkeypatch, cpuinfo, name):
+    monkeypatch.setattr(metrics, "open", lambda path: io.StringIO(cpuinfo), raising=False)
+    threads = torch.get_num_threads()
+    assert metrics.device_name(torch.device("cpu")) == f"{name} ({threads} threads)"

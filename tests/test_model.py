@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from files import save_file
 from model import (
     STUDENT_TAPS,
     TEACHER_RESIZE,
@@ -19,7 +20,6 @@ from model import (
     count_params,
     describe_layers,
     load_student,
-    save_file,
     teacher_features,
 )
 

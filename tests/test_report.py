@@ -4,7 +4,7 @@ import shutil
 import torch
 
 from conftest import load_script, run_script
-from model import load_file
+from files import load_file
 
 
 def test_the_draft_holds_the_table_the_plots_and_the_overlays(trained, tmp_path):

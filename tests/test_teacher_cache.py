@@ -126,7 +126,7 @@ def test_the_recorded_box_is_where_the_crop_came_from():
     image = Image.new("RGB", (120, 90))
     for seed in range(6):
         torch.manual_seed(seed)
-        _, crop, where = RandomScaleCropFlip(64)(image, Image.fromarray(mask))
+        _, crop, where = RandomScaleCropFlip(64).with_box(image, Image.fromarray(mask))
         x0, y0, x1, y1, flipped = where.tolist()
         centres = torch.arange(64) + 0.5
         cols = (x0 + centres * (x1 - x0) / 64).floor().long()
@@ -143,14 +143,14 @@ def test_the_recorded_box_is_where_the_crop_came_from():
 def test_train_py_takes_the_crops_cached_logits_and_for_both_the_live_features(
     kd, fake_voc, teacher, cache
 ):
-    """train.teacher_targets on a batch of train.py's loader: the logits are the cache's for
+    """train.open_teacher on a batch of train.py's loader: the logits are the cache's for
     each crop's box, at the crop's size (N x C x H x W), and --kd both adds the live teacher's
     features of the same crops."""
     flags = ["--data-root", str(fake_voc), *TINY_TRAIN, "--kd", kd]
     args = train.parse_args([*flags, "--teacher-cache", str(cache.directory)])
     torch.manual_seed(0)
     loader = train.build_loaders(args, 0, 1, CPU)[0]
-    targets = train.teacher_targets(args, teacher, loader.dataset.dataset, CPU, True)
+    targets = train.open_teacher(args, teacher, loader.dataset, CPU)
     images, _, where, indices = next(iter(loader))
     logits, features = targets(images, where, indices)
     assert logits.shape == (len(images), 21, *images.shape[-2:])

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 
+import distributed
 from conftest import (
     GUARD,
     ROOT,
@@ -33,8 +34,9 @@ from conftest import (
 )
 from dataset import eval_loader, image_path, read_split
 from distill import KDConfig, Trainee, teacher_outputs
+from files import load_file, save_file, training_state
 from metrics import evaluate
-from model import build_student, build_teacher, load_file, load_student
+from model import build_student, build_teacher, load_student
 from synthetic import make_fake_voc
 from voc import VOC
 
@@ -145,11 +147,11 @@ def interrupt_epoch_3(where: str, monkeypatch) -> None:
                 loader = first_step_then_stop(loader)
         return run_epoch(model, targets, loader, *rest)
 
-    def validation(student, loader, device, epoch, is_main):
+    def validation(student, loader, device, epoch):
         if epoch == 3 and where == "validation":
             next(iter(loader))
             raise KeyboardInterrupt
-        return validate(student, loader, device, epoch, is_main)
+        return validate(student, loader, device, epoch)
 
     monkeypatch.setattr(train, "train_one_epoch", epoch)
     monkeypatch.setattr(train, "validate", validation)
@@ -354,7 +356,7 @@ def test_a_last_checkpoint_alone_is_not_replaced_without_asking(fake_voc, tmp_pa
     args = tiny_args(fake_voc, tmp_path)
     train.last_path(args.out).write_bytes(b"the user's last checkpoint")
     with pytest.raises(UserError, match="already exists; use --resume to continue it"):
-        train.check_outputs(args)
+        train.main(args)
 
 
 @pytest.mark.parametrize("flag", ["--out-dir", "--teacher-cache"])
@@ -363,7 +365,7 @@ def test_an_output_folder_below_a_file_is_refused_before_any_work(flag, fake_voc
     kd = ["--kd", "response"] if flag == "--teacher-cache" else []
     args = tiny_args(fake_voc, tmp_path, *kd, flag, tmp_path / "a_file" / "below")
     with pytest.raises(UserError, match="cannot create the folder|a_file is a file"):
-        train.check_outputs(args)
+        train.main(args)
 
 
 def test_output_paths_are_checked_before_any_work(tmp_path, fake_voc):
@@ -408,7 +410,7 @@ def fixed_batches(fake_voc, tmp_path, count: int = 2) -> list:
     return [batch for batch, _ in zip(loader, range(count))]
 
 
-NO_TEACHER = train.teacher_targets(None, None, None, CPU, True)  # what --kd none trains with
+NO_TEACHER = train.open_teacher(None, None, None, CPU)  # what --kd none trains with
 
 
 class OneOtherProcess:
@@ -461,7 +463,7 @@ def test_train_one_epoch_does_plain_sgd_steps_in_train_mode(scaled, fake_voc, tm
     torch.manual_seed(1)
     params = list(reference.parameters())
     losses = []
-    for images, masks, *_ in batches:
+    for images, masks in batches:
         loss, _ = reference(images, masks.long())
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         losses.append(loss.item())
@@ -483,7 +485,7 @@ def test_under_torchrun_the_logged_losses_are_the_mean_over_the_processes(
 ):
     batches = fixed_batches(fake_voc, tmp_path)
     alone = one_epoch(batches)[2]
-    monkeypatch.setattr(train, "dist", OneOtherProcess(loss=3.0))
+    monkeypatch.setattr(distributed, "dist", OneOtherProcess(loss=3.0))
     together = one_epoch(batches)[2]
     assert together.keys() == alone.keys() == {"train_loss", "train_ce"}
     for key, value in alone.items():
@@ -495,7 +497,7 @@ def test_a_nan_loss_on_another_process_stops_this_one_and_says_where(
 ):
     """Every process stops at the same step (the others would wait for it forever), this one
     saying that its own loss is finite."""
-    monkeypatch.setattr(train, "dist", OneOtherProcess(bad=1.0))
+    monkeypatch.setattr(distributed, "dist", OneOtherProcess(bad=1.0))
     with pytest.raises(UserError, match="^the loss, at step 1 of e, became NaN or infinite in an"):
         one_epoch(fixed_batches(fake_voc, tmp_path))
 
@@ -532,8 +534,8 @@ def test_the_best_checkpoint_holds_the_best_epoch(tmp_path, fake_voc):
                 "epoch_time_s": 1.0,
             }
         )
-        ckpt = train.checkpoint(args, model, optimizer, scaler, history, True)
-        train.save_epoch(args, ckpt, "title")
+        ckpt = training_state(model, optimizer, scaler, vars(args), history, True)
+        train.save_outputs(args, ckpt, "title")
     best, last = load_file(args.out, "c"), load_file(train.last_path(args.out), "c")
     assert best["miou"] == 0.5 == max(row["val_miou"] for row in last["history"])
     assert best["epoch"] == 2 and last["epoch"] == 3
@@ -767,9 +769,9 @@ def test_non_finite_batchnorm_statistics_are_never_saved(fake_voc, tmp_path):
             "epoch_time_s": 1.0,
         }
     ]
-    ckpt = train.checkpoint(args, model, optimizer, torch.amp.GradScaler("cpu"), history, True)
+    ckpt = training_state(model, optimizer, torch.amp.GradScaler("cpu"), vars(args), history, True)
     with pytest.raises(UserError, match="aspp.project.1.running_var became NaN or infinite"):
-        train.save_epoch(args, ckpt, "title")
+        train.save_outputs(args, ckpt, "title")
     assert not list(tmp_path.glob("*.pth"))
 
 
@@ -797,14 +799,15 @@ def fresh_run(args, seed: int) -> tuple:
 
 
 def saved_run(fake_voc, tmp_path, *flags) -> tuple:
-    """(args with --resume, the run whose _last.pth train.checkpoint wrote after 1 epoch)."""
+    """(args with --resume, the run whose _last.pth files.training_state made after 1 epoch)."""
     args = tiny_args(fake_voc, tmp_path, *flags, "--resume")
     saved = fresh_run(args, seed=7)
     for param in saved[0].parameters():  # one step: momentum buffers to restore
         param.grad = torch.ones_like(param)
     saved[1].step()
     history = [{"epoch": 1, "val_miou": 0.25}]
-    train.save_file(train.checkpoint(args, *saved, history, True), train.last_path(args.out))
+    state = training_state(*saved, vars(args), history, True)
+    save_file(state, train.last_path(args.out))
     return args, saved
 
 
@@ -814,7 +817,7 @@ def test_resume_restores_the_student_adapters_optimizer_and_loss_scale(fake_voc,
     the saved run's, and its history is returned."""
     args, (trainee, optimizer, scaler) = saved_run(fake_voc, tmp_path, "--kd", "feature")
     into = fresh_run(args, seed=1)
-    assert train.resume(args, *into) == [{"epoch": 1, "val_miou": 0.25}]
+    assert train.resumed_history(args, *into) == [{"epoch": 1, "val_miou": 0.25}]
     for part in ("student", "adapters"):
         state = getattr(into[0], part).state_dict()
         for key, value in getattr(trainee, part).state_dict().items():
@@ -847,7 +850,7 @@ def test_a_last_checkpoint_without_what_resuming_needs_is_refused(
         ckpt[entry] = value
     torch.save(ckpt, train.last_path(args.out))
     with pytest.raises(UserError, match=f"cannot be resumed: {message}$"):
-        train.resume(args, *saved)
+        train.resumed_history(args, *saved)
 
 
 def test_an_optimizer_state_that_does_not_fit_is_one_error(trained, fake_voc, tmp_path):

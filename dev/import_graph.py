@@ -1,7 +1,7 @@
 """Print the import graph of the root modules (module -> project modules it imports, counting
 imports inside functions) and fail on a cycle or on a module that imports a lab script.
 
-    python tools/import_graph.py
+    python dev/import_graph.py
 """
 
 import ast

@@ -11,8 +11,8 @@ user sees:
     loss           a file the user had was changed or lost
     hang           no exit within the time limit
 
-    python tools/hostile.py              # every case; a table by category at the end
-    python tools/hostile.py -k onnx      # the cases whose category or name holds "onnx"
+    python dev/hostile.py              # every case; a table by category at the end
+    python dev/hostile.py -k onnx      # the cases whose category or name holds "onnx"
 
 The full-disk and read-only cases mount a small tmpfs and a read-only bind mount, which needs
 root (and CAP_SYS_ADMIN); elsewhere they are listed as not run. Not part of the test suite (it

@@ -2,8 +2,8 @@
 fail. Each plant is (file, the exact text of the line, what it becomes, tests to run); the
 file is restored after every run, whatever happens.
 
-    python tools/plant.py tools/plants_round3.txt          # every plant of that list
-    python tools/plant.py tools/plants_round3.txt -k flip  # the plants whose name has "flip"
+    python dev/plant.py dev/plants_round3.txt          # every plant of that list
+    python dev/plant.py dev/plants_round3.txt -k flip  # the plants whose name has "flip"
 
 A list holds blocks separated by blank lines:
 
@@ -14,7 +14,7 @@ A list holds blocks separated by blank lines:
     (in old and new, \n stands for a line break)
     tests: tests/test_teacher_cache.py   (pytest arguments, split as a shell would: -k "a or b")
 
-The systematic runs of docs/mutation.md use tools/mutate.py; this tool is for the behaviours that
+The systematic runs of docs/mutation.md use dev/mutate.py; this tool is for the behaviours that
 need a named, hand-written bug (a forgotten flip, a blended panel) to be shown caught.
 """
 

@@ -1,12 +1,12 @@
 """Plant one-line bugs systematically, one at a time, and run the tests that reach each: a mutant
 the tests pass is a bug they would not catch.
 
-    python tools/mutate.py map                          # once: which tests call which function
-    python tools/mutate.py run metrics.py distill.py    # every mutant of these modules
-    python tools/mutate.py run train.py --function resume
-    python tools/mutate.py run cli.py --list            # the mutants, not run
-    python tools/mutate.py run metrics.py --survivors-of metrics.log   # rerun what survived
-    python tools/mutate.py run train.py --not-in train.partial.log    # finish a stopped run
+    python dev/mutate.py map                          # once: which tests call which function
+    python dev/mutate.py run metrics.py distill.py    # every mutant of these modules
+    python dev/mutate.py run train.py --function resume
+    python dev/mutate.py run cli.py --list            # the mutants, not run
+    python dev/mutate.py run metrics.py --survivors-of metrics.log   # rerun what survived
+    python dev/mutate.py run train.py --not-in train.partial.log    # finish a stopped run
 
 The mutations, each at one place inside a function: comparisons turned around (== !=, < >=,
 <= >, in / not in, is / is not), + - and * / swapped, numbers changed (n -> n + 1, x -> 2x),
