@@ -23,7 +23,7 @@ import torch
 import distill
 import model
 from distill import KD_MODES
-from files import check_output, load_file, write_text
+from files import check_output, read_checkpoint, write_text
 from lab import (
     BENCHMARK_RESULT,
     COMPARISON,
@@ -38,24 +38,11 @@ from lab import (
 from model import build_student, count_params, describe_layers
 from voc import VOC_CLASSES
 
+# The training flags the report's table shows, in this order.
 HYPER_PARAMETERS = (
-    "train_set",
-    "epochs",
-    "batch_size",
-    "crop_size",
-    "optimizer",
-    "lr",
-    "weight_decay",
-    "warmup_epochs",
-    "pretrained_backbone",
-    "seed",
-    "alpha",
-    "beta",
-    "tau",
-    "feat_weight",
-    "teacher_weights",
-    "limit_train",
-)
+    "train_set epochs batch_size crop_size optimizer lr weight_decay warmup_epochs "
+    "pretrained_backbone seed alpha beta tau feat_weight teacher_weights limit_train"
+).split()
 
 
 def parse_args(argv: list | None = None) -> argparse.Namespace:
@@ -179,15 +166,11 @@ def read_runs(weights: Path, missing: list) -> dict:
             missing.append(f"`{path}` (python train.py --kd {kd})")
             continue
         try:
-            ckpt = load_file(path, "checkpoint")
+            ckpt = read_checkpoint(path)
             if last_path(path).exists():
-                ckpt["history"] = load_file(last_path(path), "checkpoint")["history"]
+                ckpt["history"] = read_checkpoint(last_path(path))["history"]
             history = ckpt.get("history")
-            if (
-                not isinstance(ckpt.get("args"), dict)
-                or not history
-                or not isinstance(history, list)
-            ):
+            if "args" not in ckpt or not history:
                 raise UserError(f"{path} has no training arguments or history")
             problem = next((p for row in history if (p := mismatch(row, HISTORY_KEYS))), None)
             problem = problem or mismatch(ckpt, {"best_miou": NUMBER})
@@ -413,7 +396,8 @@ STUDENT_SECTIONS = [
 ]
 
 
-def build_report(outputs: Path, weights: Path) -> str:
+def build_report(outputs: Path, weights: Path) -> tuple:
+    """(the draft's text, whether any of its inputs was measured on SYNTHETIC data)."""
     missing = []
     step1 = read_json(outputs / STEP1_RESULT, STEP1_KEYS, missing)
     bench = read_bench(outputs / BENCHMARK_RESULT, missing)
@@ -446,7 +430,7 @@ def build_report(outputs: Path, weights: Path) -> str:
         head += [f"- {item}" for item in missing] + [""]
     methods = ", ".join(KD_MODES[kd].label for kd in runs) or "none yet"
     head += [f"Trained runs found: {methods}.", ""]
-    return "\n".join(head + body)
+    return "\n".join(head + body), synthetic
 
 
 def main(args: argparse.Namespace) -> None:
@@ -456,8 +440,9 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(
             f"{path} exists and may hold your own writing; move it away or pass --overwrite"
         )
-    write_text(build_report(outputs, Path(args.weights_dir)), path)
-    print(f"wrote {path}")
+    text, synthetic = build_report(outputs, Path(args.weights_dir))
+    write_text(text, path)
+    print(f"wrote {path}{' (from SYNTHETIC inputs: no VOC result)' if synthetic else ''}")
 
 
 if __name__ == "__main__":

@@ -94,7 +94,9 @@ def test_the_offline_demo_runs_twice_as_printed_in_its_own_folder(tmp_path, monk
     nothing lands in the lab's own weights/ or outputs/."""
     monkeypatch.chdir(tmp_path)
     run_demo()
-    step1, train, test = run_demo()[1:4]
+    printed = run_demo()
+    step1, train, test = printed[1:4]
+    assert all("SYNTHETIC" in out for out in printed), "a demo command that does not say it"
     assert not (tmp_path / "weights").exists() and not (tmp_path / "outputs").exists()
     assert "SYNTHETIC" in step1.splitlines()[0] and "SYNTHETIC" in test
     for text in ("mIoU", "32,957,013", "ms/image", "RANDOM weights"):  # Step 1's report

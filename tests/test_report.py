@@ -82,7 +82,7 @@ def test_unreadable_inputs_are_listed_with_their_reason_and_the_rest_is_drafted(
     assert "kd_comparison.md`: unreadable" in missing
     assert "student_none.pth`: unreadable" in missing and "no training arguments" in missing
     assert "student_response.pth`: unreadable" in missing and "not a regular file" in missing
-    assert f"wrote {outputs / 'report.md'}" in proc.stdout
+    assert f"wrote {outputs / 'report.md'}" in proc.stdout and "SYNTHETIC" not in proc.stdout
 
 
 def test_training_time_counts_every_epoch_not_only_those_up_to_the_best(trained, tmp_path):
