@@ -105,7 +105,7 @@ def evaluate(
     `pixels`, the number of pixels scored; with keep_predictions, also `predictions`, each
     image's predicted classes as scored, compressed (Prediction): the panels then show exactly
     what was scored, without running the model again.
-    In a torch.distributed group, each process scores its own share of the images and the
+    Under torchrun (distributed.py), each process scores its own share of the images and the
     confusion matrices and losses are summed across processes, so mIoU and loss are those of
     the whole split; per_image_miou stays this process's own.
     """

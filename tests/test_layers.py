@@ -14,7 +14,8 @@ import import_graph  # noqa: E402
 def test_the_import_graph_has_no_cycle_and_no_module_imports_a_lab_script():
     edges = import_graph.graph()
     assert import_graph.problems(edges) == []
-    assert set(edges["voc"]) <= {"cli"} and edges["cli"] == []
+    assert set(edges["voc"]) <= {"cli"} and edges["cli"] == [] and edges["distributed"] == []
+    assert edges["files"] == ["cli"]  # every room can write files; files knows no model
     assert not {"metrics", "model", "dataset"} & set(edges["visualize"])
     assert "dataset" not in edges["model"] and "model" not in edges["metrics"]
 
@@ -31,3 +32,29 @@ def test_the_checker_finds_a_cycle_and_a_script_import():
 def test_importing_the_model_loads_no_dataset_code():
     proc = run_python("-c", "import sys, model; assert 'dataset' not in sys.modules, 'dataset'")
     assert proc.returncode == 0, proc.stderr
+
+
+PRODUCT = sorted(p for p in ROOT.glob("*.py"))
+
+
+def test_each_job_lives_in_its_own_module():
+    """Files are read and written in files.py only (model.py and cli.py hold no torch.save,
+    torch.load or os.replace), torchrun is called from distributed.py only, and train.py
+    names the teacher cache only where it opens it."""
+    for name in ("model.py", "cli.py"):
+        text = (ROOT / name).read_text()
+        assert not any(call in text for call in ("torch.save", "torch.load", "os.replace")), name
+    users = [p.name for p in PRODUCT if "torch.distributed" in p.read_text()]
+    assert users == ["distributed.py"]
+    train = (ROOT / "train.py").read_text()
+    assert [line.strip() for line in train.splitlines() if "TeacherCache" in line] == [
+        "from teacher_cache import TeacherCache, image_files, with_crop_boxes",
+        "cache = TeacherCache.open_or_build(",
+    ]
+
+
+def test_train_py_reaches_its_epoch_loop_in_its_first_third_and_no_module_is_long():
+    lines = (ROOT / "train.py").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("def train_one_epoch"))
+    assert start < len(lines) / 3 and len(lines) < 450
+    assert all(len(p.read_text().splitlines()) <= 450 for p in PRODUCT)
