@@ -118,12 +118,6 @@ class EvalTransform:
         self.resize = resize
 
     def __call__(self, image: Image.Image, mask: Image.Image) -> tuple:
-        return self.with_box(image, mask)[:2]
-
-    def with_box(self, image: Image.Image, mask: Image.Image) -> tuple:
-        """(image, mask, where: [x0, y0, x1, y1, flipped]): the crop's box in the original
-        image's pixel coordinates (edges, x1 and y1 excluded; beyond the image where the crop
-        was padded), what a stored teacher map needs to be resampled over the same region."""
         image, mask = to_tv_tensors(image, mask)
         if self.resize is not None:
             image = TF.resize(image, self.resize, antialias=True)

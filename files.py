@@ -55,7 +55,7 @@ def check_run_outputs(
     """Before a training run: refuse to replace its checkpoints unless `replaces` (--resume,
     --overwrite), and fail now on an output that cannot be written, not after the first
     epoch: the checkpoints, the folder of the log and plot, where a teacher cache will go."""
-    if not replaces and (Path(best).exists() and last.exists()):
+    if not replaces and (Path(best).exists() or last.exists()):
         raise UserError(
             f"{best} or {last} already exists; use --resume to continue it or "
             "--overwrite to start over"

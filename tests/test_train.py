@@ -352,7 +352,17 @@ def test_bad_environments_exit_with_one_error_line(flags, message, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and message in proc.stderr
 
 
-def test_a_last_checkpoint_alone_is_not_replaced_without_asking(fake_voc, tmp_path):
+def no_work(monkeypatch) -> None:
+    """train.main's checks must refuse before the run reads any data or builds any model."""
+
+    def work(args):
+        raise AssertionError("the run started before its outputs were checked")
+
+    monkeypatch.setattr(train, "train", work)
+
+
+def test_a_last_checkpoint_alone_is_not_replaced_without_asking(fake_voc, tmp_path, monkeypatch):
+    no_work(monkeypatch)
     args = tiny_args(fake_voc, tmp_path)
     train.last_path(args.out).write_bytes(b"the user's last checkpoint")
     with pytest.raises(UserError, match="already exists; use --resume to continue it"):
@@ -360,7 +370,10 @@ def test_a_last_checkpoint_alone_is_not_replaced_without_asking(fake_voc, tmp_pa
 
 
 @pytest.mark.parametrize("flag", ["--out-dir", "--teacher-cache"])
-def test_an_output_folder_below_a_file_is_refused_before_any_work(flag, fake_voc, tmp_path):
+def test_an_output_folder_below_a_file_is_refused_before_any_work(
+    flag, fake_voc, tmp_path, monkeypatch
+):
+    no_work(monkeypatch)
     (tmp_path / "a_file").write_text("x")
     kd = ["--kd", "response"] if flag == "--teacher-cache" else []
     args = tiny_args(fake_voc, tmp_path, *kd, flag, tmp_path / "a_file" / "below")
