@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import load_script, run_python
-from files import atomic_path, check_output, exclusive, save_file, write_json
+from files import atomic_path, check_output, exclusive, save_file, write_csv, write_json
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
@@ -144,3 +144,11 @@ def test_a_lock_holds_this_process_id_until_the_block_ends_then_goes(tmp_path):
     lock.write_text("not a process id")  # unreadable: a stale lock, taken over
     with exclusive(lock):
         assert lock.read_text() == f"{os.getpid()}\n"
+
+
+def test_a_csv_has_every_column_of_every_row_in_order_of_first_appearance(tmp_path):
+    write_csv(
+        [{"epoch": 1, "loss": 2.5}, {"epoch": 2, "loss": 2.0, "val_miou": 0.5}], tmp_path / "l"
+    )
+    lines = (tmp_path / "l").read_text().splitlines()
+    assert lines == ["epoch,loss,val_miou", "1,2.5,", "2,2.0,0.5"]

@@ -152,6 +152,8 @@ def test_train_py_takes_the_crops_cached_logits_and_for_both_the_live_features(
     loader = train.build_loaders(args, 0, 1, CPU)[0]
     targets = train.open_teacher(args, teacher, loader.dataset, CPU)
     images, _, where, indices = next(iter(loader))
+    seen = sorted(int(i) for *_, batch in loader for i in batch)
+    assert seen == list(range(len(loader.dataset)))  # each sample names its own image
     logits, features = targets(images, where, indices)
     assert logits.shape == (len(images), 21, *images.shape[-2:])
     assert torch.equal(logits, cache.crop_logits(where, indices, tuple(images.shape[-2:]), CPU))
