@@ -1,9 +1,10 @@
 """Deploy the student: export a checkpoint to ONNX, check it against PyTorch with ONNX Runtime,
-and optionally quantise it to int8.
+and optionally quantise it to int8 and write the mobile runtime's format.
 
     python export.py --checkpoint weights/student_response.pth --out weights/student_response.onnx
     python export.py --checkpoint weights/student_response.pth \\
         --out weights/student_response.onnx --int8 --calib 64   # + student_response_int8.onnx
+    python export.py --checkpoint weights/student_response.pth --int8 --mobile   # + .ort files
     python test.py --checkpoint weights/student_response.onnx    # evaluate it like a .pth
 
 The .onnx file is self-contained (weights inside), takes 1 x 3 x H x W for any H and W (the
@@ -15,26 +16,36 @@ export fails unless the logits agree to float tolerance.
 --int8 writes a statically quantised model (QDQ: int8 weights, uint8 activations), calibrated
 on the first --calib training images, and reports its argmax agreement with the fp32 model on
 as many val images, both file sizes, and the operations ONNX Runtime runs for each file here.
-Whether int8 is faster depends on the CPU and on how much of the graph stays in int8: the
-operations ONNX Runtime cannot run in int8 (MobileNetV3's hardswish and squeeze-excitation
-gates, the resizes) need conversions around them, which can cost what the int8 convolutions
-save (the printed operation lists show it; benchmark.py times it).
+Before quantising, the graph's hardsigmoids (inside every hardswish and squeeze-excitation
+gate) and spatial means are rewritten, with the same function, into operations ONNX Runtime
+runs in int8 (int8_ready), so the network stays in int8 from its second convolution to its
+last instead of converting to float and back around each gate (docs/deployment.md).
+
+--mobile also writes each file in ONNX Runtime's mobile format (.ort, converted by
+onnxruntime.tools.convert_onnx_models_to_ort with the optimisations fixed for ARM), loads it
+back and checks it as the .onnx is checked.
 """
 
 from cli import UserError, add_data_root, number, parser, path_arg, run
 
 import argparse
 import collections
+import contextlib
 import importlib
+import io
 import json
+import logging
+import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dataset import EvalTransform, voc_dataset
 from files import atomic_path, check_output
-from model import TEACHER_RESIZE, count_params, load_student
+from model import TEACHER_RESIZE, Student, count_params, load_student, with_decoder_bn_folded
 from voc import is_synthetic
 
 # A square at the teacher's input size, VOC's usual landscape, odd sizes.
@@ -42,6 +53,13 @@ PARITY_SIZES = ((TEACHER_RESIZE, TEACHER_RESIZE), (333, 500), (97, 65))
 TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| of the logits: float32 rounding, not a bug
 INPUT, OUTPUT = "image", "logits"
 METADATA_KEY = "student"  # metadata_props entry holding export_onnx's metadata as JSON
+# What ONNX Runtime's CPU kernels run in int8 (QLinearConv, QLinearAdd, QLinearMul,
+# QLinearConcat, QLinearGlobalAveragePool); a Relu or Clip after one of them folds into its
+# output's range. Any other operation in between costs a conversion to float and back.
+INT8_OPS = ("Conv", "Add", "Mul", "Concat", "GlobalAveragePool", "Relu", "Clip")
+# The int8 recipe quantize_int8 applies by default, as benchmark.py's JSON and the int8 file's
+# metadata name it; docs/deployment.md compares it with the others tried.
+INT8_VARIANT = "qdq-u8s8-int8-ops-gates-rewritten-first-conv-float"
 
 
 def require(name: str):
@@ -56,9 +74,12 @@ def require(name: str):
 
 def export_onnx(student: torch.nn.Module, path: Path, metadata: dict) -> None:
     """Write `student` as one self-contained ONNX file with dynamic height and width (torch
-    exporter, dynamo=True, which needs onnxscript) and `metadata` as string properties."""
+    exporter, dynamo=True, which needs onnxscript) and `metadata` as string properties; a
+    Student is written with its decoder's BatchNorm folded (model.with_decoder_bn_folded)."""
     require("onnxscript")
     onnx = require("onnx")
+    if isinstance(student, Student):
+        student = with_decoder_bn_folded(student)
     height, width = torch.export.Dim("height", min=32), torch.export.Dim("width", min=32)
     program = torch.onnx.export(
         student.eval(),
@@ -146,10 +167,67 @@ def images(data_root: str, split: str, count: int) -> list:
     return [data[i][0][None].numpy() for i in range(len(data))]
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: list) -> None:
-    """Static int8 quantisation (QDQ) of an .onnx file, calibrated on `calibration` arrays;
-    ONNX Runtime's quantiser keeps the fp32 file's metadata (a test checks it)."""
-    q = require("onnxruntime.quantization")
+def int8_ready(model) -> None:
+    """Rewrite in place, keeping the function, the operations ONNX Runtime has no int8 kernel
+    for into ones it has:
+
+        HardSigmoid(x; alpha, beta) = Clip(x * alpha + beta, 0, 1)  -> Mul, Add, Clip
+        ReduceMean(x, axes = H, W, keepdims)                        -> GlobalAveragePool(x)
+
+    (hardswish(x) = x * HardSigmoid(x) once the quantiser's pre-processing has inlined it;
+    the squeeze-excitation gates end in a HardSigmoid and start with the mean)."""
+    onnx, numpy_helper = require("onnx"), require("onnx.numpy_helper")
+    graph = model.graph
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+
+    def constant(value: float) -> str:
+        name = f"int8_ready_{value!r}"
+        if name not in values:
+            values[name] = value
+            graph.initializer.append(numpy_helper.from_array(np.float32(value), name))
+        return name
+
+    nodes = []
+    for i, node in enumerate(graph.node):
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        axes = values.get(node.input[1]) if len(node.input) > 1 else None
+        if node.op_type == "HardSigmoid":
+            x, y, scaled, shifted = node.input[0], node.output[0], f"{i}_scaled", f"{i}_shifted"
+            nodes += [
+                onnx.helper.make_node("Mul", [x, constant(attrs.get("alpha", 0.2))], [scaled]),
+                onnx.helper.make_node("Add", [scaled, constant(attrs.get("beta", 0.5))], [shifted]),
+                onnx.helper.make_node("Clip", [shifted, constant(0.0), constant(1.0)], [y]),
+            ]
+        elif (
+            node.op_type == "ReduceMean"
+            and attrs.get("keepdims", 1)
+            and axes is not None
+            and (sorted(np.asarray(axes).tolist()) in ([2, 3], [-2, -1]))
+        ):
+            nodes.append(onnx.helper.make_node("GlobalAveragePool", node.input[:1], node.output))
+        else:
+            nodes.append(node)
+    for n, node in enumerate(nodes):
+        node.name = node.name or f"int8_ready_{n}"  # the quantiser wants unique names
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in nodes for name in node.input}
+    kept = [i for i in graph.initializer if i.name in used]  # the means' axes are not
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def quantize_int8(
+    fp32: Path, out: Path, calibration: list, rewrite: bool = True, **quantizer
+) -> None:
+    """Static int8 quantisation of an .onnx file, calibrated on `calibration` arrays, by the
+    recipe INT8_VARIANT names: QDQ, uint8 activations and int8 weights per tensor (the fast
+    pair on x86 and ARM), only INT8_OPS, the graph made int8_ready first (`rewrite`), the
+    first convolution left in float (quantising it would convert the whole image, and the
+    image's shape, read for the output size, from int8 too). `quantizer` overrides
+    quantize_static's arguments (dev/int8_variants.py compares recipes). ONNX Runtime's
+    quantiser keeps the fp32 file's metadata; the recipe's name is added to it."""
+    q, onnx = require("onnxruntime.quantization"), require("onnx")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(q.CalibrationDataReader):
@@ -164,14 +242,40 @@ def quantize_int8(fp32: Path, out: Path, calibration: list) -> None:
         pre = Path(work) / "prepared.onnx"
         # Symbolic shape inference cannot follow the dynamic H and W; ONNX's own inference can.
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        q.quantize_static(
-            str(pre),
-            str(tmp),
-            Reader(),
+        model = onnx.load(str(pre))
+        if rewrite:
+            int8_ready(model)
+        first_conv = next(n.name for n in model.graph.node if n.op_type == "Conv")
+        options = dict(
             quant_format=q.QuantFormat.QDQ,
             activation_type=q.QuantType.QUInt8,
             weight_type=q.QuantType.QInt8,
+            op_types_to_quantize=list(INT8_OPS),
+            nodes_to_exclude=[first_conv],
         )
+        q.quantize_static(model, str(tmp), Reader(), **{**options, **quantizer})
+        quantized = onnx.load(str(tmp))
+        props = {p.key: p.value for p in quantized.metadata_props}
+        metadata = {**json.loads(props.get(METADATA_KEY, "{}")), "int8": INT8_VARIANT}
+        onnx.helper.set_model_props(quantized, {**props, METADATA_KEY: json.dumps(metadata)})
+        onnx.save_model(quantized, str(tmp))
+
+
+def write_mobile(model: Path, out: Path) -> None:
+    """Convert an .onnx file to ONNX Runtime's mobile format (.ort) with ONNX Runtime's own
+    converter: its optimisations are fixed at conversion for ARM (as phones are: without the
+    x86-only NCHWc layouts), so a phone's runtime loads the graph as is."""
+    tools = require("onnxruntime.tools.convert_onnx_models_to_ort")
+    logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)  # its INFO lines
+    with tempfile.TemporaryDirectory() as work, atomic_path(out) as tmp:
+        with contextlib.redirect_stdout(io.StringIO()):  # its progress lines, not ours
+            tools.convert_onnx_models_to_ort(
+                model,
+                output_dir=Path(work),
+                optimization_styles=[tools.OptimizationStyle.Fixed],
+                target_platform="arm",
+            )
+        shutil.copyfile(Path(work) / model.with_suffix(".ort").name, tmp)
 
 
 def runtime_ops(path: Path) -> collections.Counter:
@@ -213,13 +317,18 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
         "--int8", action="store_true", help="also write <out stem>_int8.onnx, statically quantised"
     )
     p.add_argument(
+        "--mobile",
+        action="store_true",
+        help="also write each model as .ort, ONNX Runtime's mobile format",
+    )
+    p.add_argument(
         "--calib",
         type=number(int, 1, 10_000),
         default=64,
         help="training images that calibrate --int8 (and val images that check it)",
     )
     add_data_root(p)
-    p.add_argument("--overwrite", action="store_true", help="replace existing .onnx files")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     args = p.parse_args(argv)
     args.out = args.out or str(Path(args.checkpoint).with_suffix(".onnx"))
     if Path(args.out).suffix != ".onnx":
@@ -227,10 +336,20 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     return args
 
 
-def main(args: argparse.Namespace) -> None:
+def output_paths(args: argparse.Namespace) -> dict:
+    """{what: path} of every file this run writes: fp32 and int8, .onnx and .ort."""
     out = Path(args.out)
-    int8 = out.with_name(out.stem + "_int8.onnx")
-    for path in [out] + ([int8] if args.int8 else []):
+    paths = {"fp32": out}
+    if args.int8:
+        paths["int8"] = out.with_name(out.stem + "_int8.onnx")
+    if args.mobile:
+        paths.update({f"{k} mobile": v.with_suffix(".ort") for k, v in list(paths.items())})
+    return paths
+
+
+def main(args: argparse.Namespace) -> None:
+    paths = output_paths(args)
+    for path in paths.values():
         if check_output(path).exists() and not args.overwrite:
             raise UserError(f"{path} already exists; pass --overwrite to replace it")
     student, ckpt = load_student(args.checkpoint)
@@ -246,34 +365,46 @@ def main(args: argparse.Namespace) -> None:
         "args": ckpt.get("args", {}),
     }
     print(f"exporting {args.checkpoint} to ONNX ...", flush=True)
-    export_onnx(student, out, metadata)
-    model = OnnxModel(out)
-    for h, w, diff, agree in parity(student, model):
-        print(
-            f"  {h}x{w}: max |ONNX Runtime - PyTorch| = {diff:.1e}, argmax agreement "
-            f"{100 * agree:.2f}%"
-        )
-        if diff > TOLERANCE:
-            out.unlink()
-            raise UserError(
-                f"the exported model differs from PyTorch by {diff:.1e} at {h}x{w} "
-                f"(tolerance {TOLERANCE}); {out} deleted"
-            )
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    write_checked(paths["fp32"], student, lambda tmp: export_onnx(student, tmp, metadata))
+    if args.mobile:
+        write_checked(paths["fp32 mobile"], student, partial(write_mobile, paths["fp32"]))
     if args.int8:
-        write_int8(args, out, int8, calibration, held_out)
+        write_int8(args, paths, calibration, held_out)
 
 
-def write_int8(args, fp32: Path, int8: Path, calibration: list, held_out: list) -> None:
+def write_checked(out: Path, student: torch.nn.Module, write) -> None:
+    """write(tmp) a model file, run it against `student` (parity) and only then put it at
+    `out`: a file that differs from PyTorch beyond TOLERANCE is refused and the old `out`,
+    if any, kept."""
+    with atomic_path(out) as tmp:
+        write(tmp)
+        for h, w, diff, agree in parity(student, OnnxModel(tmp)):
+            print(
+                f"  {h}x{w}: max |ONNX Runtime - PyTorch| = {diff:.1e}, argmax agreement "
+                f"{100 * agree:.2f}%"
+            )
+            if diff > TOLERANCE:
+                raise UserError(
+                    f"the exported model differs from PyTorch by {diff:.1e} at {h}x{w} "
+                    f"(tolerance {TOLERANCE}); {out} not written"
+                )
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+
+
+def write_int8(args, paths: dict, calibration: list, held_out: list) -> None:
+    fp32, int8 = paths["fp32"], paths["int8"]
     tag = " (SYNTHETIC data)" if is_synthetic(args.data_root) else ""
     print(f"calibrating int8 on {len(calibration)} train images{tag} ...", flush=True)
     quantize_int8(fp32, int8, calibration)
-    agree = argmax_agreement(OnnxModel(fp32), OnnxModel(int8), held_out)
-    print(f"int8 argmax agreement with fp32 on {len(held_out)} val images{tag}: {100 * agree:.2f}%")
-    print(
-        f"wrote {int8} ({int8.stat().st_size / 1e6:.2f} MB, fp32 "
-        f"{fp32.stat().st_size / 1e6:.2f} MB)"
-    )
+    if args.mobile:
+        write_mobile(int8, paths["int8 mobile"])
+    for what in [k for k in ("int8", "int8 mobile") if k in paths]:
+        path = paths[what]
+        agree = argmax_agreement(OnnxModel(fp32), OnnxModel(path), held_out)
+        on = f"{len(held_out)} val images{tag}"
+        print(f"{what} argmax agreement with fp32 on {on}: {100 * agree:.2f}%")
+        size, fp32_size = path.stat().st_size / 1e6, fp32.stat().st_size / 1e6
+        print(f"wrote {path} ({size:.2f} MB, fp32 {fp32_size:.2f} MB)")
     for name, path in (("fp32", fp32), ("int8", int8)):
         ops = ", ".join(f"{n} {op}" for op, n in runtime_ops(path).most_common())
         print(f"{name} as ONNX Runtime runs it on this CPU: {ops}")

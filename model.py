@@ -10,12 +10,14 @@ al., 2019); its layout is in the docstring of `Student`.
 
 from cli import UserError
 
+import copy
 import dataclasses
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models import MobileNet_V3_Small_Weights, mobilenet_v3_small
 from torchvision.models.segmentation import FCN_ResNet50_Weights, fcn_resnet50
 
@@ -101,7 +103,8 @@ class Decoder(nn.Sequential):
         y = F.interpolate(
             F.conv2d(deep, w_deep), size=skip.shape[-2:], mode="bilinear", align_corners=False
         )
-        return block(fuse[2](fuse[1](y + F.conv2d(skip, w_skip))))
+        # fuse[0] has a bias only once its BatchNorm is folded (with_decoder_bn_folded)
+        return block(fuse[2](fuse[1](y + F.conv2d(skip, w_skip, fuse[0].bias))))
 
 
 class Student(nn.Module):
@@ -153,6 +156,19 @@ class Student(nn.Module):
         y = self.classifier(self.decoder(self.aspp(high), self.skip(low)))
         logits = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return (logits, {"low": low, "mid": mid, "high": high}) if return_features else logits
+
+
+def with_decoder_bn_folded(student: Student) -> Student:
+    """A copy of `student` in eval mode with the decoder's BatchNorm folded into its 1x1
+    convolution, for deployment: BN(z) = s z + t, s = gamma / sqrt(var + eps),
+    t = beta - s mean, and z = up(W_d deep) + W_s skip, so BN(z) = up(s W_d deep) +
+    (s W_s skip + t) (bilinear upsampling keeps constants). ONNX Runtime folds a BatchNorm
+    into the convolution before it, but this one follows the decoder's sum; the same logits
+    then cost one stride-4 operation fewer, and in int8 two conversions fewer."""
+    folded = copy.deepcopy(student).eval()
+    fuse = folded.decoder[0]
+    fuse[0], fuse[1] = fuse_conv_bn_eval(fuse[0], fuse[1]), nn.Identity()
+    return folded
 
 
 def torchvision_download(builder, weights, alternative: str, **kwargs) -> nn.Module:

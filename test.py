@@ -2,6 +2,7 @@
 
     python test.py --checkpoint weights/student_none.pth
     python test.py --checkpoint weights/student_none.onnx     # the same, through ONNX Runtime
+    python test.py --checkpoint weights/student_none.ort      # its mobile format
     python test.py --compare weights/student_none.pth weights/student_response.pth \\
         weights/student_feature.pth weights/student_both.pth
     python test.py --checkpoint weights/student_response.pth --images photos/ me.jpg
@@ -42,6 +43,7 @@ from voc import NUM_CLASSES, SYNTHETIC_NOTE, is_synthetic
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SYNTHETIC_TAG = "_SYNTHETIC"  # in own-photo file names when the model never saw VOC
 MAX_PHOTO_SIDE = 1024  # own photos are segmented at most this large: bounded memory and time
+ONNX_RUNTIME_FILES = (".onnx", ".ort")  # export.py's model and its mobile format
 MAX_PHOTO_PIXELS = 60_000_000  # a 9000 x 6000 photo; beyond, a decompression bomb is likelier
 
 
@@ -51,7 +53,7 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     what.add_argument(
         "--checkpoint",
         type=path_arg,
-        help="a student checkpoint of train.py (.pth) or export.py (.onnx)",
+        help="a student checkpoint of train.py (.pth) or export.py (.onnx, .ort)",
     )
     what.add_argument(
         "--compare",
@@ -75,9 +77,9 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
 
 
 def load_model(path: str, device: torch.device) -> tuple:
-    """(model ready for inference, {kd, epoch, synthetic, params}) of a .pth or .onnx file.
+    """(model ready for inference, {kd, epoch, synthetic, params}) of a .pth, .onnx or .ort file.
     Eager models run channels_last on the CPU, which benchmark.py measures faster there."""
-    if Path(path).suffix == ".onnx":
+    if Path(path).suffix in ONNX_RUNTIME_FILES:
         model = OnnxModel(path, cuda=device.type == "cuda")
         info = model.metadata
         if not isinstance(info.get("params"), int) or not isinstance(info.get("kd"), str):
@@ -115,7 +117,8 @@ def evaluate_checkpoint(path: str, loaded: tuple, loader, device, args, ms=None)
     )
     what = f"student {path} (--kd {result['kd']}, {result['runtime']})"
     print(format_report(result, what))
-    name = Path(path).stem + ("_onnx" if result["runtime"] == "onnxruntime" else "")
+    # student.pth, student.onnx and student.ort: three results, three names
+    name = Path(path).stem + ("" if result["runtime"] == "pytorch" else "_" + Path(path).suffix[1:])
     out = Path(args.out_dir)
     write_json(result, out / f"test_{name}.json")
     print(f"wrote {out / f'test_{name}.json'}")

@@ -171,7 +171,7 @@ def trained(fake_voc, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def export_run(trained, fake_voc, tmp_path_factory) -> dict:
-    """export.py on the trained checkpoint, with --int8 calibrated on 2 SYNTHETIC images."""
+    """export.py on the trained checkpoint: --int8 calibrated on 2 SYNTHETIC images, --mobile."""
     out = tmp_path_factory.mktemp("exported") / "student_none.onnx"
     proc = run_script(
         "export.py",
@@ -180,13 +180,21 @@ def export_run(trained, fake_voc, tmp_path_factory) -> dict:
         "--out",
         out,
         "--int8",
+        "--mobile",
         "--calib",
         "2",
         "--data-root",
         fake_voc,
     )
     assert proc.returncode == 0, proc.stderr
-    return {"onnx": out, "int8": out.with_name("student_none_int8.onnx"), "proc": proc}
+    int8 = out.with_name("student_none_int8.onnx")
+    return {
+        "onnx": out,
+        "int8": int8,
+        "ort": out.with_suffix(".ort"),
+        "int8 ort": int8.with_suffix(".ort"),
+        "proc": proc,
+    }
 
 
 @pytest.fixture(scope="session")

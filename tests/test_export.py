@@ -16,6 +16,7 @@ import export
 from conftest import documented_defaults, load_script, run_script
 from export import (
     INPUT,
+    INT8_VARIANT,
     METADATA_KEY,
     OUTPUT,
     OnnxModel,
@@ -72,17 +73,23 @@ def test_int8_report_counts_the_operations_onnx_runtime_runs(export_run):
         for name, line in printed.items()
     }
     stored = [node.op_type for node in onnx.load(export_run["int8"]).graph.node]
-    # ONNX Runtime fuses each stored DequantizeLinear -> Conv -> QuantizeLinear into one op.
-    assert ops["int8"]["QLinearConv"] == stored.count("Conv") > 0
+    # ONNX Runtime fuses each stored DequantizeLinear -> Conv -> QuantizeLinear into one op;
+    # the first convolution stays float (quantize_int8).
+    assert ops["int8"]["QLinearConv"] == stored.count("Conv") - 1 > 0 and ops["int8"]["Conv"] == 1
+    # The gates and means run in int8: the image enters int8 once and the logits leave it
+    # once per output path, not around each of the 26 gates.
+    assert not {"HardSigmoid", "ReduceMean", "Mul"} & set(ops["int8"])
+    assert ops["int8"]["QuantizeLinear"] + ops["int8"]["DequantizeLinear"] <= 4
     assert "QuantizeLinear" not in ops["fp32"] and ops["fp32"]["Conv"] > 0
 
 
-def test_a_corrupt_onnx_file_is_one_clear_error(tmp_path):
-    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")
-    with pytest.raises(UserError, match="cannot load .*bad.onnx as an ONNX model"):
-        OnnxModel(tmp_path / "bad.onnx")
+@pytest.mark.parametrize("name", ["bad.onnx", "bad.ort"])
+def test_a_corrupt_model_file_is_one_clear_error(tmp_path, name):
+    (tmp_path / name).write_bytes(b"\x08\x07garbage")
+    with pytest.raises(UserError, match=f"cannot load .*{name} as an ONNX model"):
+        OnnxModel(tmp_path / name)
     proc = run_script(
-        "test.py", "--checkpoint", tmp_path / "bad.onnx", "--device", "cpu", "--out-dir", tmp_path
+        "test.py", "--checkpoint", tmp_path / name, "--device", "cpu", "--out-dir", tmp_path
     )
     assert proc.returncode == 1 and proc.stderr.startswith("error: cannot load")
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -91,6 +98,40 @@ def test_a_corrupt_onnx_file_is_one_clear_error(tmp_path):
 def test_a_missing_package_names_the_install_command():
     with pytest.raises(UserError, match="pip install -r requirements.txt"):
         require("no_such_package_for_the_deployment")
+
+
+def test_the_mobile_files_load_and_match_what_they_were_converted_from(trained, export_run):
+    student, _ = load_student(trained["out"])
+    ort, int8_ort = OnnxModel(export_run["ort"]), OnnxModel(export_run["int8 ort"])
+    assert all(diff < 1e-4 for _, _, diff, _ in parity(student, ort, sizes=((64, 64), (45, 77))))
+    int8 = OnnxModel(export_run["int8"])
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    assert (int8_ort(x).argmax(1) == int8(x).argmax(1)).float().mean() > 0.99
+    assert ort.metadata == OnnxModel(export_run["onnx"]).metadata  # kd, params, SYNTHETIC
+    assert int8_ort.metadata["int8"] == INT8_VARIANT
+    stdout = export_run["proc"].stdout
+    assert all(f"wrote {export_run[k]} (" in stdout for k in ("ort", "int8 ort"))
+    assert "int8 mobile argmax agreement with fp32 on 2 val images (SYNTHETIC data)" in stdout
+
+
+def test_a_truncated_mobile_file_is_one_clear_error(export_run, tmp_path):
+    cut = tmp_path / "cut.ort"
+    cut.write_bytes(export_run["ort"].read_bytes()[:5000])
+    with pytest.raises(UserError, match="cannot load .*cut.ort as an ONNX model"):
+        OnnxModel(cut)
+
+
+def test_int8_ready_rewrites_the_gates_and_means_without_changing_the_function(exported):
+    model = onnx.load(exported)
+    export.int8_ready(model)
+    ops = collections.Counter(node.op_type for node in model.graph.node)
+    assert ops["HardSigmoid"] == ops["ReduceMean"] == 0 and ops["GlobalAveragePool"] == 10
+    assert ops["Clip"] > 0
+    rewritten = exported.with_name("rewritten.onnx")
+    onnx.save_model(model, rewritten)
+    x = torch.randn(1, 3, 75, 64, generator=torch.Generator().manual_seed(1))
+    before, after = OnnxModel(exported)(x), OnnxModel(rewritten)(x)
+    assert (before - after).abs().max() < 1e-4
 
 
 def test_export_refuses_to_replace_an_onnx_file_without_asking(trained, tmp_path):
@@ -233,12 +274,19 @@ def stand_in_export(monkeypatch, parity_rows: list) -> None:
     monkeypatch.setattr(export, "parity", lambda student, model: parity_rows)
 
 
-def test_an_export_that_differs_from_pytorch_is_deleted(trained, tmp_path, monkeypatch):
+@pytest.mark.parametrize("old", [None, b"the good model of yesterday"])
+def test_an_export_that_differs_from_pytorch_is_refused_and_the_old_file_kept(
+    trained, tmp_path, monkeypatch, old
+):
     stand_in_export(monkeypatch, [(64, 64, 1.0, 1.0)])  # off by 1, far beyond the tolerance
     out = tmp_path / "s.onnx"
-    with pytest.raises(UserError, match=f"differs from PyTorch .*; {re.escape(str(out))} deleted"):
-        export.main(parse_args(["--checkpoint", str(trained["out"]), "--out", str(out)]))
-    assert list(tmp_path.iterdir()) == []
+    if old:
+        out.write_bytes(old)
+    argv = ["--checkpoint", str(trained["out"]), "--out", str(out), "--overwrite"]
+    with pytest.raises(UserError, match=f"differs from PyTorch .*; {re.escape(str(out))} not"):
+        export.main(parse_args(argv))
+    assert list(tmp_path.iterdir()) == ([out] if old else [])  # no temporary left either
+    assert not old or out.read_bytes() == old
 
 
 def test_the_printed_agreements_are_percentages_of_what_was_measured(

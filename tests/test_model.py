@@ -21,6 +21,7 @@ from model import (
     describe_layers,
     load_student,
     teacher_features,
+    with_decoder_bn_folded,
 )
 
 
@@ -63,6 +64,22 @@ def test_decoder_equals_its_docstring_formula_upsample_then_concatenate():
     with torch.inference_mode():
         want = block(fuse(torch.cat([up, skip], dim=1)))
         assert torch.allclose(decoder(deep, skip), want, atol=1e-5)
+
+
+def test_folding_the_decoder_batchnorm_keeps_the_logits_and_leaves_the_student_alone():
+    torch.manual_seed(0)
+    student = build_student()
+    for bn in (m for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        for t in (bn.weight, bn.bias, bn.running_mean):  # not the identity of a fresh BN
+            t.data.normal_(0, 0.3)
+        bn.running_var.data.uniform_(0.5, 2)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    folded = with_decoder_bn_folded(student)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.decoder[0])
+    x = torch.randn(1, 3, 97, 65)
+    with torch.inference_mode():
+        assert torch.allclose(folded(x), student.eval()(x), atol=1e-4)
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
 
 
 def test_teacher_taps_have_the_documented_channels_and_strides(teacher):

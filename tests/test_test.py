@@ -1,4 +1,4 @@
-"""test.py: evaluating checkpoints (.pth and .onnx), the KD comparison table, own photos, bad
+"""test.py: evaluating checkpoints (.pth, .onnx and .ort), the KD comparison table, own photos, bad
 input."""
 
 import json
@@ -220,9 +220,10 @@ def test_own_photos_give_masks_of_the_predicted_class_in_display_orientation(
     assert colours == {tuple(voc_palette()[3 * PERSON : 3 * PERSON + 3])}
 
 
-def test_test_py_on_the_onnx_export_scores_like_the_pth(trained, exported, fake_voc, tmp_path):
-    scores = {}
-    for path in (trained["out"], exported):
+def test_test_py_on_the_onnx_and_mobile_files_scores_like_the_pth(
+    trained, export_run, fake_voc, tmp_path
+):
+    for path in (trained["out"], export_run["onnx"], export_run["ort"]):
         proc = run_script(
             "test.py",
             "--checkpoint",
@@ -236,11 +237,14 @@ def test_test_py_on_the_onnx_export_scores_like_the_pth(trained, exported, fake_
             *FAST,
         )
         assert proc.returncode == 0, proc.stderr
-    for name in ("test_student_none.json", "test_student_none_onnx.json"):
-        scores[name] = json.loads((tmp_path / name).read_text())
-    pth, onnx = scores.values()
-    assert onnx["runtime"] == "onnxruntime" and pth["runtime"] == "pytorch"
-    assert onnx["miou"] == pytest.approx(pth["miou"], abs=1e-9) and onnx["params"] == pth["params"]
+    pth, onnx, ort = (
+        json.loads((tmp_path / f"test_student_none{end}.json").read_text())
+        for end in ("", "_onnx", "_ort")
+    )
+    assert onnx["runtime"] == ort["runtime"] == "onnxruntime" and pth["runtime"] == "pytorch"
+    for exported in (onnx, ort):
+        assert exported["miou"] == pytest.approx(pth["miou"], abs=1e-9)
+        assert exported["params"] == pth["params"] and exported["kd"] == "none"
 
 
 def test_comparison_table_names_each_kd_method():
