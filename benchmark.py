@@ -1,11 +1,13 @@
 """Size and speed, side by side in one process: the student, FCN-ResNet50 (the teacher) and
 torchvision's LR-ASPP MobileNetV3-Large (the reference compact model), each as deployed
-(eager PyTorch, eager channels_last, ONNX Runtime fp32 and, with --int8, int8), plus the
+(eager PyTorch, eager channels_last, ONNX Runtime fp32 and, with --int8, int8; with --mobile
+also ONNX Runtime's mobile format, .ort, of each ONNX row), plus the
 cost of one training step in each --kd mode, and with the cached teacher (--teacher-cache):
 one step, and the one-time cost per image of building the cache.
 
     python benchmark.py --device cpu              # writes outputs/benchmark.json (minutes on a CPU)
-    python benchmark.py --device cpu --int8       # + int8 ONNX rows
+    python benchmark.py --device cpu --int8       # + int8 ONNX rows (export.INT8_VARIANT)
+    python benchmark.py --device cpu --int8 --mobile   # + the .ort file of each ONNX row
     python benchmark.py --device cuda
 
 Random weights (speed does not depend on their values): no dataset and no download needed.
@@ -15,7 +17,10 @@ untimed call of its own (metrics.median_ms). "vs student" is a row's time over t
 student's. ONNX rows run on ONNX Runtime's CPU provider (the teacher has none:
 at 1 to 2 s a pass on our CPUs it would only lengthen the run). GFLOPs: counted by
 torch.utils.flop_counter.FlopCounterMode (2 per multiply-add of convolutions and matrix
-products). MB: the state dict as torch.save writes it, or the .onnx file.
+products). MB: the state dict as torch.save writes it, or the .onnx / .ort file. The .ort
+rows run the graph as converted for ARM phones (export.write_mobile), so on an x86 CPU they
+lack the x86-only layouts ONNX Runtime gives an .onnx at load: they show the file runs, not a
+phone's speed.
 """
 
 from cli import (
@@ -43,7 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
 from distill import KD_MODES, KDConfig, Trainee, teacher_outputs
-from export import OnnxModel, export_onnx, quantize_int8
+from export import INT8_VARIANT, OnnxModel, export_onnx, quantize_int8, write_mobile
 from files import check_output, write_json
 from lab import BENCHMARK_RESULT, OptimConfig, build_optimizer
 from metrics import device_name, median_ms, model_logits
@@ -75,6 +80,7 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
         help="crop of the timed training steps",
     )
     p.add_argument("--int8", action="store_true", help="add statically quantised ONNX rows")
+    p.add_argument("--mobile", action="store_true", help="add a .ort row for each ONNX row")
     p.add_argument(
         "--onnx",
         action=argparse.BooleanOptionalAction,
@@ -122,17 +128,22 @@ def deployed_variants(models: dict, args, device: torch.device, work: Path) -> d
         variants[name, "eager channels_last"] = (fast.eval(), mb)
         if not args.onnx or name == TEACHER:
             continue
-        path = work / f"{name.split()[0]}.onnx"
-        export_onnx(Logits(model).eval(), path, {"model": name})
-        variants[name, "onnxruntime fp32"] = (OnnxModel(path), path.stat().st_size / 1e6)
+        fp32 = work / f"{name.split()[0]}.onnx"
+        export_onnx(model.eval(), fp32, {"model": name})  # the student with its BN folded
+        files = {"fp32": fp32}
         if args.int8:
             calibration = [
                 np.random.randn(1, 3, args.size, args.size).astype(np.float32)
                 for _ in range(CALIBRATION_IMAGES)
             ]
-            int8 = work / f"{name.split()[0]}_int8.onnx"
-            quantize_int8(path, int8, calibration)
-            variants[name, "onnxruntime int8"] = (OnnxModel(int8), int8.stat().st_size / 1e6)
+            files["int8"] = work / f"{name.split()[0]}_int8.onnx"
+            quantize_int8(fp32, files["int8"], calibration)
+        if args.mobile:
+            for kind, path in list(files.items()):
+                files[f"{kind} .ort"] = path.with_suffix(".ort")
+                write_mobile(path, files[f"{kind} .ort"])
+        for kind, path in files.items():
+            variants[name, f"onnxruntime {kind}"] = (OnnxModel(path), path.stat().st_size / 1e6)
     return variants
 
 
@@ -215,14 +226,19 @@ def cache_build_ms(teacher, args, device: torch.device) -> float:
 def format_table(result: dict) -> str:
     lines = [
         f"inference: batch 1, {result['size']}x{result['size']}, {result['device_name']}",
-        f"{'model':26s} {'runtime':20s} {'params':>10s} {'GFLOPs':>7s} {'ms/image':>9s} "
+        f"{'model':26s} {'runtime':22s} {'params':>10s} {'GFLOPs':>7s} {'ms/image':>9s} "
         f"{'vs student':>10s} {'MB':>6s}",
     ]
     for r in result["models"]:
         lines.append(
-            f"{r['model']:26s} {r['runtime']:20s} {r['params']:>10,d} {r['gflops']:>7.2f} "
+            f"{r['model']:26s} {r['runtime']:22s} {r['params']:>10,d} {r['gflops']:>7.2f} "
             f"{r['ms_per_image']:>9.1f} {r['times_student']:>9.2f}x {r['mb']:>6.2f}"
         )
+    ms = {(r["model"], r["runtime"]): r["ms_per_image"] for r in result["models"]}
+    for model, runtime in ms:
+        if runtime == "onnxruntime int8":
+            speed = ms[model, "onnxruntime fp32"] / ms[model, runtime]
+            lines.append(f"  {model}: int8 at {speed:.2f}x fp32's speed ({result['int8_variant']})")
     lines.append(f"training step: batch {result['batch_size']}, crop {result['crop_size']}")
     for r in result["train_steps"]:
         lines.append(
@@ -258,6 +274,7 @@ def main(args: argparse.Namespace) -> None:
         "torch": torch.__version__,
         "date": datetime.date.today().isoformat(),
         "models": inference_rows(models, args, device),
+        "int8_variant": INT8_VARIANT if args.int8 else None,
     }
     result["train_steps"] = training_step_rows(student, teacher, args, device)
     result["cache_build_ms_per_image"] = cache_build_ms(teacher, args, device)
