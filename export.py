@@ -57,8 +57,8 @@ METADATA_KEY = "student"  # metadata_props entry holding export_onnx's metadata 
 # QLinearConcat, QLinearGlobalAveragePool); a Relu or Clip after one of them folds into its
 # output's range. Any other operation in between costs a conversion to float and back.
 INT8_OPS = ("Conv", "Add", "Mul", "Concat", "GlobalAveragePool", "Relu", "Clip")
-# The int8 recipe quantize_int8 applies by default, as benchmark.py's JSON and the int8 file's
-# metadata name it; docs/deployment.md compares it with the others tried.
+# The int8 recipe of quantize_int8, as benchmark.py's JSON and the int8 file's metadata name it
+# (docs/deployment.md#int8 says why each step).
 INT8_VARIANT = "qdq-u8s8-int8-ops-gates-rewritten-first-conv-float"
 
 
@@ -192,7 +192,8 @@ def int8_ready(model) -> None:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         axes = values.get(node.input[1]) if len(node.input) > 1 else None
         if node.op_type == "HardSigmoid":
-            x, y, scaled, shifted = node.input[0], node.output[0], f"{i}_scaled", f"{i}_shifted"
+            x, y = node.input[0], node.output[0]
+            scaled, shifted = f"int8_ready_{i}_scaled", f"int8_ready_{i}_shifted"
             nodes += [
                 onnx.helper.make_node("Mul", [x, constant(attrs.get("alpha", 0.2))], [scaled]),
                 onnx.helper.make_node("Add", [scaled, constant(attrs.get("beta", 0.5))], [shifted]),
@@ -217,16 +218,13 @@ def int8_ready(model) -> None:
     graph.initializer.extend(kept)
 
 
-def quantize_int8(
-    fp32: Path, out: Path, calibration: list, rewrite: bool = True, **quantizer
-) -> None:
+def quantize_int8(fp32: Path, out: Path, calibration: list) -> None:
     """Static int8 quantisation of an .onnx file, calibrated on `calibration` arrays, by the
     recipe INT8_VARIANT names: QDQ, uint8 activations and int8 weights per tensor (the fast
-    pair on x86 and ARM), only INT8_OPS, the graph made int8_ready first (`rewrite`), the
-    first convolution left in float (quantising it would convert the whole image, and the
-    image's shape, read for the output size, from int8 too). `quantizer` overrides
-    quantize_static's arguments (dev/int8_variants.py compares recipes). ONNX Runtime's
-    quantiser keeps the fp32 file's metadata; the recipe's name is added to it."""
+    pair on x86 and ARM), only INT8_OPS, the graph made int8_ready first, the first
+    convolution left in float (quantising it would convert the whole image, and the image's
+    shape, read for the output size, from int8 too). ONNX Runtime's quantiser keeps the fp32
+    file's metadata; the recipe's name is added to it."""
     q, onnx = require("onnxruntime.quantization"), require("onnx")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -243,17 +241,18 @@ def quantize_int8(
         # Symbolic shape inference cannot follow the dynamic H and W; ONNX's own inference can.
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         model = onnx.load(str(pre))
-        if rewrite:
-            int8_ready(model)
+        int8_ready(model)
         first_conv = next(n.name for n in model.graph.node if n.op_type == "Conv")
-        options = dict(
+        q.quantize_static(
+            model,
+            str(tmp),
+            Reader(),
             quant_format=q.QuantFormat.QDQ,
             activation_type=q.QuantType.QUInt8,
             weight_type=q.QuantType.QInt8,
             op_types_to_quantize=list(INT8_OPS),
             nodes_to_exclude=[first_conv],
         )
-        q.quantize_static(model, str(tmp), Reader(), **{**options, **quantizer})
         quantized = onnx.load(str(tmp))
         props = {p.key: p.value for p in quantized.metadata_props}
         metadata = {**json.loads(props.get(METADATA_KEY, "{}")), "int8": INT8_VARIANT}
