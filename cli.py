@@ -18,12 +18,14 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
 WEIGHTS_DIR, OUTPUTS_DIR = "weights", "outputs"  # where the lab's scripts write by default
+CLOSED_OUTPUT = "the standard output was closed (its reader, such as | head, went away)"
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130  # 130 = 128 + SIGINT, what shells report for Ctrl+C
 # More loader processes than cores only contend for them (and PyTorch warns about it).
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
@@ -38,7 +40,7 @@ def run(main: Callable, parse_args: Callable) -> None:
     `error: ...` line and exit 1; Ctrl+C one `interrupted` line (with what was saved, when
     main says so in the KeyboardInterrupt) and exit 130. SIGTERM and SIGHUP (a `kill`, a
     closed terminal) are handled as Ctrl+C is, so that every temporary file is removed on the
-    way out; a closed pipe (`| head`) ends the output quietly."""
+    way out; a closed pipe (`| head`) stops the script with one line on stderr saying so."""
     args = parse_args()
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupt)
@@ -52,6 +54,7 @@ def run(main: Callable, parse_args: Callable) -> None:
         sys.exit(EXIT_INTERRUPTED)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        print(f"stopped: {CLOSED_OUTPUT}", file=sys.stderr)
         sys.exit(EXIT_ERROR)
 
 
@@ -123,6 +126,18 @@ def path_arg(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return text
+
+
+def file_path(suffix: str) -> Callable:
+    """An argparse type for the path of a file the script writes in one format: a path_arg
+    ending in `suffix` (a checkpoint under an .onnx name would mislead whoever reads it)."""
+
+    def check(text: str) -> str:
+        if Path(path_arg(text)).suffix != suffix:
+            raise argparse.ArgumentTypeError(f"{text} must end in {suffix}")
+        return text
+
+    return check
 
 
 positive_float, non_negative_float = number(float, 0, strict=True), number(float, 0)

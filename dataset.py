@@ -166,6 +166,25 @@ def check_pair(image: Image.Image, mask: Image.Image, name: str) -> None:
         )
 
 
+def unreadable(name: str | Path, error: Exception) -> UserError:
+    """The one line for an image or mask that cannot be read (damaged, truncated, a
+    decompression bomb: PIL, scipy and the OS raise many unrelated types)."""
+    detail = str(error).splitlines()[0] if str(error) else ""
+    return UserError(
+        f"{name}: cannot read it or its mask ({type(error).__name__}: {detail}); re-extract "
+        "the dataset or run python dataset.py --check"
+    )
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """The image at `path` read whole as RGB, or the UserError of a damaged file."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as e:  # as in CheckedPairs
+        raise unreadable(path, e) from None
+
+
 class CheckedPairs(Dataset):
     """A torchvision VOC or SBD dataset whose every (image, mask) is read and checked
     (check_pair) before `transforms`, so that a damaged file is one clear error naming it."""
@@ -182,11 +201,7 @@ class CheckedPairs(Dataset):
             image, mask = self.base[index]
             mask.load()
         except Exception as e:  # PIL, scipy and the OS raise many unrelated types
-            raise UserError(
-                f"{name}: cannot read it or its mask ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}); re-extract the "
-                "dataset or run python dataset.py --check"
-            ) from None
+            raise unreadable(name, e) from None
         check_pair(image, mask, name)
         return self.transforms(image, mask) if self.transforms else (image, mask)
 

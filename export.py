@@ -26,7 +26,7 @@ onnxruntime.tools.convert_onnx_models_to_ort with the optimisations fixed for AR
 back and checks it as the .onnx is checked.
 """
 
-from cli import UserError, add_data_root, number, parser, path_arg, run
+from cli import UserError, add_data_root, file_path, number, parser, path_arg, run
 
 import argparse
 import collections
@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from dataset import EvalTransform, voc_dataset
+from distill import KD_MODES
 from files import atomic_path, check_output
 from model import TEACHER_RESIZE, Student, count_params, load_student, with_decoder_bn_folded
 from voc import is_synthetic
@@ -53,6 +54,7 @@ PARITY_SIZES = ((TEACHER_RESIZE, TEACHER_RESIZE), (333, 500), (97, 65))
 TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| of the logits: float32 rounding, not a bug
 INPUT, OUTPUT = "image", "logits"
 METADATA_KEY = "student"  # metadata_props entry holding export_onnx's metadata as JSON
+UNKNOWN_KD = "?"  # the kd of a checkpoint that does not record its training flags
 # What ONNX Runtime's CPU kernels run in int8 (QLinearConv, QLinearAdd, QLinearMul,
 # QLinearConcat, QLinearGlobalAveragePool); a Relu or Clip after one of them folds into its
 # output's range. Any other operation in between costs a conversion to float and back.
@@ -121,6 +123,14 @@ class OnnxModel:
                 f"{path} is not a segmentation model of export.py (its input is not "
                 f"{INPUT!r} or it has no {OUTPUT!r} output)"
             )
+        image = inputs[0]
+        if image.type != "tensor(float)":
+            raise UserError(f"{path}: its {INPUT!r} input is a {image.type}, not float32")
+        if len(image.shape) != 4 or any(isinstance(d, int) for d in image.shape[2:]):
+            raise UserError(
+                f"{path}: its {INPUT!r} input is {image.shape}, not N x 3 x H x W with H and W "
+                "free (export.py's dynamic axes): it cannot take images of every size"
+            )
         shape = next(o.shape for o in outputs if o.name == OUTPUT)  # [] when the file is silent
         if shape and len(shape) != 4:
             raise UserError(f"{path}: its {OUTPUT!r} output has {len(shape)} dimensions, not 4")
@@ -136,7 +146,17 @@ class OnnxModel:
         self.path = Path(path)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """N x 3 x H x W -> N x C x H x W logits; a UserError for logits of another size."""
         logits = self.session.run([OUTPUT], {INPUT: images.float().cpu().numpy()})[0]
+        if (
+            logits.ndim != 4
+            or logits.shape[0] != len(images)
+            or logits.shape[2:] != images.shape[2:]
+        ):
+            raise UserError(
+                f"{self.path}: for a {tuple(images.shape)} input its logits are "
+                f"{logits.shape}, not N x C x H x W at the input's size"
+            )
         return torch.from_numpy(logits).to(images.device)
 
     def eval(self):
@@ -144,6 +164,21 @@ class OnnxModel:
 
     def to(self, *args, **kwargs):
         return self
+
+
+def student_metadata(model: OnnxModel) -> dict:
+    """The metadata export_onnx wrote into the file (kd one of KD_MODES or UNKNOWN_KD, params
+    a count, synthetic a bool when present), or a UserError: a foreign file's claims are never
+    reported as a student's."""
+    info, path = model.metadata, model.path
+    params = info.get("params")
+    if not isinstance(params, int) or isinstance(params, bool) or params < 0:
+        raise UserError(f"{path}: no student metadata (kd, params): not written by export.py")
+    if info.get("kd") not in (*KD_MODES, UNKNOWN_KD):
+        raise UserError(f"{path}: its metadata names --kd {info.get('kd')!r}, not one of the lab's")
+    if not isinstance(info.get("synthetic", False), bool):
+        raise UserError(f"{path}: its metadata's 'synthetic' is not true or false")
+    return info
 
 
 def parity(student: torch.nn.Module, model: OnnxModel, sizes=PARITY_SIZES) -> list:
@@ -310,7 +345,9 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
         help="a student checkpoint written by train.py",
     )
     p.add_argument(
-        "--out", type=path_arg, help="the .onnx file; none given: the checkpoint's path as .onnx"
+        "--out",
+        type=file_path(".onnx"),
+        help="the .onnx file; none given: the checkpoint's path as .onnx",
     )
     p.add_argument(
         "--int8", action="store_true", help="also write <out stem>_int8.onnx, statically quantised"
@@ -330,8 +367,6 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     args = p.parse_args(argv)
     args.out = args.out or str(Path(args.checkpoint).with_suffix(".onnx"))
-    if Path(args.out).suffix != ".onnx":
-        p.error(f"argument --out: {args.out} must end in .onnx")
     return args
 
 
@@ -356,7 +391,7 @@ def main(args: argparse.Namespace) -> None:
     calibration = images(args.data_root, "train", args.calib) if args.int8 else None
     held_out = images(args.data_root, "val", args.calib) if args.int8 else None
     metadata = {
-        "kd": str(ckpt.get("args", {}).get("kd")),
+        "kd": str(ckpt.get("args", {}).get("kd", UNKNOWN_KD)),
         "params": count_params(student),
         "synthetic": bool(ckpt.get("synthetic")),
         "epoch": ckpt.get("epoch"),

@@ -37,6 +37,8 @@ def check_output(path: str | Path, folder: bool = False) -> Path:
             f"{path} is {'a file' if folder else 'a folder'}; "
             f"give the path of a {'folder' if folder else 'file'}"
         )
+    if path.exists() and not (folder or path.is_file()):  # renaming over it would replace it
+        raise UserError(f"{path} is not a regular file (a device, a pipe?); give a file's path")
     directory = path if folder else path.parent
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -49,20 +51,19 @@ def check_output(path: str | Path, folder: bool = False) -> Path:
     return path
 
 
-def check_run_outputs(
-    best: str | Path, last: Path, folder: str | Path, cache: str | None, replaces: bool
-) -> None:
-    """Before a training run: refuse to replace its checkpoints unless `replaces` (--resume,
-    --overwrite), and fail now on an output that cannot be written, not after the first
-    epoch: the checkpoints, the folder of the log and plot, where a teacher cache will go."""
-    if not replaces and (Path(best).exists() or last.exists()):
+def check_run_outputs(outputs: list, cache: str | None, replaces: bool) -> None:
+    """Before a training run: refuse to replace any of its `outputs` (checkpoints, log, plot)
+    unless `replaces` (--resume, --overwrite): a log of the same name may be another run's,
+    from another --out folder. Fail now on an output that cannot be written, not after the
+    first epoch, and on the folder where a teacher cache will go."""
+    found = [str(path) for path in outputs if Path(path).exists()]
+    if found and not replaces:
         raise UserError(
-            f"{best} or {last} already exists; use --resume to continue it or "
-            "--overwrite to start over"
+            f"{', '.join(found)} already exist(s); use --resume to continue that run or "
+            "--overwrite to start over (or another --out or --out-dir)"
         )
-    for path in (best, last):
+    for path in outputs:
         check_output(path)
-    check_output(folder, folder=True)
     if cache is not None and not Path(cache).exists():
         check_output(Path(cache).parent, folder=True)  # where it will be built
 
@@ -99,7 +100,8 @@ def exclusive(path: str | Path) -> Iterator[None]:
             if owner is not None:
                 raise UserError(
                     f"another run (process {owner}) is writing these outputs ({path}); wait "
-                    "for it to end, or choose other output paths"
+                    "for it to end, or choose other output paths. If no run of the lab is "
+                    f"writing there (process {owner} may be another program), delete {path}"
                 ) from None
             path.unlink(missing_ok=True)
         except OSError as e:
@@ -150,6 +152,48 @@ def write_csv(rows: list, path: str | Path) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_text(text.getvalue(), path)
+
+
+# ----------------------------------------------------------------------------- results read back
+
+NUMBER = (int, float)
+# Entries that are fractions from 0 to 1 (a number, or a list of numbers and nulls, as the
+# per-class IoU where a class is absent); every other number of a lab's result is at least 0.
+FRACTIONS = {"miou", "pixel_acc", "iou", "best_miou", "val_miou"}
+
+
+def mismatch(data, schema: dict) -> str | None:
+    """None when `data` is a dict whose every key of `schema` ({key: type}) holds a value of
+    its type (bool is not a number), its numbers finite and at least 0, at most 1 under a
+    FRACTIONS key; else what is wrong, for the first key that is not so."""
+    if not isinstance(data, dict):
+        return f"a {type(data).__name__}, not an object"
+    for key, kind in schema.items():
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            return f"entry {key!r} missing or of the wrong type"
+        high = 1 if key in FRACTIONS else math.inf
+        numbers = value if isinstance(value, list) and key in FRACTIONS else [value]
+        for x in [x for x in numbers if x is not None]:
+            if not isinstance(x, NUMBER) or isinstance(x, bool):
+                if isinstance(value, list) and key in FRACTIONS:
+                    return f"entry {key!r} holds {x!r}, not a number"
+                continue
+            if not (math.isfinite(x) and 0 <= x <= high):
+                return f"entry {key!r} is {x!r}, not a number from 0 to {high}"
+    return None
+
+
+def read_json(path: str | Path, schema: dict) -> dict:
+    """The JSON object at `path` whose entries match `schema` (mismatch), or a UserError."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e})") from None
+    problem = mismatch(data, schema)
+    if problem:
+        raise UserError(f"{path}: not what the lab's commands write ({problem})")
+    return data
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -273,12 +317,35 @@ def save_epoch(ckpt: dict, best: Path, last: Path, log: Path) -> None:
         save_file(ckpt, best)
 
 
-def resume(last: Path, flags: dict, fixed: dict, trainee: nn.Module, optimizer, scaler) -> list:
+def resume(
+    best: Path,
+    last: Path,
+    flags: dict,
+    fixed: dict,
+    synthetic: bool,
+    trainee: nn.Module,
+    optimizer,
+    scaler,
+) -> list:
     """Load the last checkpoint's state into the trainee (student, adapters), optimizer and
     scaler; returns its history. `fixed` maps each flag a resume may not change to its default:
     a run whose value differs from the checkpoint's is refused, listing them (a flag the
-    checkpoint does not record, added to train.py after it was written, counts as its default)."""
+    checkpoint does not record, added to train.py after it was written, counts as its default).
+    A run on SYNTHETIC data never continues one on real data, or the reverse (`synthetic`:
+    whether this run's data is). The best checkpoint must still be there: without it the run
+    would end with none, or with one that is not its best epoch."""
+    if not best.is_file():
+        raise UserError(
+            f"{best}, the best epoch's checkpoint, is missing: put it back to resume, or "
+            "start over with --overwrite"
+        )
     ckpt = read_checkpoint(last, "checkpoint to resume")
+    if ckpt.get("synthetic", False) != synthetic:
+        kinds = ("real", "SYNTHETIC") if synthetic else ("SYNTHETIC", "real")
+        raise UserError(
+            f"{last} was trained on {kinds[0]} data and --data-root holds {kinds[1]} data: one "
+            "history would mix them; resume on the run's own data, or start over with --overwrite"
+        )
     missing = [k for k in ("args", "history", "optimizer", "scaler") if k not in ckpt]
     if missing or not isinstance(ckpt["optimizer"], dict) or not isinstance(ckpt["scaler"], dict):
         raise UserError(f"{last} cannot be resumed: no {', '.join(missing) or 'optimizer state'}")

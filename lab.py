@@ -47,6 +47,11 @@ def curves_path(out: str | Path, out_dir: str | Path) -> Path:
     return Path(out_dir) / f"{Path(out).stem}_curves.png"
 
 
+def history_paths(out: str | Path, out_dir: str | Path) -> tuple:
+    """(the CSV log, the curves' plot) of the run whose best checkpoint is `out`."""
+    return log_path(out, out_dir), curves_path(out, out_dir)
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     """The optimizer of train.py (its flags' defaults) and of benchmark.py's timed steps."""

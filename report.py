@@ -15,15 +15,15 @@ from cli import OUTPUTS_DIR, WEIGHTS_DIR, UserError, parser, path_arg, run
 import argparse
 import datetime
 import inspect
-import json
 from pathlib import Path
 
 import torch
 
 import distill
+import files
 import model
 from distill import KD_MODES
-from files import check_output, read_checkpoint, write_text
+from files import NUMBER, check_output, mismatch, read_checkpoint, write_text
 from lab import (
     BENCHMARK_RESULT,
     COMPARISON,
@@ -67,7 +67,6 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-NUMBER = (int, float)
 STEP1_KEYS = {
     "miou": NUMBER,
     "iou": list,
@@ -103,18 +102,6 @@ BENCH_STEP_KEYS = {"kd": str, "ms_per_step": NUMBER, "overhead_vs_none": NUMBER}
 HISTORY_KEYS = {"epoch_time_s": NUMBER}
 
 
-def mismatch(data, schema: dict) -> str | None:
-    """None when `data` is a dict whose every key of `schema` holds a value of its type (bool
-    is not a number); else the first key that does not."""
-    if not isinstance(data, dict):
-        return f"a {type(data).__name__}, not an object"
-    for key, kind in schema.items():
-        value = data.get(key)
-        if isinstance(value, bool) or not isinstance(value, kind):
-            return f"entry {key!r} missing or of the wrong type"
-    return None
-
-
 def own_file(path: Path, outputs: Path, missing: list) -> bool:
     """`path` exists and is a file of this tree: a link is never followed (it could point at
     any file of the machine, which the report and the zip would then copy)."""
@@ -125,22 +112,18 @@ def own_file(path: Path, outputs: Path, missing: list) -> bool:
 
 
 def read_json(path: Path, schema: dict, missing: list) -> dict | None:
-    """The JSON object at `path` matching `schema` ({key: type}); else None, with the reason
-    added to `missing` (absent, a link, unreadable, or not what a command of the lab writes)."""
+    """The JSON object at `path` matching `schema` (files.read_json); else None, with the
+    reason added to `missing` (absent, a link, unreadable, or not what a command of the lab
+    writes)."""
     if not own_file(path, path.parent, missing):
         if not path.is_symlink():
             missing.append(f"`{path}`")
         return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        missing.append(f"`{path}`: unreadable ({e})")
+        return files.read_json(path, schema)
+    except UserError as e:
+        missing.append(f"`{path}`{str(e).removeprefix(str(path))}")
         return None
-    problem = mismatch(data, schema)
-    if problem:
-        missing.append(f"`{path}`: not what the lab's commands write ({problem})")
-        return None
-    return data
 
 
 def read_bench(path: Path, missing: list) -> dict | None:

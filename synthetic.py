@@ -22,7 +22,6 @@ from voc import (
     SBD,
     SYNTHETIC_MARKER,
     VOC,
-    is_synthetic,
     voc_palette,
 )
 
@@ -61,8 +60,8 @@ def make_fake_voc(
     a SYNTHETIC SBD tree beside it (make_fake_sbd). Refuses any VOC or SBD tree, even a
     partial one, that it did not make."""
     voc = Path(data_root) / VOC.subdir
-    for tree in (voc, Path(data_root) / SBD.subdir):
-        if tree.exists() and not is_synthetic(data_root):
+    for tree in (voc, Path(data_root) / SBD.subdir):  # each tree holds its own marker
+        if tree.exists() and not (tree / SYNTHETIC_MARKER).exists():
             raise UserError(
                 f"{tree} holds data that --fake-voc did not make; choose another "
                 "folder for --fake-voc"
@@ -111,6 +110,9 @@ def make_fake_sbd(
     sbd = Path(data_root) / SBD.subdir
     for sub in ("img", "cls"):
         (sbd / sub).mkdir(parents=True, exist_ok=True)
+    (sbd / SYNTHETIC_MARKER).write_text(
+        "SYNTHETIC SBD made by `dataset.py --fake-voc --with-sbd`\n"
+    )
     new = [f"fake_sbd_{i:06d}" for i in range(num_images)]
     for name in new + [voc_train_id, voc_val_id]:
         image, mask = fake_sample(rng, void_edges=False)

@@ -26,6 +26,7 @@ from cli import UserError
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -39,11 +40,15 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from dataset import EvalTransform, RandomScaleCropFlip, image_path
+from dataset import EvalTransform, RandomScaleCropFlip, image_path, read_image
+from files import mismatch
 from model import TEACHER_RESIZE, teacher_features
+from voc import NUM_CLASSES
 
 FORMAT = 1  # of index.json; a cache of another format is refused
 LOGITS, INDEX = "logits.f16", "index.json"  # raw float16 values; their layout
+INDEX_KEYS = {"format": int, "teacher": str, "resize": int, "values": int, "images": list}
+ENTRY_KEYS = {"name": str, "sha1": str, "size": list, "shape": list, "offset": int}
 
 
 def file_sha1(path: str | Path) -> str:
@@ -146,6 +151,53 @@ def image_files(dataset: Indexed) -> list:
     return [image_path(dataset.dataset, i) for i in range(len(dataset))]
 
 
+def map_shape(size: list) -> list:
+    """[C, h, w] of the stored map of an image of size [H, W]: the teacher's stride-8 logits
+    of the image resized so its shorter side is TEACHER_RESIZE (up to a pixel of rounding)."""
+    scale = TEACHER_RESIZE / min(size)
+    return [NUM_CLASSES, *(math.ceil(side * scale / 8) for side in size)]
+
+
+def index_problem(index) -> str | None:
+    """What is wrong with an index.json's content, or None: every key of INDEX_KEYS and of
+    each image's ENTRY_KEYS of its type; sizes two positive ints; each map's shape that of
+    its image's size (map_shape, within a pixel); the maps one after another from offset 0,
+    `values` in all."""
+    problem = mismatch(index, INDEX_KEYS)
+    if problem:
+        return problem
+    offset = 0
+    for i, entry in enumerate(index["images"]):
+        problem = mismatch(entry, ENTRY_KEYS)
+        if problem:
+            return f"image {i}: {problem}"
+        size, shape = entry["size"], entry["shape"]
+        if len(size) != 2 or not all(type(v) is int and v > 0 for v in size):
+            return f"image {i}: its size {size} is not [height, width]"
+        expected = map_shape(size)
+        if (
+            len(shape) != 3
+            or not all(type(v) is int for v in shape)
+            or shape[0] != expected[0]
+            or any(abs(a - b) > 1 for a, b in zip(shape[1:], expected[1:]))
+        ):
+            return f"image {i}: its map's shape {shape} is not that of a {size} image"
+        if entry["offset"] != offset:
+            return f"image {i}: its offset {entry['offset']} is not {offset}"
+        offset += math.prod(shape)
+    return (
+        None
+        if offset == index["values"]
+        else f"the maps hold {offset} values, not {index['values']}"
+    )
+
+
+def image_size(path: str | Path) -> list:
+    """[height, width] of an image file, from its header alone."""
+    with Image.open(path) as image:
+        return [image.height, image.width]
+
+
 class TeacherCache:
     """A built cache, validated against the teacher and the training images."""
 
@@ -172,13 +224,19 @@ class TeacherCache:
             raise UserError(f"--teacher-cache {directory} is not a folder")
         try:
             index = json.loads((directory / INDEX).read_text())
-            total = int(index["values"])
             size = (directory / LOGITS).stat().st_size
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError) as e:
             raise UserError(
                 f"teacher cache {directory}: cannot read {INDEX} or {LOGITS} ({e}); "
                 f"delete {directory} to rebuild it"
             ) from None
+        problem = index_problem(index)
+        if problem:
+            raise UserError(
+                f"teacher cache {directory}: its {INDEX} is damaged ({problem}); delete "
+                f"{directory} to rebuild it"
+            )
+        total = index["values"]
         if size != 2 * total or total == 0:
             raise UserError(
                 f"teacher cache {directory}: {directory / LOGITS} is damaged ({size:,d} bytes, "
@@ -211,6 +269,11 @@ class TeacherCache:
                 raise UserError(
                     f"teacher cache {self.directory}: {path} changed since the cache was "
                     f"made; {rebuild}"
+                )
+            if entry["size"] != image_size(path):
+                raise UserError(
+                    f"teacher cache {self.directory}: {INDEX} gives {path} the size "
+                    f"{entry['size']}, the file is {image_size(path)}; {rebuild}"
                 )
 
     def stored(self, i: int) -> torch.Tensor:
@@ -252,9 +315,9 @@ def build(
         tmp.mkdir(parents=True)
         with open(tmp / LOGITS, "wb") as out:
             for path in tqdm(images, desc="teacher cache", unit="image"):
-                with Image.open(path) as photo:
-                    size = [photo.height, photo.width]
-                    x, _ = transform(photo.convert("RGB"), Image.new("L", photo.size))
+                photo = read_image(path)  # a damaged image is named as the dataset names it
+                size = [photo.height, photo.width]
+                x, _ = transform(photo, Image.new("L", photo.size))
                 logits = teacher_stride8_logits(teacher, x[None].to(device))[0].half().cpu()
                 out.write(logits.numpy().tobytes())
                 entries.append(
@@ -275,7 +338,8 @@ def build(
             "images": entries,
         }
         (tmp / INDEX).write_text(json.dumps(index))
-        os.replace(tmp, directory)
+        if not rename_unless_built(tmp, directory):
+            return
     except OSError as e:
         raise UserError(f"cannot write the teacher cache {directory}: {e.strerror or e}") from None
     finally:
@@ -286,3 +350,16 @@ def build(
         f"teacher cache: {len(images)} images, {mb:.1f} MB on disk, built in {seconds:.1f} s "
         f"({1000 * seconds / len(images):.0f} ms per image) -> {directory}"
     )
+
+
+def rename_unless_built(tmp: Path, directory: Path) -> bool:
+    """Rename the built `tmp` to `directory`; False, leaving `tmp`, when another run built
+    `directory` meanwhile (two runs on one cache): its cache is used, and checked, instead."""
+    try:
+        os.replace(tmp, directory)
+    except OSError:
+        if not (directory / INDEX).is_file():
+            raise
+        print(f"teacher cache: another run built {directory} meanwhile; using it")
+        return False
+    return True

@@ -22,7 +22,6 @@ checkpoint was trained on synthetic data.
 from cli import UserError, add_eval_args, parser, path_arg, resolve_device, run
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -32,8 +31,8 @@ from PIL import Image, ImageOps
 
 from dataset import eval_loader, normalize
 from distill import KD_MODES
-from export import OnnxModel
-from files import check_output, write_json, write_text
+from export import UNKNOWN_KD, OnnxModel, student_metadata
+from files import NUMBER, check_output, read_json, write_json, write_text
 from lab import COMPARISON, OVERLAYS, PHOTOS, STEP1_RESULT, save_overlays
 from metrics import format_report, measure, model_logits, ms_per_image
 from model import TEACHER_RESIZE, count_params, load_student
@@ -81,16 +80,14 @@ def load_model(path: str, device: torch.device) -> tuple:
     Eager models run channels_last on the CPU, which benchmark.py measures faster there."""
     if Path(path).suffix in ONNX_RUNTIME_FILES:
         model = OnnxModel(path, cuda=device.type == "cuda")
-        info = model.metadata
-        if not isinstance(info.get("params"), int) or not isinstance(info.get("kd"), str):
-            raise UserError(f"{path}: no student metadata (kd, params): not written by export.py")
+        info = student_metadata(model)
         if model.classes not in (NUM_CLASSES, None):
             raise UserError(f"{path} outputs {model.classes} classes, not VOC's {NUM_CLASSES}")
     else:
         model, ckpt = load_student(path)
         model.to(device, memory_format=torch.channels_last if device.type == "cpu" else None)
         info = {
-            "kd": str(ckpt.get("args", {}).get("kd", "?")),
+            "kd": str(ckpt.get("args", {}).get("kd", UNKNOWN_KD)),
             "epoch": ckpt.get("epoch"),
             "synthetic": bool(ckpt.get("synthetic")),
             "params": count_params(model),
@@ -108,7 +105,7 @@ def evaluate_checkpoint(path: str, loaded: tuple, loader, device, args, ms=None)
     predictions = result.pop("predictions")
     result.update(
         model="student",
-        kd=info.get("kd", "?"),
+        kd=info.get("kd", UNKNOWN_KD),
         checkpoint=str(path),
         epoch=info.get("epoch"),
         split=args.split,
@@ -187,10 +184,14 @@ def predict_photo(model, image: Image.Image, device: torch.device) -> np.ndarray
 def segment_images(model, paths: list, device, out: Path, checkpoint: str, synthetic: bool) -> int:
     """Write <name>_<ext>_mask.png and _overlay.png for each photo (the extension in the name,
     so that a.jpg and a.png never overwrite each other; a name met again, from another folder
-    or as x.JPG beside x.jpg, gets _2, _3, ...); report and skip unreadable ones.
+    or as x.JPG beside x.jpg, gets _2, _3, ...); report and skip unreadable ones, and those
+    in `out` (its own outputs).
     Returns how many were segmented."""
     done, taken = 0, set()
     for path in image_files(paths):
+        if path.resolve().is_relative_to(out.resolve()):  # a rerun would segment its own masks
+            print(f"skipped {path}: written by test.py into {out}", file=sys.stderr)
+            continue
         try:
             image = read_photo(path)
         except UserError as e:
@@ -254,27 +255,25 @@ def comparison_markdown(results: list, teacher: dict | None, failures: list) -> 
     return "\n".join(lines) + "\n"
 
 
+# What the comparison table takes from Step 1's result.
+TEACHER_KEYS = {
+    "miou": NUMBER,
+    "params": int,
+    "ms_per_image": NUMBER,
+    "input_size": int,
+    "num_images": int,
+    "device_name": str,
+}
+
+
 def read_teacher(path: Path) -> tuple:
     """(Step 1's result or None, [a note when it exists but cannot be used])."""
     if not path.exists():
         return None, []
     try:
-        teacher = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        return None, [f"{path}: {e}"]
-    types = {
-        "miou": float,
-        "params": int,
-        "ms_per_image": float,
-        "input_size": int,
-        "num_images": int,
-        "device_name": str,
-    }
-    if not isinstance(teacher, dict) or not all(
-        isinstance(teacher.get(k), (int, t) if t is float else t) for k, t in types.items()
-    ):
-        return None, [f"{path}: not a result of test_pretrained.py (keys {', '.join(types)})"]
-    return teacher, []
+        return read_json(path, TEACHER_KEYS), []
+    except UserError as e:
+        return None, [str(e)]
 
 
 def compare(args: argparse.Namespace, loader, device: torch.device) -> None:

@@ -25,6 +25,7 @@ from cli import (
     add_data_root,
     add_device,
     add_num_workers,
+    file_path,
     non_negative_float,
     number,
     parser,
@@ -50,20 +51,12 @@ import distributed
 from dataset import eval_loader, train_aug_dataset, train_transforms, training_loader, voc_dataset
 from distill import KD_MODES, KDConfig, Trainee, teacher_outputs
 from files import check_run_outputs, exclusive, resume, save_epoch, training_state
-from lab import (
-    OPTIMIZERS,
-    OptimConfig,
-    build_optimizer,
-    curves_path,
-    last_path,
-    log_path,
-    student_path,
-)
+from lab import OPTIMIZERS, OptimConfig, build_optimizer, history_paths, last_path, student_path
 from metrics import evaluate
 from model import STUDENT_TAPS, StudentConfig, build_student, build_teacher
 from teacher_cache import TeacherCache, image_files, with_crop_boxes
 from visualize import plot_history
-from voc import SYNTHETIC_NOTE, is_synthetic
+from voc import IGNORE_INDEX, SYNTHETIC_NOTE, is_synthetic
 
 POLY_POWER = 0.9  # lr = base * (1 - step / total)^0.9, DeepLab's "poly" schedule
 # Flags a --resume may change: they do not change what the saved state means.
@@ -75,8 +68,8 @@ DEFAULT_OPTIM = OptimConfig()
 
 
 def main(args: argparse.Namespace) -> None:
-    replaces = args.resume or args.overwrite
-    check_run_outputs(args.out, last_path(args.out), args.out_dir, args.teacher_cache, replaces)
+    outputs = [args.out, last_path(args.out), *history_paths(args.out, args.out_dir)]
+    check_run_outputs(outputs, args.teacher_cache, args.resume or args.overwrite)
     # One run at a time per output: a second one would silently replace the first's files.
     lock = exclusive(f"{args.out}.lock") if distributed.first_launched() else None
     with lock or contextlib.nullcontext():
@@ -110,12 +103,12 @@ def train(args: argparse.Namespace) -> None:
             row |= validate(model_without_ddp.student, val_loader, device, epoch)
             row["epoch_time_s"] = time.perf_counter() - start
             history.append(row)
-            if distributed.is_main():
-                print_epoch(row, synthetic)
+            if distributed.is_main():  # saved before printed: a closed stdout loses nothing
                 state = training_state(
                     model_without_ddp, optimizer, scaler, vars(args), history, synthetic
                 )
                 save_outputs(args, state, f"student, --kd {args.kd} ({tag})")
+                print_epoch(row, synthetic)
     except KeyboardInterrupt:
         # The last completed epoch is on disk already; the interrupted one is dropped, so that
         # --resume redoes it from exactly the state an uninterrupted run started it from.
@@ -132,7 +125,7 @@ def train_one_epoch(model, teacher_forward, loader, optimizer, scheduler, scaler
     shows the running loss and the lr of the step just taken. A batch is (images, masks) and,
     under --teacher-cache, each crop's box and image index, which teacher_forward reads."""
     model.train()
-    sums, steps = {}, 0
+    sums, steps, labelled = {}, 0, 0
     bar = tqdm(loader, desc=desc, dynamic_ncols=True, disable=not distributed.is_main())
     for images, masks, *crops in bar:
         images = images.to(device, non_blocking=True)
@@ -148,9 +141,12 @@ def train_one_epoch(model, teacher_forward, loader, optimizer, scheduler, scaler
         scaler.update()
         scheduler.step()
         steps += 1
+        labelled += (masks != IGNORE_INDEX).sum()  # on the device: no sync per step
         for name, value in {"loss": loss.detach(), **terms}.items():
             sums[name] = sums.get(name, 0.0) + value  # on the device: no sync per term
         bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}", lr=f"{lr:.2e}")
+    if distributed.total(torch.as_tensor(labelled, dtype=torch.float, device=device)).item() == 0:
+        raise UserError(f"every training crop of {desc} is all void (255): no class to learn")
     means = distributed.mean(torch.stack(list(sums.values())) / steps)
     return {f"train_{name}": value for name, value in zip(sums, means.tolist())}
 
@@ -238,7 +234,8 @@ def resumed_history(args: argparse.Namespace, trainee: Trainee, optimizer, scale
     """The history of the run --resume continues, its state loaded (files.resume); a flag
     outside RESUMABLE must be the checkpoint's."""
     fixed = {k: v for k, v in vars(parse_args([])).items() if k not in RESUMABLE}
-    history = resume(last_path(args.out), vars(args), fixed, trainee, optimizer, scaler)
+    checks = (vars(args), fixed, is_synthetic(args.data_root))
+    history = resume(Path(args.out), last_path(args.out), *checks, trainee, optimizer, scaler)
     if distributed.is_main():
         print(f"resuming {last_path(args.out)} after epoch {len(history)}")
     return history
@@ -266,8 +263,9 @@ def start_epoch(loader, seed: int, epoch: int, rank: int, world: int) -> None:
 
 def save_outputs(args: argparse.Namespace, state: dict, title: str) -> None:
     """The epoch's checkpoints and log (files.save_epoch), then its curves."""
-    save_epoch(state, Path(args.out), last_path(args.out), log_path(args.out, args.out_dir))
-    plot_history(state["history"], curves_path(args.out, args.out_dir), title)
+    log, curves = history_paths(args.out, args.out_dir)
+    save_epoch(state, Path(args.out), last_path(args.out), log)
+    plot_history(state["history"], curves, title)
 
 
 def print_epoch(row: dict, synthetic: bool) -> None:
@@ -290,7 +288,8 @@ def print_summary(args: argparse.Namespace, history: list, with_teacher: bool, s
         f"training time {sum(times) / 60:.1f} min, {sum(times) / len(times):.1f} s per epoch "
         f"(including validation{' and the teacher' if with_teacher else ''})"
     )
-    print(f"log -> {log_path(args.out, args.out_dir)} and {curves_path(args.out, args.out_dir)}")
+    log, curves = history_paths(args.out, args.out_dir)
+    print(f"log -> {log} and {curves}")
 
 
 # ----------------------------------------------------------------------------- flags
@@ -390,7 +389,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
         "--limit-val", type=positive_int, metavar="N", help="validate on the first N images only"
     )
     p.add_argument(
-        "--out", type=path_arg, help="best checkpoint's path; none given: weights/student_<kd>.pth"
+        "--out",
+        type=file_path(".pth"),
+        help="best checkpoint's path; none given: weights/student_<kd>.pth",
     )
     p.add_argument(
         "--out-dir", type=path_arg, default=OUTPUTS_DIR, help="folder of the CSV log and the plot"

@@ -81,7 +81,7 @@ cli.run(main, lambda: None)
 
 
 @pytest.mark.slow
-def test_a_closed_pipe_ends_the_output_quietly_with_exit_1():
+def test_a_closed_pipe_stops_with_one_line_saying_so_and_exit_1():
     """What `python test.py ... | head -1` meets: the reader goes, the next write fails."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GUARD), str(ROOT)]))
     command = [sys.executable, "-c", ENDLESS_OUTPUT]
@@ -90,7 +90,8 @@ def test_a_closed_pipe_ends_the_output_quietly_with_exit_1():
         p.stdout.close()
         stderr = p.stderr.read().decode()
         assert p.wait(timeout=60) == cli.EXIT_ERROR
-    assert stderr == ""  # no traceback, no "Exception ignored ... BrokenPipeError" at exit
+    # no traceback, no "Exception ignored ... BrokenPipeError" at exit
+    assert stderr == f"stopped: {cli.CLOSED_OUTPUT}\n"
 
 
 @pytest.mark.parametrize(

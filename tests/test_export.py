@@ -8,7 +8,9 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 
@@ -164,49 +166,100 @@ def test_int8_without_calibration_data_is_one_error_and_writes_nothing(trained, 
     assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
 
 
-def identity_onnx(path, shape, names=(INPUT, OUTPUT), metadata=None) -> str:
-    """An .onnx file whose one node copies its input (named names[0], of `shape`) to its
-    output (names[1]), with `metadata` as export.py stores it: a model of any declared kind,
-    for the loaders' checks."""
+def foreign_onnx(
+    path,
+    shape,
+    names=(INPUT, OUTPUT),
+    metadata=None,
+    image=(onnx.TensorProto.FLOAT, ["n", 3, "h", "w"]),
+    stride=1,
+) -> str:
+    """An .onnx file of one 1 x 1 convolution (of `stride`) from its input (names[0], of
+    `image`'s type and shape) to shape[1] channels (21 where not an int), a mean over H and W
+    for a 2-dimensional `shape`, declared as `shape`, with `metadata` as export.py stores it:
+    a model of any declared kind, for the loaders' checks."""
+    channels = shape[1] if shape and isinstance(shape[1], int) else 21
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(image[0])
+    weight = onnx.numpy_helper.from_array(np.full((channels, 3, 1, 1), 0.1, dtype), "w")
+    conv = onnx.helper.make_node("Conv", [names[0], "w"], ["conv"], strides=[stride, stride])
+    last = (
+        onnx.helper.make_node("ReduceMean", ["conv"], [names[1]], axes=[2, 3], keepdims=0)
+        if shape and len(shape) == 2
+        else onnx.helper.make_node("Identity", ["conv"], [names[1]])
+    )
     tensor = onnx.helper.make_tensor_value_info
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Identity", [names[0]], [names[1]])],
+        [conv, last],
         "g",
-        [tensor(names[0], onnx.TensorProto.FLOAT, shape)],
-        [tensor(names[1], onnx.TensorProto.FLOAT, shape)],
+        [tensor(names[0], image[0], image[1])],
+        [tensor(names[1], image[0], shape)],
+        [weight],
     )
-    model = onnx.helper.make_model(graph)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     if metadata is not None:
         onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(metadata)})
     onnx.save_model(model, str(path))
     return str(path)
 
 
-@pytest.mark.parametrize("names", [("x", "y"), ("x", OUTPUT), (INPUT, "y")])
+@pytest.mark.parametrize("names", [("x", "y"), ("x", OUTPUT), (INPUT, "z")])
 def test_an_onnx_model_of_another_kind_is_refused(tmp_path, names):
-    path = identity_onnx(tmp_path / "other.onnx", [1, 3, 4, 4], names)
+    path = foreign_onnx(tmp_path / "other.onnx", [1, 21, "h", "w"], names)
     with pytest.raises(UserError, match="is not a segmentation model of export.py"):
         OnnxModel(path)
 
 
 @pytest.mark.parametrize(
     "shape, classes",
-    [([1, 21, 4, 4], 21), (["n", 5, "h", "w"], 5), ([1, "c", 4, 4], None), (None, None)],
+    [([1, 21, "h", "w"], 21), (["n", 5, "h", "w"], 5), ([1, "c", "h", "w"], 21), (None, 21)],
 )
 def test_the_class_count_is_read_from_the_output_shape_where_the_file_gives_it(
     tmp_path, shape, classes
 ):
-    assert OnnxModel(identity_onnx(tmp_path / "m.onnx", shape)).classes == classes
+    """Where the file is silent ("c", no shape), ONNX Runtime infers it from the weights."""
+    assert OnnxModel(foreign_onnx(tmp_path / "m.onnx", shape)).classes == classes
 
 
 def test_an_output_that_is_not_n_c_h_w_is_refused(tmp_path):
     with pytest.raises(UserError, match="output has 2 dimensions, not 4"):
-        OnnxModel(identity_onnx(tmp_path / "m.onnx", [5, 21]))
+        OnnxModel(foreign_onnx(tmp_path / "m.onnx", [5, 21]))
+
+
+GOOD_METADATA = {"kd": "none", "params": 1}
+FOREIGN = {
+    "a float16 input": dict(image=(onnx.TensorProto.FLOAT16, ["n", 3, "h", "w"])),
+    "a fixed input size": dict(image=(onnx.TensorProto.FLOAT, [1, 3, 64, 64])),
+    "logits at 1/8 of the input size": dict(stride=8),
+    "negative parameters": dict(metadata={"kd": "none", "params": -5}),
+    "parameters a bool": dict(metadata={"kd": "none", "params": True}),
+    "another --kd": dict(metadata={"kd": "crd", "params": 5}),
+    "synthetic a string": dict(metadata={**GOOD_METADATA, "synthetic": "no"}),
+}
+REFUSAL = {
+    "a float16 input": r"input is a tensor\(float16\), not float32",
+    "a fixed input size": "with H and W free",
+    "logits at 1/8 of the input size": r"its logits are \(1, 21, \d+, \d+\), not N x C x H x W",
+    "negative parameters": "no student metadata",
+    "parameters a bool": "no student metadata",
+    "another --kd": "names --kd 'crd', not one of the lab's",
+    "synthetic a string": "'synthetic' is not true or false",
+}
+
+
+@pytest.mark.parametrize("kind", FOREIGN)
+def test_test_py_refuses_a_foreign_onnx_model_in_one_line(fake_voc, tmp_path, kind):
+    """What test.py would otherwise score or report, or fail on inside ONNX Runtime."""
+    path = foreign_onnx(
+        tmp_path / "m.onnx", ["n", 21, "h", "w"], **{"metadata": GOOD_METADATA, **FOREIGN[kind]}
+    )
+    argv = ["--checkpoint", path, "--data-root", fake_voc, "--runs", "1", "--size", "64"]
+    proc = run_script("test.py", *argv, "--device", "cpu", "--out-dir", tmp_path / "out")
+    assert proc.returncode == 1 and re.search(REFUSAL[kind], proc.stderr), proc.stderr
+    assert "Traceback" not in proc.stderr and not list((tmp_path / "out").glob("*.json"))
 
 
 def test_test_py_refuses_an_onnx_model_with_other_than_21_classes(tmp_path):
-    metadata = {"kd": "none", "params": 1}
-    path = identity_onnx(tmp_path / "five.onnx", [1, 5, "h", "w"], metadata=metadata)
+    path = foreign_onnx(tmp_path / "five.onnx", [1, 5, "h", "w"], metadata=GOOD_METADATA)
     with pytest.raises(UserError, match=f"^{re.escape(path)} outputs 5 classes, not VOC's 21$"):
         load_script("test").load_model(path, torch.device("cpu"))
 

@@ -14,7 +14,16 @@ import pytest
 import torch
 
 from conftest import load_script, run_python
-from files import atomic_path, check_output, exclusive, save_file, write_csv, write_json
+from files import (
+    NUMBER,
+    atomic_path,
+    check_output,
+    exclusive,
+    read_json,
+    save_file,
+    write_csv,
+    write_json,
+)
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
@@ -125,7 +134,8 @@ def test_a_lock_is_refused_while_its_owner_lives_and_the_owner_is_left_alone(tmp
     with subprocess.Popen([sys.executable, "-c", sleeper], stdout=subprocess.PIPE) as owner:
         owner.stdout.readline()  # its handler is set
         lock.write_text(f"{owner.pid}\n")
-        with pytest.raises(UserError, match=f"another run \\(process {owner.pid}\\)"):
+        stale = f"process {owner.pid} may be another program\\), delete {lock}"
+        with pytest.raises(UserError, match=f"another run \\(process {owner.pid}\\).*{stale}"):
             with exclusive(lock):
                 pass
         with pytest.raises(subprocess.TimeoutExpired):  # asked whether it lives, not signalled
@@ -152,3 +162,42 @@ def test_a_csv_has_every_column_of_every_row_in_order_of_first_appearance(tmp_pa
     )
     lines = (tmp_path / "l").read_text().splitlines()
     assert lines == ["epoch,loss,val_miou", "1,2.5,", "2,2.0,0.5"]
+
+
+def test_an_output_that_is_a_device_or_a_pipe_is_refused_and_left_as_it_is(tmp_path):
+    """Renaming a finished file over /dev/null or a FIFO would replace it with a file."""
+    pipe = tmp_path / "results.json"
+    os.mkfifo(pipe)
+    for path in (pipe, Path("/dev/null")):
+        with pytest.raises(UserError, match="is not a regular file"):
+            write_json({"miou": 0.5}, path)
+    assert pipe.is_fifo() and Path("/dev/null").is_char_device()
+
+
+SCHEMA = {"miou": NUMBER, "iou": list, "params": int, "ms_per_image": NUMBER}
+GOOD = {"miou": 0.5, "iou": [0.5, None, 1.0], "params": 7, "ms_per_image": 2.5}
+
+
+def test_a_result_read_back_is_taken_when_it_is_what_the_lab_writes(tmp_path):
+    (tmp_path / "r.json").write_text(json.dumps(GOOD))
+    assert read_json(tmp_path / "r.json", SCHEMA) == GOOD
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"miou": math.nan}, "'miou' is nan, not a number from 0 to 1"),
+        ({"miou": 1.5}, "'miou' is 1.5, not a number from 0 to 1"),
+        ({"iou": [0.5, -0.1]}, "'iou' is -0.1"),
+        ({"iou": [0.5, "high"]}, "'iou' holds 'high', not a number"),
+        ({"params": -3}, "'params' is -3, not a number from 0 to inf"),
+        ({"params": True}, "'params' missing or of the wrong type"),
+        ({"ms_per_image": math.inf}, "'ms_per_image' is inf"),
+        ({"ms_per_image": None}, "'ms_per_image' missing or of the wrong type"),
+    ],
+)
+def test_a_result_with_impossible_numbers_is_refused_naming_the_entry(tmp_path, change, problem):
+    """Python's json reads NaN and Infinity; a hand-edited file can hold anything."""
+    (tmp_path / "r.json").write_text(json.dumps({**GOOD, **change}))
+    with pytest.raises(UserError, match=f"not what the lab's commands write \\(entry {problem}"):
+        read_json(tmp_path / "r.json", SCHEMA)

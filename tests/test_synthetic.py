@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from synthetic import make_fake_voc
-from voc import SYNTHETIC_MARKER, VOC, is_synthetic
+from voc import SBD, SYNTHETIC_MARKER, VOC, is_synthetic
 
 VOC_VALUES = set(range(21)) | {255}
 
@@ -44,3 +44,16 @@ def test_fake_voc_refuses_a_partly_extracted_real_tree(tmp_path):
     with pytest.raises(UserError, match="did not make"):
         make_fake_voc(tmp_path, num_images=2)
     assert sorted(p.name for p in (tmp_path / VOC.subdir).iterdir()) == ["JPEGImages"]
+
+
+def test_fake_sbd_refuses_a_real_sbd_beside_a_synthetic_voc(tmp_path):
+    """The VOC tree's marker says nothing about the SBD tree beside it."""
+    make_fake_voc(tmp_path, num_images=4)
+    real_sbd = tmp_path / SBD.subdir
+    real_sbd.mkdir(parents=True)
+    (real_sbd / "train.txt").write_text("2008_000002\n")
+    with pytest.raises(UserError, match=f"{real_sbd} holds data that --fake-voc did not make"):
+        make_fake_voc(tmp_path, num_images=4, with_sbd=True)
+    assert [p.name for p in real_sbd.iterdir()] == ["train.txt"]
+    make_fake_voc(tmp_path / "other", num_images=4, with_sbd=True)
+    make_fake_voc(tmp_path / "other", num_images=6, with_sbd=True)  # its own: may be remade

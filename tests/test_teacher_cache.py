@@ -17,7 +17,7 @@ from dataset import EvalTransform, RandomScaleCropFlip, image_path, voc_dataset
 from distill import teacher_outputs
 from model import build_teacher, teacher_features
 from synthetic import make_fake_voc
-from teacher_cache import LOGITS, TeacherCache, crop_logits
+from teacher_cache import INDEX, LOGITS, TeacherCache, crop_logits
 
 CPU = torch.device("cpu")
 train = load_script("train")
@@ -257,3 +257,79 @@ def test_a_cache_folder_that_is_a_file_is_one_error(fake_voc, tmp_path):
     )
     assert proc.returncode == 1 and "is not a folder" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def edited_index(cache, tmp_path, change):
+    """A copy of the module's cache whose index.json `change(index)` edited."""
+    directory = tmp_path / "edited"
+    directory.mkdir()
+    (directory / LOGITS).symlink_to(cache.directory / LOGITS)
+    index = json.loads((cache.directory / INDEX).read_text())
+    change(index)
+    (directory / INDEX).write_text(json.dumps(index))
+    return directory
+
+
+def entry(i, key, value):
+    return lambda index: index["images"][i].__setitem__(key, value)
+
+
+INDEX_DAMAGES = {
+    "a map's shape changed": entry(0, "shape", [21, 3, 3]),
+    "a map's shape of floats": lambda ix: ix["images"][0].__setitem__(
+        "shape", [float(v) for v in ix["images"][0]["shape"]]
+    ),
+    "an offset beyond the logits": lambda ix: ix["images"][-1].__setitem__("offset", ix["values"]),
+    "two maps swapped": lambda ix: ix["images"].insert(0, ix["images"].pop()),
+    "no images key": lambda ix: ix.pop("images"),
+    "an entry without its sha1": lambda ix: ix["images"][1].pop("sha1"),
+    "a size of one number": entry(0, "size", [64]),
+    "a negative size": entry(0, "size", [-64, 64]),
+    "values a string": lambda ix: ix.__setitem__("values", str(ix["values"])),
+    "images not a list": lambda ix: ix.__setitem__("images", {}),
+}
+
+
+@pytest.mark.parametrize("damage", INDEX_DAMAGES, ids=list(INDEX_DAMAGES))
+def test_a_damaged_index_is_one_error_saying_how_to_rebuild(
+    fake_voc, teacher, cache, tmp_path, damage
+):
+    directory = edited_index(cache, tmp_path, INDEX_DAMAGES[damage])
+    with pytest.raises(UserError, match=f"{INDEX} is damaged .*delete .* to rebuild it"):
+        TeacherCache.open_or_build(directory, teacher, train_files(fake_voc), CPU)
+
+
+def test_an_image_size_the_file_does_not_have_is_refused(fake_voc, teacher, cache, tmp_path):
+    """A size a few pixels off keeps a plausible map shape, but would move every crop's box."""
+    height, width = json.loads((cache.directory / INDEX).read_text())["images"][2]["size"]
+    directory = edited_index(cache, tmp_path, entry(2, "size", [height + 3, width]))
+    with pytest.raises(UserError, match=f"gives .* the size \\[{height + 3}, {width}\\], the file"):
+        TeacherCache.open_or_build(directory, teacher, train_files(fake_voc), CPU)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "a decompression bomb"])
+def test_a_damaged_image_is_named_by_the_build_not_blamed_on_the_cache(
+    tmp_path, teacher, damage, monkeypatch
+):
+    make_fake_voc(tmp_path / "data", num_images=4)
+    files = train_files(tmp_path / "data")
+    if damage == "truncated":
+        files[1].write_bytes(files[1].read_bytes()[:200])
+    else:
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # every image is one now
+    with pytest.raises(
+        UserError, match=f"{files[1 if damage == 'truncated' else 0].name}: cannot "
+    ):
+        TeacherCache.open_or_build(tmp_path / "cache", teacher, files, CPU)
+    assert list(tmp_path.iterdir()) == [tmp_path / "data"]  # no cache, no temporary
+
+
+def test_a_second_build_of_one_cache_uses_the_first(fake_voc, teacher, cache, capsys):
+    """Two runs that both found no cache: the one that finishes second keeps the first's."""
+    before = (cache.directory / INDEX).read_bytes()
+    fingerprint = teacher_cache.teacher_fingerprint(teacher)
+    teacher_cache.build(cache.directory, teacher, fingerprint, train_files(fake_voc), CPU)
+    assert "another run built" in capsys.readouterr().out
+    assert (cache.directory / INDEX).read_bytes() == before
+    assert not [p for p in cache.directory.parent.iterdir() if ".tmp" in p.name]
+    TeacherCache.open_or_build(cache.directory, teacher, train_files(fake_voc), CPU)

@@ -212,6 +212,21 @@ def test_own_photos_give_masks_of_the_predicted_class_in_display_orientation(
     # the checkpoint was trained on SYNTHETIC data; the second dup.jpg does not overwrite the first
     stems = ("dup_jpg", "dup_png", "phone_jpg", "dup_jpg_2")
     assert written == sorted(f"{s}_SYNTHETIC_{k}.png" for s in stems for k in ("mask", "overlay"))
+    # A rerun given its own output folder too: its masks and overlays are not segmented again.
+    again = run_script(
+        "test.py",
+        "--checkpoint",
+        person_checkpoint,
+        "--images",
+        more,
+        out / "photos",
+        "--out-dir",
+        out,
+        "--device",
+        "cpu",
+    )
+    assert again.returncode == 0 and "_SYNTHETIC_mask.png: written by test.py" in again.stderr
+    assert sorted(p.name for p in (out / "photos").iterdir()) == written
     mask = Image.open(out / "photos" / "phone_jpg_SYNTHETIC_mask.png")
     title = mask.text["Title"]
     assert "SYNTHETIC" in title and "phone.jpg" in title and str(person_checkpoint) in title

@@ -6,6 +6,7 @@ from cli import UserError
 import csv
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,7 +39,7 @@ from files import load_file, save_file, training_state
 from metrics import evaluate
 from model import build_student, build_teacher, load_student
 from synthetic import make_fake_voc
-from voc import VOC
+from voc import SYNTHETIC_MARKER, VOC
 
 train = load_script("train")
 CPU = torch.device("cpu")
@@ -57,6 +58,15 @@ def tiny_args(fake_voc, tmp_path, *flags):
         *map(str, flags),
     ]
     return train.parse_args(argv)
+
+
+def resumable(trained, tmp_path, best: bool = True):
+    """A copy of the trained run's last checkpoint (and its best one) to resume, in tmp_path."""
+    out = tmp_path / "student_none.pth"
+    train.last_path(out).write_bytes(train.last_path(trained["out"]).read_bytes())
+    if best:
+        out.write_bytes(trained["out"].read_bytes())
+    return out
 
 
 # ----------------------------------------------------------------------------- the script
@@ -217,7 +227,7 @@ def test_a_checkpoint_written_before_a_flag_existed_resumes_with_its_default(
     """An older _last.pth has no entry for a flag added since (here --alpha, as if it were
     new; its default is not None, as a missing entry reads): it resumes with that flag's
     default instead of being refused."""
-    out = tmp_path / "student_none.pth"
+    out = resumable(trained, tmp_path)
     ckpt = load_file(train.last_path(trained["out"]), "c")
     del ckpt["args"]["alpha"]
     torch.save(ckpt, train.last_path(out))
@@ -229,8 +239,7 @@ def test_a_checkpoint_written_before_a_flag_existed_resumes_with_its_default(
 
 
 def test_resume_refuses_changed_flags_and_names_them(trained, tmp_path, fake_voc):
-    out = tmp_path / "student_none.pth"
-    train.last_path(out).write_bytes(train.last_path(trained["out"]).read_bytes())
+    out = resumable(trained, tmp_path)
     proc = train_tiny(
         fake_voc, out, "--epochs", 3, "--resume", "--lr", "0.5", "--optimizer", "adamw"
     )
@@ -365,7 +374,7 @@ def test_a_last_checkpoint_alone_is_not_replaced_without_asking(fake_voc, tmp_pa
     no_work(monkeypatch)
     args = tiny_args(fake_voc, tmp_path)
     train.last_path(args.out).write_bytes(b"the user's last checkpoint")
-    with pytest.raises(UserError, match="already exists; use --resume to continue it"):
+    with pytest.raises(UserError, match="already exist\\(s\\); use --resume to continue that run"):
         train.main(args)
 
 
@@ -759,10 +768,11 @@ def test_a_nan_validation_loss_stops_the_run_before_anything_is_saved(
 
 def test_val_without_a_labelled_pixel_is_named_not_blamed_on_the_lr(tmp_path):
     make_fake_voc(tmp_path, num_images=4)
-    for mask in (tmp_path / VOC.subdir / "SegmentationClass").glob("*.png"):
-        Image.fromarray(np.full((48, 48), 255, np.uint8)).save(mask)  # all void
-    for jpg in (tmp_path / VOC.subdir / "JPEGImages").glob("*.jpg"):
-        Image.new("RGB", (48, 48)).save(jpg)
+    for name in read_split(tmp_path, "val"):
+        Image.fromarray(np.full((48, 48), 255, np.uint8)).save(
+            tmp_path / VOC.subdir / "SegmentationClass" / f"{name}.png"
+        )  # all void
+        Image.new("RGB", (48, 48)).save(tmp_path / VOC.subdir / "JPEGImages" / f"{name}.jpg")
     with pytest.raises(UserError, match="no val image has a labelled pixel"):
         train.main(tiny_args(tmp_path, tmp_path, "--epochs", "1"))
 
@@ -821,6 +831,7 @@ def saved_run(fake_voc, tmp_path, *flags) -> tuple:
     history = [{"epoch": 1, "val_miou": 0.25}]
     state = training_state(*saved, vars(args), history, True)
     save_file(state, train.last_path(args.out))
+    save_file(state, args.out)  # the best one, which a resume needs too
     return args, saved
 
 
@@ -867,10 +878,62 @@ def test_a_last_checkpoint_without_what_resuming_needs_is_refused(
 
 
 def test_an_optimizer_state_that_does_not_fit_is_one_error(trained, fake_voc, tmp_path):
-    out = tmp_path / "student_none.pth"
+    out = resumable(trained, tmp_path)
     ckpt = load_file(train.last_path(trained["out"]), "c")
     ckpt["optimizer"]["param_groups"][0]["params"] = [0, 1]  # another model's size
     torch.save(ckpt, train.last_path(out))
     proc = train_tiny(fake_voc, out, "--kd", "none", "--epochs", 3, "--resume")
     assert proc.returncode == 1 and "optimizer state does not fit" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_log_of_the_same_name_from_another_out_folder_is_not_replaced(
+    fake_voc, tmp_path, monkeypatch
+):
+    """Two runs whose --out differ only in folder share --out-dir's <stem>_log.csv."""
+    no_work(monkeypatch)
+    theirs = tmp_path / "student_none_log.csv"
+    theirs.write_text("the other run's log\n")
+    args = tiny_args(fake_voc, tmp_path, "--out", tmp_path / "mine" / "student_none.pth")
+    with pytest.raises(UserError, match=f"{theirs} already exist"):
+        train.main(args)
+    assert theirs.read_text() == "the other run's log\n"
+
+
+def test_a_checkpoint_is_written_under_a_pth_name_only(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", "weights/student.onnx"])
+    assert "must end in .pth" in capsys.readouterr().err
+
+
+def test_training_masks_that_are_all_void_are_refused_after_the_first_epoch(tmp_path):
+    make_fake_voc(tmp_path, num_images=4)
+    train_ids = read_split(tmp_path, "train")
+    for name in train_ids:
+        mask = tmp_path / VOC.subdir / "SegmentationClass" / f"{name}.png"
+        size = Image.open(mask).size
+        Image.fromarray(np.full(size[::-1], 255, np.uint8)).save(mask)
+    with pytest.raises(UserError, match="every training crop of epoch 1/2 is all void"):
+        train.main(tiny_args(tmp_path, tmp_path, "--epochs", "2"))
+    assert not list(tmp_path.glob("*.pth"))
+
+
+def test_a_run_on_real_data_does_not_continue_a_synthetic_one(trained, fake_voc, tmp_path):
+    real = tmp_path / "data"
+    shutil.copytree(fake_voc, real)
+    (real / VOC.subdir / SYNTHETIC_MARKER).unlink()  # now it looks like a real VOC tree
+    out = resumable(trained, tmp_path)
+    proc = train_tiny(real, out, "--epochs", 3, "--resume")
+    assert proc.returncode == 1 and "trained on SYNTHETIC data and --data-root holds real" in (
+        proc.stderr
+    )
+
+
+def test_resuming_without_the_best_checkpoint_is_refused_not_ended_without_one(
+    trained, fake_voc, tmp_path
+):
+    out = resumable(trained, tmp_path, best=False)
+    before = train.last_path(out).read_bytes()
+    proc = train_tiny(fake_voc, out, "--epochs", 3, "--resume")
+    assert proc.returncode == 1 and "the best epoch's checkpoint, is missing" in proc.stderr
+    assert train.last_path(out).read_bytes() == before and not out.exists()
