@@ -126,7 +126,12 @@ class OnnxModel:
         image = inputs[0]
         if image.type != "tensor(float)":
             raise UserError(f"{path}: its {INPUT!r} input is a {image.type}, not float32")
-        if len(image.shape) != 4 or any(isinstance(d, int) for d in image.shape[2:]):
+        if (
+            len(image.shape) != 4
+            or image.shape[1] not in (3, None)
+            and not isinstance(image.shape[1], str)
+            or any(isinstance(d, int) for d in image.shape[2:])
+        ):
             raise UserError(
                 f"{path}: its {INPUT!r} input is {image.shape}, not N x 3 x H x W with H and W "
                 "free (export.py's dynamic axes): it cannot take images of every size"
@@ -147,7 +152,13 @@ class OnnxModel:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """N x 3 x H x W -> N x C x H x W logits; a UserError for logits of another size."""
-        logits = self.session.run([OUTPUT], {INPUT: images.float().cpu().numpy()})[0]
+        try:
+            logits = self.session.run([OUTPUT], {INPUT: images.float().cpu().numpy()})[0]
+        except Exception as e:  # ORT raises its own InvalidArgument/Fail/... types
+            message = str(e).splitlines()[0][:300]
+            raise UserError(
+                f"{self.path} fails on a {tuple(images.shape)} image: {message}"
+            ) from None
         if (
             logits.ndim != 4
             or logits.shape[0] != len(images)

@@ -13,6 +13,7 @@ user sees:
 
     python dev/hostile.py              # every case; a table by category at the end
     python dev/hostile.py -k onnx      # the cases whose category or name holds "onnx"
+    python dev/hostile.py --makers cache_cases,acceptance_cases   # those makers' cases only
 
 The full-disk and read-only cases mount a small tmpfs and a read-only bind mount, which needs
 root (and CAP_SYS_ADMIN); elsewhere they are listed as not run. Not part of the test suite (it
@@ -821,6 +822,506 @@ def flag_cases(lab: Lab) -> list:
     ]
 
 
+# ----------------------------------------------------------------------------- round 4 (2026-12-07)
+
+# The teacher cache, read and built by train.py --kd response --teacher-cache DIR.
+CACHED = ("--kd", "response", "--epochs", "1", "--limit-train", "4")
+
+
+def cached_train(lab: Lab, cache: Path, name: str) -> list:
+    return lab.train(lab.folder(f"cache run {name}") / "s.pth", *CACHED, "--teacher-cache", cache)
+
+
+def built_cache(lab: Lab) -> Path:
+    """A cache of the lab's 4 train images, built once by a real run."""
+    cache = lab.work / "cache_built"
+    if not (cache / "index.json").exists():
+        code, _, err = run(Case("", "", cached_train(lab, cache, "build"), "ok"))
+        assert code == 0, err
+    return cache
+
+
+def damaged_cache(lab: Lab, name: str, change) -> Path:
+    """A copy of the built cache with `change(index dict, logits path)` applied, or its
+    index.json replaced by `change` when it is a string."""
+    import shutil
+
+    directory = lab.work / f"cache_{name.replace(' ', '_').replace('/', '')}"
+    shutil.copytree(built_cache(lab), directory)
+    if isinstance(change, str):
+        (directory / "index.json").write_text(change)
+        return directory
+    index = json.loads((directory / "index.json").read_text())
+    change(index, directory / "logits.f16")
+    (directory / "index.json").write_text(json.dumps(index))
+    return directory
+
+
+def cache_cases(lab: Lab) -> list:
+    def entry(i, key, value):
+        return lambda ix, logits: ix["images"][i].__setitem__(key, value)
+
+    def swap(ix, logits):
+        ix["images"][0], ix["images"][1] = ix["images"][1], ix["images"][0]
+
+    def size_off(ix, logits):
+        ix["images"][0]["size"] = [ix["images"][0]["size"][0] + 3, ix["images"][0]["size"][1]]
+
+    damages = {
+        "a map's shape changed": entry(0, "shape", [21, 3, 3]),
+        "a map's shape of floats": entry(0, "shape", [21.0, 8.0, 8.0]),
+        "a map's shape of two numbers": entry(0, "shape", [21, 8]),
+        "a map of 20 classes": lambda ix, lg: ix["images"][0]["shape"].__setitem__(0, 20),
+        "an offset beyond the logits": entry(-1, "offset", 10**9),
+        "a negative offset": entry(1, "offset", -5),
+        "two entries swapped": swap,
+        "no images key": lambda ix, lg: ix.pop("images"),
+        "images not a list": lambda ix, lg: ix.__setitem__("images", {"a": 1}),
+        "an entry without its sha1": lambda ix, lg: ix["images"][1].pop("sha1"),
+        "an entry without its name": lambda ix, lg: ix["images"][1].pop("name"),
+        "an entry that is a string": lambda ix, lg: ix["images"].__setitem__(0, "x"),
+        "a size of one number": entry(0, "size", [64]),
+        "a negative size": entry(0, "size", [-64, 64]),
+        "a size 3 pixels off": size_off,
+        "values a string": lambda ix, lg: ix.__setitem__("values", "many"),
+        "values not the sum": lambda ix, lg: ix.__setitem__("values", ix["values"] + 21),
+        "another format": lambda ix, lg: ix.__setitem__("format", 99),
+        "another resize": lambda ix, lg: ix.__setitem__("resize", 256),
+        "logits cut short": lambda ix, lg: lg.write_bytes(lg.read_bytes()[:1000]),
+        "logits with extra bytes": lambda ix, lg: lg.write_bytes(lg.read_bytes() + b"\0\0"),
+        "logits missing": lambda ix, lg: lg.unlink(),
+        "index.json not JSON": "{",
+        "index.json a list": "[1, 2]",
+    }
+    cases = []
+    for name, change in damages.items():
+        directory = lab.work / f"cache_{name.replace(' ', '_').replace('/', '')}"
+        setup = lambda name=name, change=change: damaged_cache(lab, name, change)  # noqa: E731
+        argv = cached_train(lab, directory, name)
+        cases.append(Case("teacher cache", name, argv, "error", setup=setup))
+    return cases
+
+
+def cache_build_cases(lab: Lab) -> list:
+    truncated = lab.folder("build truncated")
+    make_fake_voc(truncated, num_images=8)
+    first = sorted((truncated / VOC.subdir / "JPEGImages").glob("*.jpg"))[0]
+    first.write_bytes(first.read_bytes()[:300])
+    bomb = lab.folder("build bomb")
+    make_fake_voc(bomb, num_images=8)
+    name = sorted((bomb / VOC.subdir / "JPEGImages").glob("*.jpg"))[0]
+    Image.new("1", (15_000, 13_000)).save(name.with_suffix(".png"))  # 195 megapixels
+    name.unlink()
+    name.with_suffix(".png").rename(name)  # PIL reads the format from the bytes, not the name
+    cases = []
+    for label, root in [("a truncated train image", truncated), ("a decompression bomb", bomb)]:
+        out = lab.folder(f"build {label}") / "s.pth"
+        cache = out.parent / "cache"
+        argv = ["train.py", "--data-root", root, "--out", out, "--out-dir", out.parent, *TINY]
+        argv += [*CACHED, "--teacher-cache", cache]
+        check = lambda cache=cache: not cache.exists() and no_temporaries(cache.parent)()  # noqa: E731
+        cases.append(Case("cache build", label, argv, "error", check))
+    shared = lab.folder("build shared") / "cache"
+    first_run = {}
+
+    def start_first():
+        argv = cached_train(lab, shared, "shared first")
+        first_run["proc"] = subprocess.Popen(
+            [sys.executable, *map(str, argv)],
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(3)
+
+    def both_done():
+        proc = first_run["proc"]
+        return proc.wait(timeout=TIMEOUT) == 0 and (shared / "index.json").is_file()
+
+    cases.append(
+        Case(
+            "cache build",
+            "two runs building one cache at once",
+            cached_train(lab, shared, "shared second"),
+            "ok",
+            both_done,
+            setup=start_first,
+        )
+    )
+    stopped = lab.folder("build stopped") / "cache"
+    cases.append(
+        Case(
+            "cache build",
+            "SIGTERM during the build",
+            cached_train(lab, stopped, "stopped"),
+            "error",
+            lambda: not stopped.exists() and no_temporaries(stopped.parent)(),
+            stop_after=9,
+        )
+    )
+    return cases
+
+
+def foreign_onnx_cases(lab: Lab) -> list:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def model(
+        name: str, image=("n", 3, "h", "w"), kind=TensorProto.FLOAT, stride=1, meta=None, out_rank=4
+    ) -> Path:
+        """A 1 x 1 convolution to 21 channels; `meta` the student metadata as export.py writes."""
+        inputs = image[1] if isinstance(image[1], int) else 3
+        dtype = helper.tensor_dtype_to_np_dtype(kind)
+        weight = numpy_helper.from_array(np.full((21, inputs, 1, 1), 0.1, dtype), "w")
+        nodes = [helper.make_node("Conv", ["image", "w"], ["c"], strides=[stride, stride])]
+        if out_rank == 3:
+            nodes.append(helper.make_node("ReduceMean", ["c"], ["logits"], axes=[3], keepdims=0))
+        else:
+            nodes.append(helper.make_node("Identity", ["c"], ["logits"]))
+        graph = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("image", kind, list(image))],
+            [helper.make_tensor_value_info("logits", kind, None)],
+            [weight],
+        )
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        meta = {"kd": "none", "params": 10} if meta is None else meta
+        helper.set_model_props(m, {"student": json.dumps(meta)})
+        path = lab.work / f"foreign_{name.replace(' ', '_').replace('/', '')}.onnx"
+        onnx.save_model(m, str(path))
+        return path
+
+    files = {
+        "a float16 input": model("f16", kind=TensorProto.FLOAT16),
+        "a float64 input": model("f64", kind=TensorProto.DOUBLE),
+        "a fixed input size": model("fixed", image=(1, 3, 64, 64)),
+        "a fixed height only": model("fixed h", image=("n", 3, 64, "w")),
+        "4 input channels": model("4ch", image=("n", 4, "h", "w")),
+        "1 input channel": model("1ch", image=("n", 1, "h", "w")),
+        "logits at 1/8 of the input size": model("stride8", stride=8),
+        "logits at 1/2 of the input size": model("stride2", stride=2),
+        "logits of 3 dimensions": model("rank3", out_rank=3),
+        "negative parameters": model("neg", meta={"kd": "none", "params": -5}),
+        "parameters a float": model("float", meta={"kd": "none", "params": 10.5}),
+        "parameters a bool": model("bool", meta={"kd": "none", "params": True}),
+        "parameters a string": model("str", meta={"kd": "none", "params": "10"}),
+        "another --kd": model("crd", meta={"kd": "crd", "params": 10}),
+        "--kd a number": model("kd num", meta={"kd": 3, "params": 10}),
+        "synthetic a string": model("syn", meta={"kd": "none", "params": 10, "synthetic": "no"}),
+    }
+    out = lab.folder("foreign out")
+    no_result = lambda: not list(out.glob("*.json"))  # noqa: E731
+    return [
+        Case("foreign onnx", name, lab.test(path, out), "error", no_result)
+        for name, path in files.items()
+    ]
+
+
+def shared_output_cases(lab: Lab) -> list:
+    cases = []
+    logs = lab.folder("shared logs")
+    first = lab.folder("shared a") / "s.pth"
+    their_log = logs / "s_log.csv"
+
+    def first_run():
+        code, _, err = run(Case("", "", lab.train(first, "--epochs", "1", out_dir=logs), "ok"))
+        assert code == 0, err
+        (logs / "kept.csv").write_bytes(their_log.read_bytes())
+
+    second = lab.folder("shared b") / "s.pth"
+    cases.append(
+        Case(
+            "shared outputs",
+            "another --out folder, the same stem and --out-dir",
+            lab.train(second, "--epochs", "1", out_dir=logs),
+            "error",
+            lambda: (
+                their_log.read_bytes() == (logs / "kept.csv").read_bytes() and not second.exists()
+            ),
+            setup=first_run,
+        )
+    )
+    curves_only = lab.folder("shared curves")
+    (curves_only / "s_curves.png").write_bytes(b"the user's own picture")
+    cases.append(
+        Case(
+            "shared outputs",
+            "a picture of the curves' name in --out-dir",
+            lab.train(lab.folder("shared c") / "s.pth", "--epochs", "1", out_dir=curves_only),
+            "error",
+            lambda: (curves_only / "s_curves.png").read_bytes() == b"the user's own picture",
+        )
+    )
+    sbd_root = lab.folder("shared sbd")
+    make_fake_voc(sbd_root, num_images=4)  # a synthetic VOC, then a real SBD beside it
+    (sbd_root / "benchmark_RELEASE" / "dataset").mkdir(parents=True)
+    real_train = sbd_root / "benchmark_RELEASE" / "dataset" / "train.txt"
+    real_train.write_text("2008_000002\n")
+    cases.append(
+        Case(
+            "shared outputs",
+            "--fake-voc --with-sbd beside a real SBD",
+            ["dataset.py", "--fake-voc", sbd_root, "--num-images", "4", "--with-sbd"],
+            "error",
+            lambda: real_train.read_text() == "2008_000002\n",
+        )
+    )
+    devices = lab.folder("shared devices")
+    (devices / "null.pth").symlink_to("/dev/null")
+    os.mkfifo(devices / "fifo.pth")
+    os.mkfifo(devices / "test_student_none.json")
+    for name, out in [
+        ("--out a link to /dev/null", devices / "null.pth"),
+        ("--out a FIFO", devices / "fifo.pth"),
+    ]:
+        cases.append(
+            Case(
+                "shared outputs",
+                name,
+                lab.train(out, "--epochs", "1", out_dir=lab.folder("shared dev logs")),
+                "error",
+                lambda: Path("/dev/null").is_char_device() and (devices / "fifo.pth").is_fifo(),
+            )
+        )
+    cases.append(
+        Case(
+            "shared outputs",
+            "test.py's result file a FIFO",
+            lab.test(lab.ckpt, devices),
+            "error",
+            lambda: (devices / "test_student_none.json").is_fifo(),
+        )
+    )
+    photos = lab.folder("shared photos")
+    Image.new("RGB", (20, 20), "red").save(photos / "a.jpg")
+    out = lab.folder("shared photos out")
+    argv = ["test.py", "--checkpoint", lab.ckpt, "--device", "cpu", "--out-dir", out]
+
+    def segmented_once():
+        code, _, err = run(Case("", "", argv + ["--images", photos], "ok"))
+        assert code == 0, err
+
+    cases.append(
+        Case(
+            "shared outputs",
+            "test.py --images over its own output folder",
+            argv + ["--images", photos, out / "photos"],
+            "ok",
+            lambda: len(list((out / "photos").iterdir())) == 2,
+            setup=segmented_once,
+        )
+    )
+    cases.append(
+        Case(
+            "shared outputs",
+            "train.py --out model.onnx",
+            lab.train(lab.folder("shared onnx") / "model.onnx", "--epochs", "1"),
+            "error",
+            lambda: not (lab.work / "shared_onnx" / "model.onnx").exists(),
+        )
+    )
+    return cases
+
+
+def mid_write_cases(lab: Lab) -> list:
+    cases = []
+    out = lab.folder("int8 stopped")
+    onnx_out = out / "s.onnx"
+    argv = ["export.py", "--checkpoint", lab.ckpt, "--out", onnx_out, "--int8", "--mobile"]
+    argv += ["--calib", "4", "--data-root", lab.data]
+    for after in (9, 14):
+        cases.append(
+            Case(
+                "mid-write",
+                f"Ctrl+C in export.py --int8 after {after} s",
+                argv + (["--overwrite"] if after == 14 else []),
+                "error",
+                lambda: (
+                    no_temporaries(out)()
+                    and not [p for p in out.glob("*int8*") if p.stat().st_size == 0]
+                ),
+                stop_after=after,
+                sig=signal.SIGINT,
+            )
+        )
+    closed = lab.folder("closed stdout") / "s.pth"
+    cases.append(
+        Case(
+            "mid-write",
+            "a closed stdout during training (| head -0)",
+            lab.train(closed, "--epochs", "2"),
+            "quiet",
+            lambda: torch.load(closed.with_name("s_last.pth"), weights_only=True)["epoch"] >= 1,
+            close_stdout=True,
+        )
+    )
+    full = lab.full_disk("full report", 1)
+    if full is not None:
+        report_out = full / "outputs"
+
+        def old_report():
+            report_out.mkdir()
+            (report_out / "report.md").write_text("the user's edited report\n")
+            fill(full, 2_000)
+
+        cases.append(
+            Case(
+                "mid-write",
+                "a full disk during report.py --overwrite",
+                [
+                    "report.py",
+                    "--out-dir",
+                    report_out,
+                    "--weights-dir",
+                    lab.ckpt.parent,
+                    "--overwrite",
+                ],
+                "error",
+                lambda: (
+                    (report_out / "report.md").read_text() == "the user's edited report\n"
+                    and no_temporaries(report_out)()
+                ),
+                setup=old_report,
+            )
+        )
+        cache_disk = lab.full_disk("full cache", 1)
+        if cache_disk is not None:
+            cache = cache_disk / "cache"
+            cases.append(
+                Case(
+                    "mid-write",
+                    "a full disk under --teacher-cache",
+                    cached_train(lab, cache, "full cache"),
+                    "error",
+                    lambda: not cache.exists() and no_temporaries(cache_disk)(),
+                    setup=lambda: fill(cache_disk, 20_000),
+                )
+            )
+    return cases
+
+
+def table_without_nan(path: Path) -> bool:
+    """The comparison table names the unusable Step 1 result, and no cell of it holds a NaN."""
+    text = path.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    return "not what" in text and not any("nan" in row.lower() for row in rows)
+
+
+def acceptance_cases(lab: Lab) -> list:
+    cases = []
+    void = lab.folder("void masks")
+    make_fake_voc(void, num_images=8)
+    for name in (void / VOC.subdir / "ImageSets/Segmentation/train.txt").read_text().split():
+        mask = void / VOC.subdir / "SegmentationClass" / f"{name}.png"
+        size = Image.open(mask).size
+        Image.fromarray(np.full(size[::-1], 255, np.uint8)).save(mask)
+    out = lab.folder("void out") / "s.pth"
+    argv = ["train.py", "--data-root", void, "--out", out, "--out-dir", out.parent, *TINY]
+    cases.append(
+        Case("acceptances", "every training mask all 255", argv + ["--epochs", "1"], "error")
+    )
+    real = lab.folder("unmarked root")
+    import shutil
+
+    shutil.copytree(lab.data, real, dirs_exist_ok=True)
+    (real / VOC.subdir / "SYNTHETIC.txt").unlink()
+    resumed = lab.folder("resume unmarked")
+
+    def copy_run(folder: Path, best: bool = True):
+        def setup():
+            last = lab.ckpt.with_name("student_none_last.pth")
+            (folder / "s_last.pth").write_bytes(last.read_bytes())
+            if best:
+                (folder / "s.pth").write_bytes(lab.ckpt.read_bytes())
+
+        return setup
+
+    argv = ["train.py", "--data-root", real, "--out", resumed / "s.pth", "--out-dir", resumed]
+    cases.append(
+        Case(
+            "acceptances",
+            "resuming a SYNTHETIC run on an unmarked root",
+            argv + [*TINY, "--epochs", "3", "--resume"],
+            "error",
+            setup=copy_run(resumed),
+        )
+    )
+    no_best = lab.folder("resume no best")
+    cases.append(
+        Case(
+            "acceptances",
+            "resuming after the best checkpoint was deleted",
+            lab.train(no_best / "s.pth", "--epochs", "3", "--resume"),
+            "error",
+            lambda: not (no_best / "s.pth").exists(),
+            setup=copy_run(no_best, best=False),
+        )
+    )
+    good = {
+        "miou": 0.5,
+        "iou": [0.5] * 21,
+        "params": 32957013,
+        "ms_per_image": 900.0,
+        "pixel_acc": 0.9,
+        "input_size": 520,
+        "device_name": "cpu",
+        "num_images": 2,
+        "split": "val",
+        "date": "2026-12-07",
+    }
+    for name, change in [
+        ("a Step 1 JSON with a NaN mIoU", {"miou": float("nan")}),
+        ("a Step 1 JSON with an infinite time", {"ms_per_image": float("inf")}),
+        ("a Step 1 JSON with negative parameters", {"params": -1}),
+        ("a Step 1 JSON with an mIoU of 150", {"miou": 150.0}),
+        ("a Step 1 JSON with a negative class IoU", {"iou": [-0.5] * 21}),
+    ]:
+        folder = lab.folder(f"report {name}")
+        (folder / "step1_fcn_resnet50.json").write_text(json.dumps({**good, **change}))
+        argv = ["report.py", "--out-dir", folder, "--weights-dir", lab.ckpt.parent]
+        cases.append(
+            Case(
+                "acceptances",
+                name,
+                argv,
+                "ok",
+                lambda folder=folder: (
+                    "step1_fcn_resnet50.json`: not what" in (folder / "report.md").read_text()
+                ),
+            )
+        )
+        compare = lab.test(lab.ckpt, folder)
+        compare[compare.index("--checkpoint") : compare.index("--checkpoint") + 2] = [
+            "--compare",
+            lab.ckpt,
+        ]
+        if "NaN" in name:
+            cases.append(
+                Case(
+                    "acceptances",
+                    f"test.py --compare beside {name[2:]}",
+                    compare,
+                    "ok",
+                    lambda folder=folder: table_without_nan(folder / "kd_comparison.md"),
+                )
+            )
+    lock_out = lab.folder("stale lock") / "s.pth"
+    Path(f"{lock_out}.lock").write_text("1\n")  # process 1 lives: init, not a run of the lab
+    cases.append(
+        Case(
+            "acceptances",
+            "a stale lock whose process id is another program's",
+            lab.train(lock_out, "--epochs", "1"),
+            "error",
+            lambda: Path(f"{lock_out}.lock").exists(),
+        )
+    )
+    return cases
+
+
 MAKERS = (
     checkpoint_cases,
     onnx_cases,
@@ -832,18 +1333,26 @@ MAKERS = (
     write_cases,
     signal_cases,
     flag_cases,
+    cache_cases,
+    cache_build_cases,
+    foreign_onnx_cases,
+    shared_output_cases,
+    mid_write_cases,
+    acceptance_cases,
 )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("-k", default="", help="only the cases whose category or name holds this")
+    p.add_argument("--makers", default="", help="only these case makers, by name, comma-separated")
     args = p.parse_args()
+    makers = [m for m in MAKERS if not args.makers or m.__name__ in args.makers.split(",")]
     table = collections.defaultdict(collections.Counter)
     with tempfile.TemporaryDirectory() as tmp:
         lab = Lab(Path(tmp))
         try:
-            for case in (c for make in MAKERS for c in make(lab)):
+            for case in (c for make in makers for c in make(lab)):
                 if args.k in f"{case.category} {case.name}":
                     outcome = try_case(lab, case)
                     table[case.category][outcome] += 1

@@ -180,7 +180,8 @@ def foreign_onnx(
     a model of any declared kind, for the loaders' checks."""
     channels = shape[1] if shape and isinstance(shape[1], int) else 21
     dtype = onnx.helper.tensor_dtype_to_np_dtype(image[0])
-    weight = onnx.numpy_helper.from_array(np.full((channels, 3, 1, 1), 0.1, dtype), "w")
+    inputs = image[1][1] if isinstance(image[1][1], int) else 3
+    weight = onnx.numpy_helper.from_array(np.full((channels, inputs, 1, 1), 0.1, dtype), "w")
     conv = onnx.helper.make_node("Conv", [names[0], "w"], ["conv"], strides=[stride, stride])
     last = (
         onnx.helper.make_node("ReduceMean", ["conv"], [names[1]], axes=[2, 3], keepdims=0)
@@ -229,6 +230,7 @@ GOOD_METADATA = {"kd": "none", "params": 1}
 FOREIGN = {
     "a float16 input": dict(image=(onnx.TensorProto.FLOAT16, ["n", 3, "h", "w"])),
     "a fixed input size": dict(image=(onnx.TensorProto.FLOAT, [1, 3, 64, 64])),
+    "4 input channels": dict(image=(onnx.TensorProto.FLOAT, ["n", 4, "h", "w"])),
     "logits at 1/8 of the input size": dict(stride=8),
     "negative parameters": dict(metadata={"kd": "none", "params": -5}),
     "parameters a bool": dict(metadata={"kd": "none", "params": True}),
@@ -238,6 +240,7 @@ FOREIGN = {
 REFUSAL = {
     "a float16 input": r"input is a tensor\(float16\), not float32",
     "a fixed input size": "with H and W free",
+    "4 input channels": r"input is \['n', 4, 'h', 'w'\], not N x 3 x H x W",
     "logits at 1/8 of the input size": r"its logits are \(1, 21, \d+, \d+\), not N x C x H x W",
     "negative parameters": "no student metadata",
     "parameters a bool": "no student metadata",
