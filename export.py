@@ -126,12 +126,8 @@ class OnnxModel:
         image = inputs[0]
         if image.type != "tensor(float)":
             raise UserError(f"{path}: its {INPUT!r} input is a {image.type}, not float32")
-        if (
-            len(image.shape) != 4
-            or image.shape[1] not in (3, None)
-            and not isinstance(image.shape[1], str)
-            or any(isinstance(d, int) for d in image.shape[2:])
-        ):
+        c, h, w = image.shape[1:] if len(image.shape) == 4 else (0, 0, 0)
+        if isinstance(c, int) and c != 3 or isinstance(h, int) or isinstance(w, int):
             raise UserError(
                 f"{path}: its {INPUT!r} input is {image.shape}, not N x 3 x H x W with H and W "
                 "free (export.py's dynamic axes): it cannot take images of every size"
@@ -155,15 +151,9 @@ class OnnxModel:
         try:
             logits = self.session.run([OUTPUT], {INPUT: images.float().cpu().numpy()})[0]
         except Exception as e:  # ORT raises its own InvalidArgument/Fail/... types
-            message = str(e).splitlines()[0][:300]
-            raise UserError(
-                f"{self.path} fails on a {tuple(images.shape)} image: {message}"
-            ) from None
-        if (
-            logits.ndim != 4
-            or logits.shape[0] != len(images)
-            or logits.shape[2:] != images.shape[2:]
-        ):
+            raise UserError(f"{self.path} fails: {str(e).splitlines()[0][:300]}") from None
+        n_hw = (len(images), *images.shape[2:])  # what the logits' N, H, W must be
+        if logits.ndim != 4 or (logits.shape[0], *logits.shape[2:]) != n_hw:
             raise UserError(
                 f"{self.path}: for a {tuple(images.shape)} input its logits are "
                 f"{logits.shape}, not N x C x H x W at the input's size"
