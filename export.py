@@ -254,6 +254,18 @@ def int8_ready(model) -> None:
     graph.initializer.extend(kept)
 
 
+def calibration_reader(calibration: list):
+    """The arrays as ONNX Runtime's quantiser reads them: get_next() -> {INPUT: x}, then None."""
+
+    class Reader(require("onnxruntime.quantization").CalibrationDataReader):
+        batches = iter(calibration)
+
+        def get_next(self):
+            return None if (x := next(self.batches, None)) is None else {INPUT: x}
+
+    return Reader()
+
+
 def quantize_int8(fp32: Path, out: Path, calibration: list) -> None:
     """Static int8 quantisation of an .onnx file, calibrated on `calibration` arrays, by the
     recipe INT8_VARIANT names: QDQ, uint8 activations and int8 weights per tensor (the fast
@@ -263,14 +275,6 @@ def quantize_int8(fp32: Path, out: Path, calibration: list) -> None:
     file's metadata; the recipe's name is added to it."""
     q, onnx = require("onnxruntime.quantization"), require("onnx")
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(q.CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter(calibration)
-
-        def get_next(self):
-            x = next(self.batches, None)
-            return None if x is None else {INPUT: x}
 
     with tempfile.TemporaryDirectory() as work, atomic_path(out) as tmp:
         pre = Path(work) / "prepared.onnx"
@@ -282,7 +286,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: list) -> None:
         q.quantize_static(
             model,
             str(tmp),
-            Reader(),
+            calibration_reader(calibration),
             quant_format=q.QuantFormat.QDQ,
             activation_type=q.QuantType.QUInt8,
             weight_type=q.QuantType.QInt8,
@@ -391,14 +395,10 @@ def main(args: argparse.Namespace) -> None:
     # Everything --int8 needs is read before any file is written.
     calibration = images(args.data_root, "train", args.calib) if args.int8 else None
     held_out = images(args.data_root, "val", args.calib) if args.int8 else None
-    metadata = {
-        "kd": str(ckpt.get("args", {}).get("kd", UNKNOWN_KD)),
-        "params": count_params(student),
-        "synthetic": bool(ckpt.get("synthetic")),
-        "epoch": ckpt.get("epoch"),
-        "checkpoint": str(args.checkpoint),
-        "args": ckpt.get("args", {}),
-    }
+    saved = ckpt.get("args", {})  # the training flags, as train.py stored them
+    metadata = {"kd": str(saved.get("kd", UNKNOWN_KD)), "params": count_params(student)}
+    metadata |= {"synthetic": bool(ckpt.get("synthetic")), "epoch": ckpt.get("epoch")}
+    metadata |= {"checkpoint": str(args.checkpoint), "args": saved}
     print(f"exporting {args.checkpoint} to ONNX ...", flush=True)
     write_checked(paths["fp32"], student, lambda tmp: export_onnx(student, tmp, metadata))
     if args.mobile:

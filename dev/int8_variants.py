@@ -24,10 +24,10 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from export import (  # noqa: E402
-    INPUT,
     INT8_OPS,
     INT8_VARIANT,
     OnnxModel,
+    calibration_reader,
     export_onnx,
     int8_ready,
     quantize_int8,
@@ -53,14 +53,6 @@ VARIANTS = {
 
 
 def quantize_variant(pre: Path, out: Path, rewrite: bool, options: dict, calibration) -> None:
-    class Reader(q.CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter(calibration)
-
-        def get_next(self):
-            x = next(self.batches, None)
-            return None if x is None else {INPUT: x}
-
     model = onnx.load(str(pre))
     if rewrite:
         int8_ready(model)
@@ -70,7 +62,7 @@ def quantize_variant(pre: Path, out: Path, rewrite: bool, options: dict, calibra
         "weight_type": q.QuantType.QInt8,
         **options,
     }
-    q.quantize_static(model, str(out), Reader(), **settings)
+    q.quantize_static(model, str(out), calibration_reader(calibration), **settings)
 
 
 def main(args: argparse.Namespace) -> None:
