@@ -173,12 +173,13 @@ def mismatch(data, schema: dict) -> str | None:
         if isinstance(value, bool) or not isinstance(value, kind):
             return f"entry {key!r} missing or of the wrong type"
         high = 1 if key in FRACTIONS else math.inf
-        numbers = value if isinstance(value, list) and key in FRACTIONS else [value]
-        for x in [x for x in numbers if x is not None]:
-            if not isinstance(x, NUMBER) or isinstance(x, bool):
-                if isinstance(value, list) and key in FRACTIONS:
-                    return f"entry {key!r} holds {x!r}, not a number"
-                continue
+        numbers = [value] if isinstance(value, NUMBER) else []
+        if isinstance(value, list) and key in FRACTIONS:  # per class: a number, or null if absent
+            numbers = [x for x in value if x is not None]
+            odd = [x for x in numbers if isinstance(x, bool) or not isinstance(x, NUMBER)]
+            if odd:
+                return f"entry {key!r} holds {odd[0]!r}, not a number"
+        for x in numbers:
             if not (math.isfinite(x) and 0 <= x <= high):
                 return f"entry {key!r} is {x!r}, not a number from 0 to {high}"
     return None
