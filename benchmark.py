@@ -25,7 +25,9 @@ phone's speed.
 
 from cli import (
     OUTPUTS_DIR,
+    UserError,
     add_device,
+    add_overwrite,
     add_timing_args,
     number,
     parser,
@@ -49,7 +51,7 @@ from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
 from distill import KD_MODES, KDConfig, Trainee, teacher_outputs
 from export import INT8_VARIANT, OnnxModel, export_onnx, quantize_int8, write_mobile
-from files import check_output, write_json
+from files import check_output, exclusive, write_json
 from lab import BENCHMARK_RESULT, OptimConfig, build_optimizer
 from metrics import device_name, median_ms, model_logits
 from model import TEACHER_RESIZE, build_student, build_teacher, count_params
@@ -90,6 +92,7 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     p.add_argument(
         "--out-dir", type=path_arg, default=OUTPUTS_DIR, help=f"folder for {BENCHMARK_RESULT}"
     )
+    add_overwrite(p, f"an existing {BENCHMARK_RESULT}")
     return p.parse_args(argv)
 
 
@@ -256,6 +259,13 @@ def format_table(result: dict) -> str:
 
 def main(args: argparse.Namespace) -> None:
     out = check_output(args.out_dir, folder=True) / BENCHMARK_RESULT
+    with exclusive([out]):
+        if out.exists() and not args.overwrite:
+            raise UserError(f"{out} already exists; pass --overwrite to replace it")
+        benchmark(args, out)
+
+
+def benchmark(args: argparse.Namespace, out: Path) -> None:
     device = resolve_device(args.device)
     torch.manual_seed(0)
     student = build_student().to(device)

@@ -1,19 +1,24 @@
-"""What every script shares on the command line: the error type, the entry point, argument
-types and common flags, the device.
+"""What every script shares on the command line: the error type, the entry point, the signals,
+argument types and common flags, and the device.
 
     from cli import UserError, run, parser, number, resolve_device
 
 Library code raises UserError for anything the user can fix (a missing file, a bad flag
-value, a foreign checkpoint); `run` prints it as one `error: ...` line and exits 1. Ctrl+C
-prints one line and exits 130. Nothing else in the project prints errors or calls SystemExit.
+value, a foreign checkpoint); `run` prints it as one `error: ...` line and exits 1, and so
+does argparse for a bad flag. Ctrl+C, `kill` and a closed terminal print one line and exit
+130. Nothing else in the project prints errors or calls SystemExit.
 
+The platform's differences live here, each in one place: the signals it has (Windows has no
+SIGHUP), the processes that may handle them (a script, never its DataLoader workers), a
+console in another encoding or closed early, and the devices (CUDA, the Apple GPU, the CPU).
 Every module imports cli first (pyproject.toml's isort sections), and cli imports nothing slow
-(torch is imported where it is used): a Ctrl+C while a script's imports load, before `run`
-starts, is one line too (`one_line_interrupt`), not a traceback through torch's imports.
+(torch is imported where it is used), so its signal handlers are in place before the heavy
+imports: a Ctrl+C or a `kill` while a script loads is one line too.
 """
 
 import argparse
 import math
+import multiprocessing
 import os
 import signal
 import sys
@@ -25,37 +30,43 @@ if TYPE_CHECKING:
     import torch
 
 WEIGHTS_DIR, OUTPUTS_DIR = "weights", "outputs"  # where the lab's scripts write by default
-CLOSED_OUTPUT = "the standard output was closed (its reader, such as | head, went away)"
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130  # 130 = 128 + SIGINT, what shells report for Ctrl+C
 # More loader processes than cores only contend for them (and PyTorch warns about it).
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+# A `kill` and a closed terminal stop a script as Ctrl+C does; Windows has no SIGHUP.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+DEVICES = ("cpu", "cuda", "mps")  # mps: the Apple GPU
 
 
 class UserError(Exception):
     """An error the user can fix; its message says what is wrong and what to do."""
 
 
-def run(main: Callable, parse_args: Callable) -> None:
-    """main(parse_args()), the entry point of every script: a UserError becomes one
-    `error: ...` line and exit 1; Ctrl+C one `interrupted` line (with what was saved, when
-    main says so in the KeyboardInterrupt) and exit 130. SIGTERM and SIGHUP (a `kill`, a
-    closed terminal) are handled as Ctrl+C is, so that every temporary file is removed on the
-    way out; a closed pipe (`| head`) stops the script with one line on stderr saying so."""
-    args = parse_args()
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupt)
-    try:
-        main(args)
-    except UserError as e:
-        print(f"error: {message(e)}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
-    except KeyboardInterrupt as e:
-        print(f"\ninterrupted{': ' + str(e) if e.args else ''}", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
-        print(f"stopped: {CLOSED_OUTPUT}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
+class Stopped(Exception):
+    """This process stops because another process of the same torchrun run failed and has
+    printed why: exit 1 without a line of its own."""
+
+
+def is_first_process() -> bool:
+    """The only process, or torchrun's first (RANK 0): the one that speaks for the run."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def interrupt(signum: int, frame) -> None:
+    """A termination signal, raised as Ctrl+C is, where the program is, so that every
+    temporary file is removed on the way out."""
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
+
+
+def quiet_worker(worker_id: int | None = None) -> None:
+    """A DataLoader worker's signals (its worker_init_fn): Ctrl+C and a closed terminal reach
+    the whole process group, and the script alone answers them, stopping its workers as it
+    ends; SIGTERM, the way a script or the OS stops a worker, ends it at once, quietly."""
+    for sig in (signal.SIGINT, *STOP_SIGNALS):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
 
 
 def one_line_interrupt(kind: type, value: BaseException, traceback) -> None:
@@ -68,12 +79,89 @@ def one_line_interrupt(kind: type, value: BaseException, traceback) -> None:
         sys.__excepthook__(kind, value, traceback)
 
 
-sys.excepthook = one_line_interrupt
+if multiprocessing.parent_process() is None:  # a script (each torchrun process is one)
+    sys.excepthook = one_line_interrupt
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, interrupt)
+else:  # a worker started by spawn (Windows, macOS) imports cli before its worker_init_fn
+    quiet_worker()
 
 
-def interrupt(signum: int, frame) -> None:
-    """A termination signal, raised as Ctrl+C is, where the program is."""
-    raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
+class Console:
+    """sys.stdout or sys.stderr as `run` leaves it: text the console's encoding cannot show
+    is written as \\uXXXX escapes, not raised as UnicodeEncodeError (a Windows console
+    redirected to a file is cp1252), and a reader that went away (`| head`) stops the output,
+    not the work: the script goes on to the end, its files whole, and says so once."""
+
+    def __init__(self, stream):
+        self.stream, self.reader_gone = stream, False
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+    def write(self, text: str) -> int:
+        return self._call("write", text) or len(text)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def _call(self, name: str, *args):
+        if self.reader_gone:
+            return None
+        try:
+            return getattr(self.stream, name)(*args)
+        except OSError:  # BrokenPipeError; EINVAL on Windows
+            self.reader_gone = True
+            try:  # what Python would flush at exit now goes nowhere, without an error
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
+            if self.stream is sys.__stdout__:
+                print(f"note: {CLOSED_OUTPUT}; the run goes on (Ctrl+C stops it)", file=sys.stderr)
+            return None
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+CLOSED_OUTPUT = "the standard output was closed (its reader, such as | head, went away)"
+
+
+def run(main: Callable, parse_args: Callable) -> None:
+    """main(parse_args()), the entry point of every script: a UserError becomes one
+    `error: ...` line and exit 1; Ctrl+C, SIGTERM and SIGHUP one `interrupted` line (with what
+    was saved, when main says so in the KeyboardInterrupt) and exit 130, printed by the first
+    process only under torchrun; an operation the device lacks one line saying the way out."""
+    sys.stdout, sys.stderr = Console(sys.stdout), Console(sys.stderr)
+    try:
+        main(parse_args())
+    except UserError as e:
+        print(f"error: {message(e)}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+    except Stopped:
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt as e:
+        if is_first_process():
+            print(f"\ninterrupted{': ' + str(e) if e.args else ''}", file=sys.stderr)
+        if main.__module__ == "__main__":  # a script (not a test calling run), about to end:
+            # leave at once. Python raises KeyboardInterrupt wherever the program was, even
+            # between a lock's acquire and its release, and the DataLoader's finalizers at exit
+            # would wait forever on such a lock; every temporary file is gone already.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        sys.exit(EXIT_INTERRUPTED)
+    except NotImplementedError as e:
+        if "MPS" not in str(e):
+            raise
+        first = str(e).strip().splitlines()[0]
+        print(
+            f"error: {first}; set the environment variable PYTORCH_ENABLE_MPS_FALLBACK=1 to "
+            "run such operations on the CPU, or use --device cpu",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_ERROR)
+    finally:
+        sys.stdout, sys.stderr = sys.stdout.stream, sys.stderr.stream
 
 
 def message(error: UserError) -> str:
@@ -89,8 +177,17 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """--help keeps the docstring's layout and shows every flag's default, written once."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's refusal: one `error:` line and exit 1, as for every other
+    bad input, instead of a usage block and exit 2."""
+
+    def error(self, text: str):
+        print(f"error: {text} (python {self.prog} --help lists the flags)", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+
+
 def parser(doc: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+    return Parser(description=doc, formatter_class=HelpFormatter)
 
 
 # ----------------------------------------------------------------------------- argument types
@@ -121,11 +218,22 @@ seed_int = number(int, 0, 2**63 - 1)  # what torch.manual_seed accepts
 
 
 def path_arg(text: str) -> str:
-    """An argparse type for paths: any text but the empty one, which would silently mean the
-    current folder or the default."""
+    """An argparse type for paths: `~` is the home folder (PowerShell and a quoted path leave
+    it to the program); refused: the empty text, which would silently mean the current folder
+    or the default, and a name that is not text (bytes a file system took but that no file
+    written in UTF-8, a JSON result or a report, can name)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
-    return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid UTF-8: rename it") from None
+    return os.path.expanduser(text)
+
+
+def has_suffix(path: str | Path, *suffixes: str) -> bool:
+    """Whether the file name ends in one of `suffixes`, in any case (UP.ONNX is an .onnx)."""
+    return Path(path).suffix.lower() in suffixes
 
 
 def file_path(suffix: str) -> Callable:
@@ -133,9 +241,10 @@ def file_path(suffix: str) -> Callable:
     ending in `suffix` (a checkpoint under an .onnx name would mislead whoever reads it)."""
 
     def check(text: str) -> str:
-        if Path(path_arg(text)).suffix != suffix:
+        path = path_arg(text)
+        if not has_suffix(path, suffix):
             raise argparse.ArgumentTypeError(f"{text} must end in {suffix}")
-        return text
+        return path
 
     return check
 
@@ -163,25 +272,53 @@ def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device",
         default=None,
-        help="cpu, cuda or cuda:N; none given: cuda if available, else cpu",
+        help="cpu, cuda, cuda:N or mps (the Apple GPU); none given: cuda if available, "
+        "else mps, else cpu",
     )
 
 
+# ----------------------------------------------------------------------------- devices
+
+
 def resolve_device(name: str | None) -> "torch.device":
-    """--device value -> torch.device; None means cuda when available, else cpu."""
+    """--device value -> torch.device; None means the machine's accelerator when PyTorch has
+    one that works (a CUDA GPU, the Apple GPU), else the CPU."""
     import torch
 
     if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        found = (
+            torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+        )
+        return torch.device(found.type if found is not None and found.type in DEVICES else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown device {name!r} (try cpu or cuda)") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"device {name!r} is not supported here (try cpu or cuda)")
+        raise UserError(f"unknown device {name!r} (try {', '.join(DEVICES)})") from None
+    if device.type not in DEVICES:
+        raise UserError(f"device {name!r} is not supported here (try {', '.join(DEVICES)})")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU here")
+        raise UserError(
+            "--device cuda asked for, but PyTorch sees no CUDA GPU here (on Windows, PyPI's "
+            "torch is the CPU build: README.md, Set-up)"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps asked for, but PyTorch sees no Apple GPU here")
     return device
+
+
+def mixed_precision(device: "torch.device") -> bool:
+    """Whether training autocasts to float16 with a GradScaler: on CUDA only. The Apple GPU
+    trains in float32: its autocast has not run on a Mac here (docs/platforms.md)."""
+    return device.type == "cuda"
+
+
+def synchronize(device: "torch.device") -> None:
+    """Wait for the device's queued work (CUDA and the Apple GPU run asynchronously), so that
+    a timer read next measures it; nothing to wait for on the CPU."""
+    import torch
+
+    if device.type != "cpu":
+        torch.accelerator.synchronize(device)
 
 
 def add_timing_args(p: argparse.ArgumentParser, size: int, runs: int) -> None:
@@ -216,3 +353,8 @@ def add_eval_args(p: argparse.ArgumentParser, size: int) -> None:
     p.add_argument(
         "--out-dir", type=path_arg, default=OUTPUTS_DIR, help="folder for the JSON and the images"
     )
+    add_overwrite(p, "the results of an earlier run (JSON, table, panels)")
+
+
+def add_overwrite(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what}")

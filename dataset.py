@@ -14,7 +14,16 @@ The facts about VOC (classes, sources, markers) are in voc.py; the downloader is
 the synthetic data synthetic.py, which this module's command line runs.
 """
 
-from cli import UserError, add_data_root, number, parser, path_arg, run, seed_int
+from cli import (
+    UserError,
+    add_data_root,
+    number,
+    parser,
+    path_arg,
+    quiet_worker,
+    run,
+    seed_int,
+)
 
 import argparse
 import bisect
@@ -279,23 +288,59 @@ def train_aug_dataset(data_root: str | Path, transforms, limit: int | None = Non
     return first(ConcatDataset(parts), limit)
 
 
+class EpochSampler(DistributedSampler):
+    """The training order, one shuffle per epoch drawn from (seed, epoch) alone, each index
+    yielded with its epoch: (epoch, index), which SeededSamples reads. Under torchrun
+    (world > 1) each process takes its share; alone, all of it."""
+
+    def __init__(self, dataset: Dataset, seed: int, rank: int = 0, world: int = 1):
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+
+    def __iter__(self):
+        return ((self.epoch, index) for index in super().__iter__())
+
+
+class SeededSamples(Dataset):
+    """dataset[index] with every random draw of its transforms (the crop, the scale, the flip)
+    seeded from (seed, epoch, index) alone, for an (epoch, index) key of EpochSampler: an
+    epoch's crops are the same in whichever worker, or in none, under fork or spawn, in a
+    resumed run or an uninterrupted one. The caller's random state is left as it was."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple):
+        epoch, index = key
+        state = np.random.SeedSequence((self.seed, epoch, index)).generate_state(1, np.uint64)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(state[0]))
+            return self.dataset[index]
+
+
 def training_loader(
-    dataset: Dataset, batch_size: int, num_workers: int, seed: int, world: int, cuda: bool
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    shard: tuple = (0, 1),
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """Shuffled batches of the dataset's samples; under torchrun (world > 1) a
-    DistributedSampler gives each process its share, reshuffled each epoch by
-    loader.sampler.set_epoch. Workers are started anew each epoch (not persistent): each then
-    takes its seed from the main process's generator, which train.py seeds per epoch, so the
-    augmentations of an epoch depend on the seed and the epoch alone, with workers or without,
-    and a resumed run sees exactly the crops an uninterrupted one does."""
-    sampler = DistributedSampler(dataset, seed=seed) if world > 1 else None
+    """Shuffled batches of the dataset's samples, seeded per sample (SeededSamples); call
+    loader.sampler.set_epoch(epoch) before each epoch. shard=(rank, world size) under torchrun.
+    The workers are started once per run (persistent), which costs a fresh interpreter and
+    torch's import per worker under spawn (Windows, macOS), and ignore the stop signals."""
+    rank, world = shard
     return DataLoader(
-        dataset,
+        SeededSamples(dataset, seed),
         batch_size=batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
+        sampler=EpochSampler(dataset, seed, rank, world),
         num_workers=num_workers,
-        pin_memory=cuda,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=quiet_worker,
     )
 
 
@@ -307,22 +352,23 @@ def eval_loader(
     resize: int | None = None,
     limit: int | None = None,
     shard: tuple = (0, 1),
+    pin_memory: bool = False,
 ) -> DataLoader:
     """Loader of a VOC split for metrics.evaluate. shard=(rank, world size) keeps every
     world-th image from the rank-th: disjoint shares that together are the split, each image
-    once (DistributedSampler would pad the shares with repeats, which would bias the mIoU)."""
+    once (DistributedSampler would pad the shares with repeats, which would bias the mIoU).
+    pin_memory: for a CUDA device, where it speeds up the copies."""
     dataset = voc_dataset(data_root, split, EvalTransform(resize), limit)
     rank, world = shard
-    if world > 1:
-        dataset = Subset(dataset, range(rank, len(dataset), world))
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=False,
+        sampler=range(rank, len(dataset), world),
         num_workers=num_workers,
         collate_fn=collate_eval,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory,
         persistent_workers=num_workers > 0,  # train.py validates every epoch with this loader
+        worker_init_fn=quiet_worker,
     )
 
 

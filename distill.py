@@ -28,6 +28,7 @@ class KDMode:
     features: bool
 
 
+# Keyed by voc.KD_METHODS, in its order (the modules below this one know the names only).
 KD_MODES = {
     "none": KDMode("none (cross-entropy only)", soft=False, features=False),
     "response": KDMode("response-based", soft=True, features=False),

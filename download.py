@@ -176,5 +176,7 @@ def download_source(data_root: str | Path, source: Source) -> None:
     else:
         fetch_archive(list(source.mirrors), archive, source.md5)
     safe_extract(archive, root, source)  # refuses an archive without source.needed
-    (root / source.subdir / COMPLETE_MARKER).write_text(f"extracted from {source.archive}\n")
+    (root / source.subdir / COMPLETE_MARKER).write_text(
+        f"extracted from {source.archive}\n", encoding="utf-8"
+    )
     print(f"{source.name} ready under {root / source.subdir}")

@@ -1,27 +1,43 @@
-"""Every file the project writes or reads back, in one room: outputs written atomically, the
-lock of a run, JSON and CSV, and checkpoints (read without running code, checked entry by entry,
-and the training state that --resume restores).
+"""Every file the project writes, and every text file it reads back, in one room: outputs
+written atomically, the locks of the outputs, text in UTF-8, JSON and CSV, and the schemas
+that what is read back must match. Checkpoints are checkpoints.py's.
 
-    from files import atomic_path, write_json, save_file, load_file, read_checkpoint
+    from files import atomic_path, exclusive, write_json, read_json, mismatch
 
 The rule for outputs: each is written to a temporary file beside it and renamed over it only
-when whole, so a crash, Ctrl+C or a full disk leaves the old file or the new one, never half.
+when whole, so a crash, Ctrl+C or a full disk leaves the old file or the new one, never half;
+while a run writes, it holds a lock on each of its outputs, which the operating system lets go
+when the run ends, however it ends. Every text file is UTF-8, whatever the machine's locale.
 """
 
 from cli import UserError
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import math
 import os
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
-from torch import nn
+import filelock
+
+ENCODING = "utf-8"  # of every text file, on every OS (Windows' default is its ANSI code page)
+MAX_TEXT_BYTES = 16 * 2**20  # a lab's result or table is kilobytes; beyond, it is not one
+# A file that another program holds open (Excel, an image viewer) cannot be replaced on
+# Windows: the rename is retried for about 3 s, then refused naming the file.
+REPLACE_WAITS_S = (0.1, 0.2, 0.4, 0.8, 1.6)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO}
+
+
+class FileInUse(UserError):
+    """An output that another program holds open, so that it cannot be replaced."""
+
 
 # ----------------------------------------------------------------------------- writing outputs
 
@@ -51,21 +67,7 @@ def check_output(path: str | Path, folder: bool = False) -> Path:
     return path
 
 
-def check_run_outputs(outputs: list, cache: str | None, replaces: bool) -> None:
-    """Before a training run: refuse to replace any of its `outputs` (checkpoints, log, plot)
-    unless `replaces` (--resume, --overwrite): a log of the same name may be another run's,
-    from another --out folder. Fail now on an output that cannot be written, not after the
-    first epoch, and on the folder where a teacher cache will go."""
-    found = [str(path) for path in outputs if Path(path).exists()]
-    if found and not replaces:
-        raise UserError(
-            f"{', '.join(found)} already exist(s); use --resume to continue that run or "
-            "--overwrite to start over (or another --out or --out-dir)"
-        )
-    for path in outputs:
-        check_output(path)
-    if cache is not None and not Path(cache).exists():
-        check_output(Path(cache).parent, folder=True)  # where it will be built
+_SHOWN = {}  # temporary path -> the path the user named, for an atomic_path inside another
 
 
 @contextlib.contextmanager
@@ -73,62 +75,108 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write to; it replaces `path` only when the block
     ends without error, and is deleted otherwise (disk full, Ctrl+C): a reader finds the old
     file or the new one, never half of one. The temporary name keeps the suffix, so
-    matplotlib and zipfile still see what they write."""
+    matplotlib and zipfile still see what they write. Only the failure of this write (the
+    temporary file, a full disk) or of the rename becomes a UserError naming `path`; any other
+    error of the block goes on as it is."""
     path = check_output(path)
+    shown = _SHOWN.get(path, path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    _SHOWN[tmp] = shown
     try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        try:
+            yield tmp
+        except OSError as e:
+            if e.errno not in WRITE_ERRNOS and e.filename not in (str(tmp), tmp):
+                raise
+            raise UserError(f"cannot write {shown}: {e.strerror or e}") from None
+        replace(tmp, path, shown)
     finally:
+        _SHOWN.pop(tmp, None)
         tmp.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def exclusive(path: str | Path) -> Iterator[None]:
-    """Hold the lock file `path` (holding this process's id) for the block, so that a second
-    run writing the same outputs is refused while the first lives; a lock left by a process
-    that no longer exists (killed) is taken over."""
-    path = Path(path)
-    for _ in range(2):
+def replace(tmp: Path, path: Path, shown: Path) -> None:
+    """os.replace(tmp, path), retried while another program holds `path` open (Windows)."""
+    for wait in (*REPLACE_WAITS_S, None):
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            owner = lock_owner(path)
-            if owner is not None:
-                raise UserError(
-                    f"another run (process {owner}) is writing these outputs ({path}); wait "
-                    "for it to end, or choose other output paths. If no run of the lab is "
-                    f"writing there (process {owner} may be another program), delete {path}"
+            os.replace(tmp, path)
+            return
+        except PermissionError as e:
+            if wait is None:
+                raise FileInUse(
+                    f"cannot replace {shown} ({e.strerror or e}): is it open in another program "
+                    "(a spreadsheet, an image viewer)? Close it and run again"
                 ) from None
-            path.unlink(missing_ok=True)
+            time.sleep(wait)
         except OSError as e:
-            raise UserError(f"cannot create {path}: {e.strerror or e}") from None
-    else:
-        raise UserError(f"cannot take the lock {path}; delete it if no run is writing there")
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{os.getpid()}\n")
-    try:
+            raise UserError(f"cannot write {shown}: {e.strerror or e}") from None
+
+
+def lock_path(output: str | Path) -> Path:
+    """The lock file of an output: hidden beside it, so no listing or zip takes it."""
+    output = Path(output)
+    return output.with_name(f".{output.name}.lock")
+
+
+@contextlib.contextmanager
+def exclusive(outputs: list) -> Iterator[None]:
+    """Hold a lock on each of a run's `outputs` for the block: a second run writing any of the
+    same files is refused while the first lives. The locks are the operating system's
+    (filelock: fcntl on Linux and macOS, msvcrt on Windows): they end with the process that
+    holds them, killed or not, and no other process is ever signalled or asked about."""
+    with contextlib.ExitStack() as stack:
+        for output in sorted({Path(p) for p in outputs}):
+            check_output(output, folder=output.is_dir())  # its folder made, if missing
+            lock = filelock.FileLock(lock_path(output), timeout=0)
+            try:
+                lock.acquire()
+            except filelock.Timeout:
+                raise UserError(
+                    f"another run is writing {output} (it holds {lock_path(output)}); wait for "
+                    "it to end, or choose other output paths"
+                ) from None
+            except OSError as e:
+                raise UserError(f"cannot lock {output}: {e.strerror or e}") from None
+            stack.callback(lock.release)
         yield
-    finally:
-        path.unlink(missing_ok=True)
 
 
-def lock_owner(path: Path) -> int | None:
-    """The id of the live process holding the lock file, or None (gone, or unreadable)."""
-    try:
-        pid = int(path.read_text().strip())
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except (OSError, ValueError):
-        return None
-    return pid
+def check_run_outputs(
+    outputs: list, cache: str | None, overwrite: bool, resumed: list | None = None
+) -> None:
+    """Before a training run: refuse to replace any of its `outputs` (the best and last
+    checkpoints, the log, the plot) unless --overwrite: a log of the same name may be another
+    run's, from another --out folder. With --resume (`resumed`: the history of the run it
+    continues), its checkpoints are replaced, and its log and plot only if the log there is
+    its own (the CSV of the first epochs of that history). Fail now on an output that cannot be
+    written, not after the first epoch, and on the folder where a teacher cache will go."""
+    outputs = [Path(p) for p in outputs]
+    found = [p for p in outputs if p.exists()] if not overwrite else []
+    if resumed is not None and found:
+        log, written = outputs[2], [csv_text(resumed[:n]) for n in range(1, len(resumed) + 1)]
+        own = log.is_file() and log.stat().st_size < MAX_TEXT_BYTES and read_utf8(log) in written
+        found = [p for p in found if p not in outputs[:2] and not own]
+    if found and resumed is None:
+        raise UserError(
+            f"{', '.join(map(str, found))} already exist(s); use --resume to continue that run or "
+            "--overwrite to start over (or another --out or --out-dir)"
+        )
+    if found:
+        raise UserError(
+            f"{', '.join(map(str, found))} already exist(s) and are not the log of the run "
+            "--resume continues (another run's?); use another --out-dir, or --overwrite"
+        )
+    for path in outputs:
+        check_output(path)
+    if cache is not None and not Path(cache).exists():
+        check_output(Path(cache).parent, folder=True)  # where it will be built
 
 
 def write_text(text: str, path: str | Path) -> None:
+    """UTF-8 text, atomically; a character UTF-8 cannot hold (a file name's undecodable
+    byte) as a backslash escape."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding=ENCODING, errors="backslashreplace")
 
 
 def write_json(obj: dict, path: str | Path) -> None:
@@ -144,52 +192,61 @@ def write_json(obj: dict, path: str | Path) -> None:
     write_text(json.dumps(clean(obj), indent=2) + "\n", path)
 
 
-def write_csv(rows: list, path: str | Path) -> None:
-    """Rows (dicts) as CSV, the columns in order of first appearance, atomically."""
+def csv_text(rows: list) -> str:
+    """Rows (dicts) as CSV, the columns in order of first appearance."""
     fields = list(dict.fromkeys(key for row in rows for key in row))
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=fields)
+    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text(text.getvalue(), path)
+    return text.getvalue()
 
 
-# ----------------------------------------------------------------------------- results read back
-
-NUMBER = (int, float)
-# Entries that are fractions from 0 to 1 (a number, or a list of numbers and nulls, as the
-# per-class IoU where a class is absent); every other number of a lab's result is at least 0.
-FRACTIONS = {"miou", "pixel_acc", "iou", "best_miou", "val_miou"}
+def write_csv(rows: list, path: str | Path) -> None:
+    write_text(csv_text(rows), path)
 
 
-def mismatch(data, schema: dict) -> str | None:
-    """None when `data` is a dict whose every key of `schema` ({key: type}) holds a value of
-    its type (bool is not a number), its numbers finite and at least 0, at most 1 under a
-    FRACTIONS key; else what is wrong, for the first key that is not so."""
-    if not isinstance(data, dict):
-        return f"a {type(data).__name__}, not an object"
-    for key, kind in schema.items():
-        value = data.get(key)
-        if isinstance(value, bool) or not isinstance(value, kind):
-            return f"entry {key!r} missing or of the wrong type"
-        high = 1 if key in FRACTIONS else math.inf
-        numbers = [value] if isinstance(value, NUMBER) else []
-        if isinstance(value, list) and key in FRACTIONS:  # per class: a number, or null if absent
-            numbers = [x for x in value if x is not None]
-            odd = [x for x in numbers if isinstance(x, bool) or not isinstance(x, NUMBER)]
-            if odd:
-                return f"entry {key!r} holds {odd[0]!r}, not a number"
-        for x in numbers:
-            if not (math.isfinite(x) and 0 <= x <= high):
-                return f"entry {key!r} is {x!r}, not a number from 0 to {high}"
-    return None
+# ----------------------------------------------------------------------------- reading back
 
 
-def read_json(path: str | Path, schema: dict) -> dict:
-    """The JSON object at `path` whose entries match `schema` (mismatch), or a UserError."""
+def check_input(path: str | Path, what: str) -> Path:
+    """`path` when it is a regular file it may read; else a UserError saying what it is
+    instead (missing, a link to nothing, a link loop, a folder, a device, forbidden)."""
+    path = Path(path)
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
+        mode = path.stat().st_mode  # follows links: a loop or a link to nothing fails here
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            link = " (a link to nothing)" if path.is_symlink() else ""
+            raise UserError(f"{what} {path} does not exist{link}") from None
+        raise UserError(f"{what} {path}: {(e.strerror or str(e)).lower()}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, a pipe?)"
+        raise UserError(f"{what} {path} is {kind}")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{what} {path} cannot be read (permission denied)")
+    return path
+
+
+def read_utf8(path: str | Path, what: str = "file") -> str:
+    """A UTF-8 text file of at most MAX_TEXT_BYTES, or a UserError naming it."""
+    path = check_input(path, what)
+    if path.stat().st_size > MAX_TEXT_BYTES:
+        raise UserError(
+            f"{what} {path} is {path.stat().st_size / 2**20:.0f} MiB, more than any file of "
+            f"the lab ({MAX_TEXT_BYTES // 2**20} MiB): not one of its results"
+        )
+    try:
+        return path.read_text(encoding=ENCODING)
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{what} {path}: unreadable ({e})") from None
+
+
+def read_json(path: str | Path, schema: dict, what: str = "result") -> dict:
+    """The JSON object at `path` matching `schema` (mismatch), or a UserError."""
+    try:
+        data = json.loads(read_utf8(path, what))
+    except (ValueError, RecursionError) as e:
         raise UserError(f"{path}: unreadable ({e})") from None
     problem = mismatch(data, schema)
     if problem:
@@ -197,178 +254,89 @@ def read_json(path: str | Path, schema: dict) -> dict:
     return data
 
 
-# ----------------------------------------------------------------------------- checkpoints
+# ----------------------------------------------------------------------------- schemas
 
 
-def load_file(path: str | Path, what: str) -> dict:
-    """torch.load(weights_only=True), so a checkpoint can never run code, with a UserError for
-    a missing, unreadable or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(
-            f"{what} {path} {'is not a regular file' if path.exists() else 'does not exist'}"
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and unpickler errors have no common base class
-        raise UserError(
-            f"cannot read {what} {path}: corrupt or not a PyTorch file ({type(e).__name__})"
-        ) from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{what} {path} holds a {type(obj).__name__}, not a dict")
-    return obj
+class Number:
+    """A finite int or float (never a bool) from `low` to `high`; an int if `integer`."""
+
+    def __init__(self, low: float = 0, high: float = math.inf, integer: bool = False):
+        self.low, self.high, self.integer = low, high, integer
+
+    def problem(self, x) -> str | None:
+        kinds = int if self.integer else (int, float)
+        if isinstance(x, bool) or not isinstance(x, kinds):
+            return f"{x!r:.40}, not {'an integer' if self.integer else 'a number'}"
+        if not (math.isfinite(x) and self.low <= x <= self.high):
+            return f"{x!r}, not a number from {self.low} to {self.high}"
+        return None
 
 
-def save_file(obj: dict, path: str | Path) -> None:
-    """torch.save through atomic_path: a crash never leaves half a checkpoint. torch.save
-    reports a full disk or a file-size limit as a RuntimeError: a UserError here, the old
-    file intact."""
-    with atomic_path(path) as tmp:
-        try:
-            torch.save(obj, tmp)
-        except RuntimeError as e:
-            raise UserError(
-                f"cannot write {path}: the write failed midway (a full disk, or a file-size "
-                f"limit?): {str(e).splitlines()[0][:200]}"
-            ) from None
+class OneOf:
+    def __init__(self, *values):
+        self.values = values
+
+    def problem(self, x) -> str | None:
+        return None if x in self.values else f"{x!r:.40}, not one of {', '.join(self.values)}"
 
 
-def non_finite(state: dict) -> list:
-    """Names of the floating-point tensors of a state dict holding a NaN or an infinity."""
-    floats = {k: v for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()}
-    return [k for k, v in floats.items() if not torch.isfinite(v).all()]
+class Maybe:
+    """None, or what `schema` says."""
+
+    def __init__(self, schema):
+        self.schema = schema
+
+    def problem(self, x) -> str | None:
+        return None if x is None else _problem(x, self.schema)
 
 
-def load_state(model: nn.Module, state: dict, what: str) -> None:
-    """model.load_state_dict(state), strict, refusing non-finite weights; a UserError keeps
-    PyTorch's lists of missing and unexpected keys, the detail needed after changing a model."""
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        detail = "; ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
-        raise UserError(f"{what} does not fit: a different architecture ({detail[:600]})") from None
-    bad = non_finite(state)
-    if bad:
-        raise UserError(
-            f"{what} holds NaN or infinite values in {len(bad)} tensor(s), first "
-            f"{bad[0]}: the run that wrote it diverged"
-        )
+class ListOf:
+    """A list of `length` items (any number from `min_length` if None), each `item`."""
+
+    def __init__(self, item, length: int | None = None, min_length: int = 0):
+        self.item, self.length, self.min_length = item, length, min_length
+
+    def problem(self, x) -> str | None:
+        if not isinstance(x, list):
+            return f"a {type(x).__name__}, not a list"
+        if (self.length is not None and len(x) != self.length) or len(x) < self.min_length:
+            wanted = self.length if self.length is not None else f"at least {self.min_length}"
+            return f"a list of {len(x)} items, not {wanted}"
+        for i, value in enumerate(x):
+            if p := _problem(value, self.item):
+                return f"item {i}: {p}"
+        return None
 
 
-# What train.py writes beside `model`, and the type of each, checked before use.
-CHECKPOINT_ENTRIES = {"args": dict, "epoch": int, "history": list, "synthetic": bool}
+FRACTION, AMOUNT, COUNT = Number(0, 1), Number(0), Number(0, integer=True)
 
 
-def check_checkpoint(ckpt: dict, path: str | Path) -> dict:
-    """`ckpt` when it is a checkpoint of train.py: a `model` state dict and, where present,
-    the CHECKPOINT_ENTRIES of their types, `history` a list of dicts; else a UserError
-    naming the file and the entry."""
-    if not isinstance(ckpt.get("model"), dict):
-        raise UserError(f"{path} is not a checkpoint of train.py (no 'model' entry)")
-    for key, kind in CHECKPOINT_ENTRIES.items():
-        if key in ckpt and not isinstance(ckpt[key], kind):
-            raise UserError(
-                f"{path}: its {key!r} entry is a {type(ckpt[key]).__name__}, not a "
-                f"{kind.__name__}: not a checkpoint of train.py"
-            )
-    if not all(isinstance(row, dict) for row in ckpt.get("history", [])):
-        raise UserError(f"{path}: its 'history' entry is not a list of epochs")
-    return ckpt
+def mismatch(data, schema: dict) -> str | None:
+    """None when `data` matches `schema`, else what is wrong, for the first entry that is not
+    as it says. A schema is a dict {key: schema of its value} (every key required; the key
+    `...` gives the schema of any other key), a type (bool is no int), a Number, OneOf, Maybe
+    or ListOf."""
+    return _problem(data, schema)
 
 
-def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
-    """A checkpoint of train.py from `path`, read and checked (load_file, check_checkpoint)."""
-    return check_checkpoint(load_file(path, what), path)
-
-
-# ----------------------------------------------------------------------------- training state
-
-
-def training_state(trainee: nn.Module, optimizer, scaler, flags: dict, history: list, synthetic):
-    """The saved run: the student's state dict alone under `model` (the teacher is never
-    saved, the adapters apart), what --resume needs, and the history of every epoch."""
-    mious = [row["val_miou"] for row in history]
-    adapters = trainee.adapters
-    return {
-        "model": trainee.student.state_dict(),
-        "adapters": adapters.state_dict() if adapters is not None else None,
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "args": flags,
-        "epoch": len(history),
-        "miou": mious[-1] if mious else math.nan,
-        "best_miou": max(mious, default=math.nan),
-        "history": history,
-        "synthetic": synthetic,
-    }
-
-
-def save_epoch(ckpt: dict, best: Path, last: Path, log: Path) -> None:
-    """The log, the last checkpoint and, when this epoch has the best val mIoU so far, the
-    best one; a model with non-finite weights or statistics is never saved."""
-    bad = non_finite(ckpt["model"])
-    if bad:
-        raise UserError(
-            f"the student's {bad[0]} became NaN or infinite; stopping without "
-            "saving this epoch. Try a lower --lr."
-        )
-    write_csv(ckpt["history"], log)
-    save_file(ckpt, last)
-    if ckpt["miou"] == ckpt["best_miou"]:
-        save_file(ckpt, best)
-
-
-def resume(
-    best: Path,
-    last: Path,
-    flags: dict,
-    fixed: dict,
-    synthetic: bool,
-    trainee: nn.Module,
-    optimizer,
-    scaler,
-) -> list:
-    """Load the last checkpoint's state into the trainee (student, adapters), optimizer and
-    scaler; returns its history. `fixed` maps each flag a resume may not change to its default:
-    a run whose value differs from the checkpoint's is refused, listing them (a flag the
-    checkpoint does not record, added to train.py after it was written, counts as its default).
-    A run on SYNTHETIC data never continues one on real data, or the reverse (`synthetic`:
-    whether this run's data is). The best checkpoint must still be there: without it the run
-    would end with none, or with one that is not its best epoch."""
-    if not best.is_file():
-        raise UserError(
-            f"{best}, the best epoch's checkpoint, is missing: put it back to resume, or "
-            "start over with --overwrite"
-        )
-    ckpt = read_checkpoint(last, "checkpoint to resume")
-    if ckpt.get("synthetic", False) != synthetic:
-        kinds = ("real", "SYNTHETIC") if synthetic else ("SYNTHETIC", "real")
-        raise UserError(
-            f"{last} was trained on {kinds[0]} data and --data-root holds {kinds[1]} data: one "
-            "history would mix them; resume on the run's own data, or start over with --overwrite"
-        )
-    missing = [k for k in ("args", "history", "optimizer", "scaler") if k not in ckpt]
-    if missing or not isinstance(ckpt["optimizer"], dict) or not isinstance(ckpt["scaler"], dict):
-        raise UserError(f"{last} cannot be resumed: no {', '.join(missing) or 'optimizer state'}")
-    saved = ckpt["args"]
-    changed = [
-        f"--{k.replace('_', '-')} {flags[k]} (checkpoint: {saved.get(k, default)})"
-        for k, default in fixed.items()
-        if saved.get(k, default) != flags[k]
-    ]
-    if changed:
-        raise UserError(
-            f"{last} was trained with other flags: {', '.join(changed)}; resume with "
-            "the checkpoint's flags, or start over with --overwrite"
-        )
-    load_state(trainee.student, ckpt["model"], f"checkpoint {last}")
-    if trainee.adapters is not None:
-        load_state(trainee.adapters, ckpt["adapters"], f"adapters of {last}")
-    try:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-    except (ValueError, KeyError, TypeError, RuntimeError) as e:
-        raise UserError(f"{last}: its optimizer state does not fit this run ({e})") from None
-    if len(ckpt["history"]) >= flags["epochs"]:
-        raise UserError(f"{last} already has {len(ckpt['history'])} epochs; raise --epochs")
-    return ckpt["history"]
+def _problem(x, schema) -> str | None:
+    if isinstance(schema, dict):
+        if not isinstance(x, dict):
+            return f"a {type(x).__name__}, not an object"
+        for key, value in x.items() if ... in schema else ():
+            if key not in schema and (p := _problem(value, schema[...])):
+                return f"entry {key!r}: {p}"
+        for key, value_schema in schema.items():
+            if key is ...:
+                continue
+            if key not in x:
+                return f"entry {key!r} missing"
+            if p := _problem(x[key], value_schema):
+                return f"entry {key!r}: {p}"
+        return None
+    if isinstance(schema, (Number, OneOf, Maybe, ListOf)):
+        return schema.problem(x)
+    kinds = schema if isinstance(schema, tuple) else (schema,)
+    if isinstance(x, bool) and bool not in kinds and {int, float} & set(kinds):
+        return f"{x!r}, not a number"
+    return None if isinstance(x, schema) else f"a {type(x).__name__}, of the wrong type"

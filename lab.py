@@ -9,6 +9,8 @@ each other.
 from cli import WEIGHTS_DIR
 
 import dataclasses
+import glob
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from PIL import Image
 
 from dataset import image_path
 from metrics import best_and_worst
-from visualize import overlay_panel, save_png
+from visualize import drawn_here, overlay_panel, save_png
 from voc import SYNTHETIC_NOTE
 
 STEP1_RESULT = "step1_fcn_resnet50.json"  # test_pretrained.py writes it, test.py reads it
@@ -63,6 +65,7 @@ class OptimConfig:
 
 
 OPTIMIZERS = ("sgd", "adamw")
+POLY_POWER = 0.9  # lr = base * (1 - step / total)^0.9
 
 
 def build_optimizer(params, config: OptimConfig) -> torch.optim.Optimizer:
@@ -71,6 +74,30 @@ def build_optimizer(params, config: OptimConfig) -> torch.optim.Optimizer:
             params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def warmup_poly(total_steps: int, warmup_steps: int):
+    """Learning-rate factor of a step: linear from 0 to 1 over warmup_steps, then
+    (1 - step / total_steps)^0.9 down to 0 (DeepLab's "poly" schedule)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, 1 - step / total_steps) ** POLY_POWER
+
+    return factor
+
+
+def build_scheduler(
+    optimizer, epochs: int, steps_per_epoch: int, warmup_epochs: float, done_epochs: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warm-up + poly (warmup_poly), stepped once per iteration, placed after `done_epochs`
+    whole epochs: a resumed run gets the lr an uninterrupted one has at that point, whatever
+    an interrupted epoch had stepped."""
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    factor = warmup_poly(epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, done_epochs * steps_per_epoch - 1)
 
 
 def save_overlays(
@@ -87,12 +114,14 @@ def save_overlays(
     images by per-image mIoU (`scores`, metrics.best_and_worst), their predicted classes read
     from `predictions` (kept by metrics.evaluate: exactly what was scored), written as
     <out_dir>/<prefix>_{best,worst}<rank>_<image id>.png and titled with `what` was
-    evaluated; the panels a previous run left under that prefix are removed first. Returns the
-    paths written."""
+    evaluated; the panels a previous run left under that prefix (named so, and drawn by
+    visualize.save_png) are removed first. Returns the paths written."""
     best, worst = best_and_worst(scores, count)
     out_dir = Path(out_dir)
-    for old in [*out_dir.glob(f"{prefix}_best*.png"), *out_dir.glob(f"{prefix}_worst*.png")]:
-        old.unlink()  # a previous run's panels: they would be taken for this run's
+    panel = re.compile(rf"{re.escape(prefix)}_(best|worst)[0-9]+_.+\.png")
+    for old in out_dir.glob(f"{glob.escape(prefix)}_*.png"):
+        if panel.fullmatch(old.name) and drawn_here(old):  # never a picture of the user's
+            old.unlink()  # a previous run's panels: they would be taken for this run's
     paths = []
     for kind, picks in (("best", best), ("worst", worst)):
         for rank, index in enumerate(picks, 1):

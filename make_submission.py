@@ -95,7 +95,7 @@ def synthetic_results(root: Path, files: list) -> list:
     found = []
     for path in (f for f in files if f.suffix == ".json"):
         try:
-            if json.loads((root / path).read_text()).get("synthetic"):
+            if json.loads((root / path).read_text(encoding="utf-8")).get("synthetic"):
                 found.append(path)
         except (OSError, ValueError, AttributeError):
             continue

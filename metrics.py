@@ -6,7 +6,7 @@ mIoU is computed from one confusion matrix accumulated over the whole split (the
 protocol), not as a mean of per-image scores.
 """
 
-from cli import UserError
+from cli import UserError, synchronize
 
 import datetime
 import math
@@ -145,6 +145,8 @@ def evaluate(
             "those of a working network (a negative BatchNorm variance, huge values), or a "
             "diverged run"
         )
+    if cm.mat.sum() == 0:
+        raise UserError(f"no {desc} image has a labelled pixel (all are 255): nothing to score")
     loss_sum = totals[:2]
     result = cm.compute()
     result["loss"] = (loss_sum[0] / loss_sum[1]).item() if loss_sum[1] > 0 else math.nan
@@ -191,8 +193,10 @@ def device_name(device: torch.device) -> str:
     """The GPU's or the CPU's model name, for saying where a time was measured."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return f"Apple GPU (mps, {platform.machine()})"
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
         return f"{names[0]} ({torch.get_num_threads()} threads)"
     except (OSError, IndexError):
@@ -209,21 +213,19 @@ def median_ms(
     call comes right after an untimed call of the same function, itself after an untimed
     pause: each model is timed warm, as when it runs over many images, not in whatever state
     the previous function left the caches and thread pools in (ONNX Runtime's threads keep
-    spinning for a moment after a run). On CUDA each timed call is bracketed by
-    torch.cuda.synchronize(), because kernel launches are asynchronous. With `desc`, a progress
-    bar counts the rounds.
+    spinning for a moment after a run). On a GPU (CUDA, the Apple GPU) each timed call is
+    bracketed by a synchronize, because kernel launches are asynchronous. With `desc`, a
+    progress bar counts the rounds.
     """
     times = {name: [] for name in fns}
     for i in tqdm(range(warmup + runs), desc=desc, disable=desc is None, dynamic_ncols=True):
         for name, fn in fns.items():
             time.sleep(PAUSE_S)
             fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             if i >= warmup:
                 times[name].append(1000 * (time.perf_counter() - start))
     return {name: statistics.median(t) for name, t in times.items()}

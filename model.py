@@ -21,7 +21,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models import MobileNet_V3_Small_Weights, mobilenet_v3_small
 from torchvision.models.segmentation import FCN_ResNet50_Weights, fcn_resnet50
 
-from files import load_file, load_state, read_checkpoint
+from checkpoints import load_file, load_state, read_checkpoint
 from voc import NUM_CLASSES
 
 # name: (channels, stride) as measured on torchvision's MobileNetV3-Small with dilated=True.

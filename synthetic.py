@@ -78,7 +78,8 @@ def write_fake_voc(data_root, num_images: int, rng: np.random.Generator, with_sb
     # The marker first: a tree cut short is still recognised as ours, and may be remade.
     (voc / SYNTHETIC_MARKER).write_text(
         "SYNTHETIC data made by `dataset.py --fake-voc`; no number measured on it is a VOC "
-        "result.\n"
+        "result.\n",
+        encoding="utf-8",
     )
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (voc / sub).mkdir(parents=True, exist_ok=True)
@@ -91,10 +92,12 @@ def write_fake_voc(data_root, num_images: int, rng: np.random.Generator, with_sb
         label.save(voc / "SegmentationClass" / f"{name}.png")
     n_train = math.ceil(num_images / 2)
     for split, names in (("train", ids[:n_train]), ("val", ids[n_train:])):
-        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text(
+            "\n".join(names) + "\n", encoding="utf-8"
+        )
     if with_sbd:
         make_fake_sbd(data_root, ids[0], ids[n_train], num_images, rng)
-    (voc / COMPLETE_MARKER).write_text("written whole by dataset.py --fake-voc\n")
+    (voc / COMPLETE_MARKER).write_text("written whole by dataset.py --fake-voc\n", encoding="utf-8")
     return voc
 
 
@@ -111,7 +114,7 @@ def make_fake_sbd(
     for sub in ("img", "cls"):
         (sbd / sub).mkdir(parents=True, exist_ok=True)
     (sbd / SYNTHETIC_MARKER).write_text(
-        "SYNTHETIC SBD made by `dataset.py --fake-voc --with-sbd`\n"
+        "SYNTHETIC SBD made by `dataset.py --fake-voc --with-sbd`\n", encoding="utf-8"
     )
     new = [f"fake_sbd_{i:06d}" for i in range(num_images)]
     for name in new + [voc_train_id, voc_val_id]:
@@ -119,6 +122,8 @@ def make_fake_sbd(
         Image.fromarray(image).save(sbd / "img" / f"{name}.jpg", quality=95)
         savemat(sbd / "cls" / f"{name}.mat", {"GTcls": {"Segmentation": mask}})
     half = num_images // 2
-    (sbd / "train.txt").write_text("\n".join(new[:half] + [voc_train_id, voc_val_id]) + "\n")
-    (sbd / "val.txt").write_text("\n".join(new[half:]) + "\n")
+    (sbd / "train.txt").write_text(
+        "\n".join(new[:half] + [voc_train_id, voc_val_id]) + "\n", encoding="utf-8"
+    )
+    (sbd / "val.txt").write_text("\n".join(new[half:]) + "\n", encoding="utf-8")
     return sbd

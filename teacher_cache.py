@@ -41,14 +41,26 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from dataset import EvalTransform, RandomScaleCropFlip, image_path, read_image
-from files import mismatch
+from files import COUNT, ENCODING, ListOf, Number, mismatch, read_utf8
 from model import TEACHER_RESIZE, teacher_features
 from voc import NUM_CLASSES
 
 FORMAT = 1  # of index.json; a cache of another format is refused
 LOGITS, INDEX = "logits.f16", "index.json"  # raw float16 values; their layout
-INDEX_KEYS = {"format": int, "teacher": str, "resize": int, "values": int, "images": list}
-ENTRY_KEYS = {"name": str, "sha1": str, "size": list, "shape": list, "offset": int}
+ENTRY_KEYS = {
+    "name": str,
+    "sha1": str,
+    "size": ListOf(Number(1, integer=True), 2),  # [height, width] of the image
+    "shape": ListOf(COUNT, 3),  # [C, h, w] of its stored map
+    "offset": COUNT,  # of its first value in LOGITS
+}
+INDEX_KEYS = {
+    "format": int,
+    "teacher": str,
+    "resize": int,
+    "values": COUNT,
+    "images": ListOf(ENTRY_KEYS),
+}
 
 
 def file_sha1(path: str | Path) -> str:
@@ -159,28 +171,17 @@ def map_shape(size: list) -> list:
 
 
 def index_problem(index) -> str | None:
-    """What is wrong with an index.json's content, or None: every key of INDEX_KEYS and of
-    each image's ENTRY_KEYS of its type; sizes two positive ints; each map's shape that of
-    its image's size (map_shape, within a pixel); the maps one after another from offset 0,
-    `values` in all."""
+    """What is wrong with an index.json's content, or None: INDEX_KEYS and each image's
+    ENTRY_KEYS; each map's shape that of its image's size (map_shape, within a pixel); the
+    maps one after another from offset 0, `values` in all."""
     problem = mismatch(index, INDEX_KEYS)
     if problem:
         return problem
     offset = 0
     for i, entry in enumerate(index["images"]):
-        problem = mismatch(entry, ENTRY_KEYS)
-        if problem:
-            return f"image {i}: {problem}"
         size, shape = entry["size"], entry["shape"]
-        if len(size) != 2 or not all(type(v) is int and v > 0 for v in size):
-            return f"image {i}: its size {size} is not [height, width]"
         expected = map_shape(size)
-        if (
-            len(shape) != 3
-            or not all(type(v) is int for v in shape)
-            or shape[0] != expected[0]
-            or any(abs(a - b) > 1 for a, b in zip(shape[1:], expected[1:]))
-        ):
+        if shape[0] != expected[0] or any(abs(a - b) > 1 for a, b in zip(shape[1:], expected[1:])):
             return f"image {i}: its map's shape {shape} is not that of a {size} image"
         if entry["offset"] != offset:
             return f"image {i}: its offset {entry['offset']} is not {offset}"
@@ -222,10 +223,15 @@ class TeacherCache:
     def open(cls, directory: Path) -> "TeacherCache":
         if not directory.is_dir():
             raise UserError(f"--teacher-cache {directory} is not a folder")
+        if not any((directory / name).exists() for name in (INDEX, LOGITS)):
+            raise UserError(
+                f"--teacher-cache {directory} is a folder but not a teacher cache (no {INDEX}); "
+                "give the path of a folder that does not exist yet, and train.py builds it there"
+            )
         try:
-            index = json.loads((directory / INDEX).read_text())
+            index = json.loads(read_utf8(directory / INDEX, "the cache's index"))
             size = (directory / LOGITS).stat().st_size
-        except (OSError, ValueError) as e:
+        except (UserError, OSError, ValueError, RecursionError) as e:
             raise UserError(
                 f"teacher cache {directory}: cannot read {INDEX} or {LOGITS} ({e}); "
                 f"delete {directory} to rebuild it"
@@ -256,11 +262,19 @@ class TeacherCache:
             raise UserError(
                 f"teacher cache {self.directory} was made by another teacher; {rebuild}"
             )
-        names = [entry["name"] for entry in index["images"]]
-        if names != [Path(p).name for p in images]:
+        names, wanted = [entry["name"] for entry in index["images"]], [Path(p).name for p in images]
+        if names != wanted:
+            differ = next(
+                (i for i, pair in enumerate(zip(names, wanted)) if len(set(pair)) > 1), None
+            )
+            what = (
+                f"{len(names)} images, the training set {len(wanted)}"
+                if differ is None
+                else f"image {differ + 1} is {names[differ]}, the training set's {wanted[differ]}"
+            )
             raise UserError(
-                f"teacher cache {self.directory} was made for other images ({len(names)} "
-                f"listed, the training set has {len(images)}); {rebuild}"
+                f"teacher cache {self.directory} was made for other images, or in another order "
+                f"({what}); {rebuild}"
             )
         for entry, path in zip(
             index["images"], tqdm(images, desc="checking the cache", leave=False)
@@ -337,7 +351,7 @@ def build(
             "values": offset,
             "images": entries,
         }
-        (tmp / INDEX).write_text(json.dumps(index))
+        (tmp / INDEX).write_text(json.dumps(index), encoding=ENCODING)
         if not rename_unless_built(tmp, directory):
             return
     except OSError as e:

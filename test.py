@@ -19,7 +19,7 @@ A checkpoint that cannot be read is listed in the table's notes, and the rest st
 checkpoint was trained on synthetic data.
 """
 
-from cli import UserError, add_eval_args, parser, path_arg, resolve_device, run
+from cli import UserError, add_eval_args, has_suffix, parser, path_arg, resolve_device, run
 
 import argparse
 import sys
@@ -32,7 +32,16 @@ from PIL import Image, ImageOps
 from dataset import eval_loader, normalize
 from distill import KD_MODES
 from export import UNKNOWN_KD, OnnxModel, student_metadata
-from files import NUMBER, check_output, read_json, write_json, write_text
+from files import (
+    AMOUNT,
+    COUNT,
+    FRACTION,
+    check_output,
+    exclusive,
+    read_json,
+    write_json,
+    write_text,
+)
 from lab import COMPARISON, OVERLAYS, PHOTOS, STEP1_RESULT, save_overlays
 from metrics import format_report, measure, model_logits, ms_per_image
 from model import TEACHER_RESIZE, count_params, load_student
@@ -76,29 +85,33 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
 
 
 def load_model(path: str, device: torch.device) -> tuple:
-    """(model ready for inference, {kd, epoch, synthetic, params}) of a .pth, .onnx or .ort file.
-    Eager models run channels_last on the CPU, which benchmark.py measures faster there."""
-    if Path(path).suffix in ONNX_RUNTIME_FILES:
+    """(model ready for inference, {kd, epoch, synthetic, params}, the device it runs on) of a
+    .pth, .onnx or .ort file. Eager models run channels_last on the CPU, which benchmark.py
+    measures faster there; ONNX Runtime runs on the CPU unless it has a CUDA provider."""
+    if has_suffix(path, *ONNX_RUNTIME_FILES):
         model = OnnxModel(path, cuda=device.type == "cuda")
         info = student_metadata(model)
         if model.classes not in (NUM_CLASSES, None):
             raise UserError(f"{path} outputs {model.classes} classes, not VOC's {NUM_CLASSES}")
-    else:
-        model, ckpt = load_student(path)
-        model.to(device, memory_format=torch.channels_last if device.type == "cpu" else None)
-        info = {
-            "kd": str(ckpt.get("args", {}).get("kd", UNKNOWN_KD)),
-            "epoch": ckpt.get("epoch"),
-            "synthetic": bool(ckpt.get("synthetic")),
-            "params": count_params(model),
-        }
-    return model, info
+        if model.device != device:
+            print(f"note: ONNX Runtime runs {path} on the {model.device.type}, not {device}")
+        return model, info, model.device
+    model, ckpt = load_student(path)
+    model.to(device, memory_format=torch.channels_last if device.type == "cpu" else None)
+    info = {
+        "kd": ckpt["args"]["kd"],
+        "epoch": ckpt["epoch"],
+        "synthetic": ckpt["synthetic"],
+        "params": count_params(model),
+        "teacher_weights": ckpt["args"].get("teacher_weights"),
+    }
+    return model, info, device
 
 
-def evaluate_checkpoint(path: str, loaded: tuple, loader, device, args, ms=None) -> dict:
+def evaluate_checkpoint(path: str, loaded: tuple, loader, args, ms=None) -> dict:
     """Evaluate one loaded checkpoint (load_model), print its report, write its JSON and
     overlays; `ms`: its ms/image when timed already (--compare), else it is timed here."""
-    model, info = loaded
+    model, info, device = loaded
     synthetic = is_synthetic(args.data_root) or bool(info.get("synthetic"))
     params = info.get("params")
     result = measure(model, loader, device, args.size, args.runs, params, ms, keep_predictions=True)
@@ -114,9 +127,7 @@ def evaluate_checkpoint(path: str, loaded: tuple, loader, device, args, ms=None)
     )
     what = f"student {path} (--kd {result['kd']}, {result['runtime']})"
     print(format_report(result, what))
-    # student.pth, student.onnx and student.ort: three results, three names
-    name = Path(path).stem + ("" if result["runtime"] == "pytorch" else "_" + Path(path).suffix[1:])
-    out = Path(args.out_dir)
+    name, out = result_name(path), Path(args.out_dir)
     write_json(result, out / f"test_{name}.json")
     print(f"wrote {out / f'test_{name}.json'}")
     for p in save_overlays(
@@ -257,11 +268,11 @@ def comparison_markdown(results: list, teacher: dict | None, failures: list) -> 
 
 # What the comparison table takes from Step 1's result.
 TEACHER_KEYS = {
-    "miou": NUMBER,
-    "params": int,
-    "ms_per_image": NUMBER,
-    "input_size": int,
-    "num_images": int,
+    "miou": FRACTION,
+    "params": COUNT,
+    "ms_per_image": AMOUNT,
+    "input_size": COUNT,
+    "num_images": COUNT,
     "device_name": str,
 }
 
@@ -288,11 +299,11 @@ def compare(args: argparse.Namespace, loader, device: torch.device) -> None:
             failures.append(f"{path}: {e}")
     if not loaded:
         raise UserError("none of the --compare checkpoints could be read")
-    models = {path: model for path, (model, _) in loaded.items()}
+    models = {path: model for path, (model, _, _) in loaded.items()}
     times = ms_per_image(models, device, args.size, args.runs)
     results = [
-        evaluate_checkpoint(path, pair, loader, device, args, times[path])
-        for path, pair in loaded.items()
+        evaluate_checkpoint(path, model, loader, args, times[path])
+        for path, model in loaded.items()
     ]
     out = Path(args.out_dir)
     teacher, notes = read_teacher(out / STEP1_RESULT)
@@ -326,23 +337,62 @@ def compare(args: argparse.Namespace, loader, device: torch.device) -> None:
     print("\n" + table + f"\nwrote {md}\nwrote {js}")
 
 
+def result_name(path: str | Path) -> str:
+    """The name of a checkpoint's results: its stem, with the runtime's suffix for an ONNX
+    file (student.pth, student.onnx and student.ort: three results, three names)."""
+    path = Path(path)
+    onnx = has_suffix(path, *ONNX_RUNTIME_FILES)
+    return path.stem + ("_" + path.suffix[1:].lower() if onnx else "")
+
+
+def outputs_of(args: argparse.Namespace, out: Path) -> list:
+    """Every result file this run writes (the JSON of each checkpoint, the comparison), then
+    each checkpoint's panel set; refused when two checkpoints would share their results."""
+    paths = [args.checkpoint] if args.checkpoint else args.compare
+    names = {}
+    for path in paths:
+        other = names.setdefault(result_name(path), path)
+        if other != path:
+            raise UserError(
+                f"{other} and {path} would both write {out / f'test_{result_name(path)}.json'}; "
+                "give one of them another file name"
+            )
+    results = [out / f"test_{name}.json" for name in names]
+    if args.compare:
+        results += [out / f"{COMPARISON}.md", out / f"{COMPARISON}.json"]
+    return results + [out / OVERLAYS / name for name in names]
+
+
 def main(args: argparse.Namespace) -> None:
     out = check_output(args.out_dir, folder=True)
     device = resolve_device(args.device)
     if args.images:
-        model, info = load_model(args.checkpoint, device)
-        photos = check_output(out / PHOTOS, folder=True)
-        synthetic = bool(info.get("synthetic"))
-        if segment_images(model, args.images, device, photos, args.checkpoint, synthetic) == 0:
-            raise UserError("none of the --images could be read")
+        with exclusive([out / PHOTOS]):
+            segment(args, out, device)
         return
-    # The checkpoint first: a missing one is not reported as missing data.
-    loaded = load_model(args.checkpoint, device) if args.checkpoint else None
-    loader = eval_loader(args.data_root, args.split, num_workers=args.num_workers, limit=args.limit)
-    if loaded:
-        evaluate_checkpoint(args.checkpoint, loaded, loader, device, args)
-    else:
-        compare(args, loader, device)
+    outputs = outputs_of(args, out)
+    with exclusive(outputs):  # two runs into one folder would mix their results
+        found = [str(p) for p in outputs if p.suffix in (".json", ".md") and p.exists()]
+        if found and not args.overwrite:
+            raise UserError(f"{', '.join(found)} already exist(s); pass --overwrite to replace")
+        # The checkpoint first: a missing one is not reported as missing data.
+        loaded = load_model(args.checkpoint, device) if args.checkpoint else None
+        loader = eval_loader(
+            args.data_root, args.split, num_workers=args.num_workers, limit=args.limit
+        )
+        if loaded:
+            evaluate_checkpoint(args.checkpoint, loaded, loader, args)
+        else:
+            compare(args, loader, device)
+
+
+def segment(args: argparse.Namespace, out: Path, device: torch.device) -> None:
+    """--images: the checkpoint's masks and panels of the photos, under <out-dir>/photos/."""
+    model, info, device = load_model(args.checkpoint, device)
+    photos = check_output(out / PHOTOS, folder=True)
+    synthetic = bool(info.get("synthetic"))
+    if segment_images(model, args.images, device, photos, args.checkpoint, synthetic) == 0:
+        raise UserError("none of the --images could be read")
 
 
 if __name__ == "__main__":

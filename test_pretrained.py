@@ -13,14 +13,15 @@ ignored. Prints the per-class IoU table, mIoU, pixel accuracy, parameters and ms
 writes <out-dir>/step1_fcn_resnet50.json and best/worst overlays under <out-dir>/overlays/.
 """
 
-from cli import add_eval_args, number, parser, resolve_device, run
+from cli import UserError, add_eval_args, number, parser, resolve_device, run
 
 import argparse
+from pathlib import Path
 
 import torch
 
 from dataset import eval_loader
-from files import check_output, write_json
+from files import check_output, exclusive, write_json
 from lab import OVERLAYS, STEP1_RESULT, TEACHER_PREFIX, save_overlays
 from metrics import format_report, measure
 from model import TEACHER_RESIZE, build_teacher, count_params
@@ -48,6 +49,13 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> None:
     out = check_output(args.out_dir, folder=True)
+    with exclusive([out / STEP1_RESULT, out / OVERLAYS / TEACHER_PREFIX]):
+        if (out / STEP1_RESULT).exists() and not args.overwrite:
+            raise UserError(f"{out / STEP1_RESULT} already exists; pass --overwrite to replace it")
+        evaluate_teacher(args, out)
+
+
+def evaluate_teacher(args: argparse.Namespace, out: Path) -> None:
     device = resolve_device(args.device)
     loader = eval_loader(
         args.data_root,
@@ -56,6 +64,7 @@ def main(args: argparse.Namespace) -> None:
         args.num_workers,
         resize=TEACHER_RESIZE,
         limit=args.limit,
+        pin_memory=device.type == "cuda",
     )
     torch.manual_seed(0)  # --weights none: the same random weights at every run
     teacher = build_teacher(args.weights).to(device)

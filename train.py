@@ -26,6 +26,7 @@ from cli import (
     add_device,
     add_num_workers,
     file_path,
+    mixed_precision,
     non_negative_float,
     number,
     parser,
@@ -48,17 +49,25 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import distributed
+from checkpoints import read_checkpoint, resume, save_epoch, training_state
 from dataset import eval_loader, train_aug_dataset, train_transforms, training_loader, voc_dataset
 from distill import KD_MODES, KDConfig, Trainee, teacher_outputs
-from files import check_run_outputs, exclusive, resume, save_epoch, training_state
-from lab import OPTIMIZERS, OptimConfig, build_optimizer, history_paths, last_path, student_path
+from files import FileInUse, check_run_outputs, exclusive, write_csv
+from lab import (
+    OPTIMIZERS,
+    OptimConfig,
+    build_optimizer,
+    build_scheduler,
+    history_paths,
+    last_path,
+    student_path,
+)
 from metrics import evaluate
 from model import STUDENT_TAPS, StudentConfig, build_student, build_teacher
 from teacher_cache import TeacherCache, image_files, with_crop_boxes
 from visualize import plot_history
 from voc import IGNORE_INDEX, SYNTHETIC_NOTE, is_synthetic
 
-POLY_POWER = 0.9  # lr = base * (1 - step / total)^0.9, DeepLab's "poly" schedule
 # Flags a --resume may change: they do not change what the saved state means.
 RESUMABLE = set("epochs resume overwrite num_workers device out out_dir data_root".split())
 # Below this crop, the ASPP's widest rate reaches past the stride-16 map: those branches see
@@ -68,37 +77,47 @@ DEFAULT_OPTIM = OptimConfig()
 
 
 def main(args: argparse.Namespace) -> None:
-    outputs = [args.out, last_path(args.out), *history_paths(args.out, args.out_dir)]
-    check_run_outputs(outputs, args.teacher_cache, args.resume or args.overwrite)
-    # One run at a time per output: a second one would silently replace the first's files.
-    lock = exclusive(f"{args.out}.lock") if distributed.first_launched() else None
-    with lock or contextlib.nullcontext():
-        train(args)
-
-
-def train(args: argparse.Namespace) -> None:
-    """The run: data, models, optimizer (resumed with --resume), then the epochs."""
     rank, world, device = distributed.setup(resolve_device(args.device))
+    with distributed.one_line_errors(), contextlib.ExitStack() as held:
+        with distributed.together():  # a process that cannot start stops every process
+            if distributed.is_main():  # one run at a time per output, every output checked
+                held.enter_context(exclusive(run_outputs(args)))
+                check_outputs(args)
+            loaders = build_loaders(args, rank, world, device)
+        # Processes that would take different numbers of steps would wait for each other forever.
+        distributed.agree("numbers of images", [len(loader.dataset) for loader in loaders])
+        history, synthetic, with_teacher = train(args, loaders, rank, world, device)
+        if distributed.is_main():
+            print_summary(args, history, with_teacher, synthetic)
+    distributed.cleanup()
+
+
+def train(args: argparse.Namespace, loaders: tuple, rank: int, world: int, device) -> tuple:
+    """The run: models, optimizer (resumed with --resume), then the epochs; returns (the
+    history, whether the data was SYNTHETIC, whether a teacher taught)."""
     torch.manual_seed(args.seed)
     synthetic = is_synthetic(args.data_root)
-    loader, val_loader = build_loaders(args, rank, world, device)
+    loader, val_loader = loaders
     with distributed.main_process_first():  # a download into the torch hub cache, once
         model_without_ddp, teacher = build_models(args, device)
-    teacher_forward = open_teacher(args, teacher, loader.dataset, device)
+    teacher_forward = open_teacher(args, teacher, loader.dataset.dataset, device)
     model = DistributedDataParallel(model_without_ddp) if world > 1 else model_without_ddp
     optimizer = build_optimizer(model_without_ddp.parameters(), optim_config(args))
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    history = resumed_history(args, model_without_ddp, optimizer, scaler) if args.resume else []
-    scheduler = build_scheduler(args, optimizer, len(loader), len(history))
+    scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision(device))
+    with distributed.together():
+        history = resumed_history(args, model_without_ddp, optimizer, scaler) if args.resume else []
+    scheduler = build_scheduler(
+        optimizer, args.epochs, len(loader), args.warmup_epochs, len(history)
+    )
     tag = SYNTHETIC_NOTE if synthetic else "VOC 2012"
     try:
         for epoch in range(len(history) + 1, args.epochs + 1):
             start, desc = time.perf_counter(), f"epoch {epoch}/{args.epochs}"
-            start_epoch(loader, args.seed, epoch, rank, world)
+            batches = start_epoch(loader, args.seed, epoch, rank, world)
             # lr: the first step's, as the bar shows each step's (the schedule is per step)
             row = {"epoch": epoch, "data": tag, "lr": scheduler.get_last_lr()[0]}
             row |= train_one_epoch(
-                model, teacher_forward, loader, optimizer, scheduler, scaler, device, desc
+                model, teacher_forward, batches, optimizer, scheduler, scaler, device, desc
             )
             row |= validate(model_without_ddp.student, val_loader, device, epoch)
             row["epoch_time_s"] = time.perf_counter() - start
@@ -114,23 +133,22 @@ def train(args: argparse.Namespace) -> None:
         # --resume redoes it from exactly the state an uninterrupted run started it from.
         done = f"{last_path(args.out)} holds epoch {len(history)}" if history else "no epoch done"
         raise KeyboardInterrupt(f"{done}; continue with --resume") from None
-    distributed.cleanup()
-    if distributed.is_main():
-        print_summary(args, history, teacher is not None, synthetic)
+    return history, synthetic, teacher is not None
 
 
-def train_one_epoch(model, teacher_forward, loader, optimizer, scheduler, scaler, device, desc):
-    """One pass over the loader, one optimizer and scheduler step per batch; returns the mean
-    of each loss term as {"train_<term>": x}, averaged over processes under torchrun. The bar
-    shows the running loss and the lr of the step just taken. A batch is (images, masks) and,
-    under --teacher-cache, each crop's box and image index, which teacher_forward reads."""
+def train_one_epoch(model, teacher_forward, batches, optimizer, scheduler, scaler, device, desc):
+    """One pass over the epoch's batches (start_epoch), one optimizer and scheduler step per
+    batch; returns the mean of each loss term as {"train_<term>": x}, averaged over processes
+    under torchrun. The bar shows the running loss and the lr of the step just taken. A batch
+    is (images, masks) and, under --teacher-cache, each crop's box and image index, which
+    teacher_forward reads."""
     model.train()
     sums, steps, labelled = {}, 0, 0
-    bar = tqdm(loader, desc=desc, dynamic_ncols=True, disable=not distributed.is_main())
+    bar = tqdm(batches, desc=desc, dynamic_ncols=True, disable=not distributed.is_main())
     for images, masks, *crops in bar:
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True).long()
-        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.float16, enabled=mixed_precision(device)):
             teacher_out = teacher_forward(images, *crops)  # None for --kd none
             loss, terms = model(images, masks, teacher_out)  # the student's forward and loss
         stop_if_not_finite(loss.detach(), f"the loss, at step {steps + 1} of {desc},")
@@ -168,8 +186,6 @@ def validate(student, loader, device: torch.device, epoch: int) -> dict:
     those of the model rank 0 saves."""
     distributed.share_buffers(student)
     val = evaluate(student, loader, device, "val", distributed.is_main())
-    if val["pixels"] == 0:
-        raise UserError("no val image has a labelled pixel (all are 255): nothing to score")
     stop_if_not_finite(
         torch.tensor(val["loss"], device=device), f"the val CE, after epoch {epoch},"
     )
@@ -188,11 +204,12 @@ def build_loaders(args: argparse.Namespace, rank: int, world: int, device: torch
     crops = train_transforms(args.crop_size)
     # The stored teacher maps are read by each sample's image and resampled over its crop.
     train_set = with_crop_boxes(make_set, crops) if args.teacher_cache else make_set(crops)
+    cuda = device.type == "cuda"
     train = training_loader(
-        train_set, args.batch_size, args.num_workers, args.seed, world, device.type == "cuda"
+        train_set, args.batch_size, args.num_workers, args.seed, (rank, world), cuda
     )
     val_args = dict(num_workers=args.num_workers, limit=args.limit_val, shard=(rank, world))
-    return train, eval_loader(args.data_root, "val", **val_args)
+    return train, eval_loader(args.data_root, "val", **val_args, pin_memory=cuda)
 
 
 def build_models(args: argparse.Namespace, device: torch.device) -> tuple:
@@ -218,18 +235,6 @@ def open_teacher(args: argparse.Namespace, teacher, train_set, device: torch.dev
     return cache.teacher_forward(teacher if KD_MODES[args.kd].features else None, device)
 
 
-def warmup_poly(total_steps: int, warmup_steps: int):
-    """Learning-rate factor of a step: linear from 0 to 1 over warmup_steps, then
-    (1 - step / total_steps)^0.9 down to 0."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, 1 - step / total_steps) ** POLY_POWER
-
-    return factor
-
-
 def resumed_history(args: argparse.Namespace, trainee: Trainee, optimizer, scaler) -> list:
     """The history of the run --resume continues, its state loaded (files.resume); a flag
     outside RESUMABLE must be the checkpoint's."""
@@ -241,31 +246,44 @@ def resumed_history(args: argparse.Namespace, trainee: Trainee, optimizer, scale
     return history
 
 
-def build_scheduler(args, optimizer, steps_per_epoch: int, done_epochs: int):
-    """Warm-up + poly, stepped once per iteration, placed after `done_epochs` whole epochs:
-    a resumed run gets the lr an uninterrupted one has at that point, whatever an interrupted
-    epoch had stepped."""
-    for group in optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])
-    factor = warmup_poly(args.epochs * steps_per_epoch, round(args.warmup_epochs * steps_per_epoch))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, done_epochs * steps_per_epoch - 1)
-
-
-def start_epoch(loader, seed: int, epoch: int, rank: int, world: int) -> None:
-    """Seed the epoch's shuffle, augmentation (the loader's workers take their seeds from this
-    generator) and dropout from the seed, the epoch and the process alone, so that a resumed
-    run sees exactly the batches an uninterrupted one would: process `rank` of `world` in
-    epoch e draws from seed + e * world + rank, one seed per (epoch, process), none repeated."""
+def start_epoch(loader, seed: int, epoch: int, rank: int, world: int):
+    """The epoch's batches, which a resumed run sees exactly as an uninterrupted one does: the
+    shuffle and every crop from the seed and the epoch alone (dataset.EpochSampler,
+    SeededSamples), whatever the workers; then the dropout from the seed, the epoch and the
+    process: process `rank` of `world` in epoch e draws from seed + e * world + rank."""
+    loader.sampler.set_epoch(epoch)
+    batches = iter(loader)  # it draws from the random state: before the dropout is seeded
     torch.manual_seed(seed + epoch * world + rank)
-    if world > 1:
-        loader.sampler.set_epoch(epoch)  # another shuffle each epoch, the same on every process
+    return batches
 
 
 def save_outputs(args: argparse.Namespace, state: dict, title: str) -> None:
-    """The epoch's checkpoints and log (files.save_epoch), then its curves."""
+    """The epoch's checkpoints (checkpoints.save_epoch), then its log and curves; a log or plot
+    that another program holds open (Windows) is skipped with a warning, the checkpoints being
+    saved: the next epoch writes the whole history again."""
+    save_epoch(state, Path(args.out), last_path(args.out))
     log, curves = history_paths(args.out, args.out_dir)
-    save_epoch(state, Path(args.out), last_path(args.out), log)
-    plot_history(state["history"], curves, title)
+    for write in (
+        partial(write_csv, state["history"], log),
+        partial(plot_history, state["history"], curves, title),
+    ):
+        try:
+            write()
+        except FileInUse as e:
+            print(f"warning: {e}; training goes on (the checkpoints are saved)", file=sys.stderr)
+
+
+def run_outputs(args: argparse.Namespace) -> list:
+    """Every file the run writes: the best and last checkpoints, the log, the curves."""
+    return [Path(args.out), last_path(args.out), *history_paths(args.out, args.out_dir)]
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse a run that would replace another's outputs, or could not write its own."""
+    resumed = None
+    if args.resume and not args.overwrite:
+        resumed = read_checkpoint(last_path(args.out), "checkpoint to resume")["history"]
+    check_run_outputs(run_outputs(args), args.teacher_cache, args.overwrite, resumed)
 
 
 def print_epoch(row: dict, synthetic: bool) -> None:

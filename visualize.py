@@ -22,16 +22,33 @@ from voc import IGNORE_INDEX, SYNTHETIC_NOTE, class_name, voc_palette
 
 MIN_PANEL_HEIGHT = 240  # small images are enlarged to this, so that labels stay readable
 FONT = ImageFont.load_default(size=14)
+SOFTWARE = "voc-kd-lab"  # the PNG metadata entry that marks the lab's pictures
 PALETTE = voc_palette()
+
+
+def text(title: str) -> str:
+    """`title` as text any file takes: a file name's undecodable byte as a backslash escape."""
+    return title.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def save_png(image: Image.Image, path: str | Path, title: str) -> None:
     """`image` as a PNG, atomically, with `title` in its metadata ("Title", as matplotlib
-    writes it): what the picture shows, SYNTHETIC included, for a reader that cannot see it."""
+    writes it): what the picture shows, SYNTHETIC included, for a reader that cannot see it;
+    and SOFTWARE, which tells the lab's pictures from others of the same name."""
     info = PngImagePlugin.PngInfo()
-    info.add_text("Title", title)
+    info.add_text("Title", text(title))
+    info.add_text("Software", SOFTWARE)
     with atomic_path(path) as tmp:
         image.save(tmp, pnginfo=info)
+
+
+def drawn_here(path: str | Path) -> bool:
+    """Whether the PNG at `path` was drawn by save_png (its Software entry says so)."""
+    try:
+        with Image.open(path) as image:
+            return image.text.get("Software") == SOFTWARE
+    except (OSError, ValueError, AttributeError, Image.DecompressionBombError):
+        return False
 
 
 def colorize(mask: np.ndarray) -> Image.Image:
@@ -131,7 +148,7 @@ def plot_history(history: list, path: Path, title: str) -> None:
     """history_figure(history, title) as a PNG at `path`, atomically, titled in its metadata."""
     fig = history_figure(history, title)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, metadata={"Title": title})
+        fig.savefig(tmp, dpi=110, metadata={"Title": text(title), "Software": SOFTWARE})
 
 
 def history_figure(history: list, title: str) -> Figure:

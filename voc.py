@@ -1,6 +1,6 @@
-"""The facts about the data that every module shares: PASCAL VOC's classes, void label and
-colours, the ImageNet statistics the encoders expect, the dataset archives (`Source`) and the
-marker files that tell a complete tree and a SYNTHETIC one.
+"""The facts that every module shares: PASCAL VOC's classes, void label and colours, the
+ImageNet statistics the encoders expect, the dataset archives (`Source`), the marker files
+that tell a complete tree and a SYNTHETIC one, and the names of the lab's --kd methods.
 
     from voc import NUM_CLASSES, IGNORE_INDEX, VOC, SBD, is_synthetic
 
@@ -43,6 +43,8 @@ VOC_SPLIT_SIZES = {"train": 1464, "val": 1449}  # VOC 2012 segmentation, what --
 SYNTHETIC_MARKER = "SYNTHETIC.txt"  # written by --fake-voc; scripts label their outputs with it
 SYNTHETIC_NOTE = "SYNTHETIC data, not a VOC result"  # how every output says so
 COMPLETE_MARKER = ".extracted"  # in Source.subdir, written once an extraction has finished
+# train.py --kd: what a checkpoint may name (distill.KD_MODES says what each takes).
+KD_METHODS = ("none", "response", "feature", "both")
 
 
 def class_name(label: int) -> str:

@@ -174,7 +174,7 @@ class Lab:
     def read_only(self, name: str) -> Path | None:
         path = self.work / name
         path.mkdir()
-        (path / "kept.txt").write_text("the user's own file\n")
+        (path / "kept.txt").write_text("the user's own file\n", encoding="utf-8")
         if self.mount(path, "--bind", str(path)) and self.mount(path, "-o", "remount,bind,ro"):
             return path
         return None
@@ -315,7 +315,9 @@ def checkpoint_cases(lab: Lab) -> list:
             "--compare lists a damaged file and goes on",
             argv,
             "ok",
-            lambda: "args_list_cmp.pth" in (compared / "kd_comparison.md").read_text(),
+            lambda: (
+                "args_list_cmp.pth" in (compared / "kd_comparison.md").read_text(encoding="utf-8")
+            ),
         )
     )
     return cases
@@ -370,7 +372,7 @@ def onnx_cases(lab: Lab) -> list:
     files["truncated"] = lab.work / "truncated.onnx"
     files["truncated"].write_bytes(files["5 classes"].read_bytes()[:40])
     files["a text file"] = lab.work / "text.onnx"
-    files["a text file"].write_text("not a model\n")
+    files["a text file"].write_text("not a model\n", encoding="utf-8")
     return [
         Case("onnx", name, lab.test(path, lab.folder("onnx_out")), "error")
         for name, path in files.items()
@@ -381,7 +383,7 @@ def report_case(category: str, name: str, out: Path, weights: Path, *says: str) 
     """report.py into `out` from `weights`: it must draft the report, listing an input with
     one of `says` (why it was not used)."""
     argv = ["report.py", "--out-dir", out, "--weights-dir", weights]
-    check = lambda: any(text in (out / "report.md").read_text() for text in says)  # noqa: E731
+    check = lambda: any(text in (out / "report.md").read_text(encoding="utf-8") for text in says)  # noqa: E731
     return Case(category, name, argv, "ok", check)
 
 
@@ -432,7 +434,9 @@ def split_cases(lab: Lab) -> list:
     root = lab.folder("split blank")
     make_fake_voc(root, num_images=8)
     split = root / VOC.subdir / "ImageSets/Segmentation/val.txt"
-    split.write_text("\n" + split.read_text().replace("\n", "\n\n"))
+    split.write_text(
+        "\n" + split.read_text(encoding="utf-8").replace("\n", "\n\n"), encoding="utf-8"
+    )
     out = lab.folder("split blank out")
     argv = ["test.py", "--checkpoint", lab.ckpt, "--data-root", root, *FAST_TEST, "--out-dir", out]
     cases.append(
@@ -441,7 +445,12 @@ def split_cases(lab: Lab) -> list:
             "blank lines are skipped",
             argv,
             "ok",
-            lambda: json.loads((out / "test_student_none.json").read_text())["num_images"] == 4,
+            lambda: (
+                json.loads((out / "test_student_none.json").read_text(encoding="utf-8"))[
+                    "num_images"
+                ]
+                == 4
+            ),
         )
     )
     return cases
@@ -484,16 +493,19 @@ def path_cases(lab: Lab) -> list:
             argv,
             "ok",
             lambda: (
-                "root:" not in (out / "report.md").read_text()
+                "root:" not in (out / "report.md").read_text(encoding="utf-8")
                 and "best1_x"
-                not in (out / "report.md").read_text().split("Missing inputs")[-1].split("## 1.")[1]
+                not in (out / "report.md")
+                .read_text(encoding="utf-8")
+                .split("Missing inputs")[-1]
+                .split("## 1.")[1]
             ),
         )
     )
     repo = lab.folder("submission")
     (repo / "outputs").mkdir()
     (repo / "outputs" / "secret.md").symlink_to("/etc/passwd")
-    (repo / "README.md").write_text("x\n")
+    (repo / "README.md").write_text("x\n", encoding="utf-8")
     argv = ["make_submission.py", "12345678", "--root", repo]
     cases.append(
         Case(
@@ -551,7 +563,12 @@ def photo_cases(lab: Lab) -> list:
             "repeated --compare flags",
             compare,
             "ok",
-            lambda: len(json.loads((cut / "kd_comparison.json").read_text())["students"]) == 2,
+            lambda: (
+                len(
+                    json.loads((cut / "kd_comparison.json").read_text(encoding="utf-8"))["students"]
+                )
+                == 2
+            ),
         ),
     ]
 
@@ -646,11 +663,11 @@ def write_cases(lab: Lab) -> list:
         return Case("writes", name, argv, "error", check, **kwargs)
 
     busy = lab.folder("busy") / "s.pth"
-    Path(f"{busy}.lock").write_text(f"{os.getpid()}\n")
+    Path(f"{busy}.lock").write_text(f"{os.getpid()}\n", encoding="utf-8")
     folder_out = lab.folder("out is a folder") / "s.pth"
     folder_out.mkdir()
     file_parent = lab.work / "a_file"
-    file_parent.write_text("x")
+    file_parent.write_text("x", encoding="utf-8")
     limited = lab.folder("file-size limit")
     (limited / "s_last.pth").write_bytes(lab.ckpt.with_name("student_none_last.pth").read_bytes())
     kept = (limited / "s_last.pth").read_bytes()
@@ -840,11 +857,11 @@ def damaged_cache(lab: Lab, name: str, change) -> Path:
     directory = lab.work / f"cache_{name.replace(' ', '_').replace('/', '')}"
     shutil.copytree(built_cache(lab), directory)
     if isinstance(change, str):
-        (directory / "index.json").write_text(change)
+        (directory / "index.json").write_text(change, encoding="utf-8")
         return directory
-    index = json.loads((directory / "index.json").read_text())
+    index = json.loads((directory / "index.json").read_text(encoding="utf-8"))
     change(index, directory / "logits.f16")
-    (directory / "index.json").write_text(json.dumps(index))
+    (directory / "index.json").write_text(json.dumps(index), encoding="utf-8")
     return directory
 
 
@@ -1050,14 +1067,14 @@ def shared_output_cases(lab: Lab) -> list:
     make_fake_voc(sbd_root, num_images=4)  # a synthetic VOC, then a real SBD beside it
     (sbd_root / "benchmark_RELEASE" / "dataset").mkdir(parents=True)
     real_train = sbd_root / "benchmark_RELEASE" / "dataset" / "train.txt"
-    real_train.write_text("2008_000002\n")
+    real_train.write_text("2008_000002\n", encoding="utf-8")
     cases.append(
         Case(
             "shared outputs",
             "--fake-voc --with-sbd beside a real SBD",
             ["dataset.py", "--fake-voc", sbd_root, "--num-images", "4", "--with-sbd"],
             "error",
-            lambda: real_train.read_text() == "2008_000002\n",
+            lambda: real_train.read_text(encoding="utf-8") == "2008_000002\n",
         )
     )
     devices = lab.folder("shared devices")
@@ -1155,7 +1172,7 @@ def mid_write_cases(lab: Lab) -> list:
 
         def old_report():
             report_out.mkdir()
-            (report_out / "report.md").write_text("the user's edited report\n")
+            (report_out / "report.md").write_text("the user's edited report\n", encoding="utf-8")
             fill(full, 2_000)
 
         cases.append(
@@ -1172,7 +1189,8 @@ def mid_write_cases(lab: Lab) -> list:
                 ],
                 "error",
                 lambda: (
-                    (report_out / "report.md").read_text() == "the user's edited report\n"
+                    (report_out / "report.md").read_text(encoding="utf-8")
+                    == "the user's edited report\n"
                     and no_temporaries(report_out)()
                 ),
                 setup=old_report,
@@ -1196,7 +1214,7 @@ def mid_write_cases(lab: Lab) -> list:
 
 def table_without_nan(path: Path) -> bool:
     """The comparison table names the unusable Step 1 result, and no cell of it holds a NaN."""
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     rows = [line for line in text.splitlines() if line.startswith("|")]
     return "not what" in text and not any("nan" in row.lower() for row in rows)
 
@@ -1205,7 +1223,9 @@ def acceptance_cases(lab: Lab) -> list:
     cases = []
     void = lab.folder("void masks")
     make_fake_voc(void, num_images=8)
-    for name in (void / VOC.subdir / "ImageSets/Segmentation/train.txt").read_text().split():
+    for name in (
+        (void / VOC.subdir / "ImageSets/Segmentation/train.txt").read_text(encoding="utf-8").split()
+    ):
         mask = void / VOC.subdir / "SegmentationClass" / f"{name}.png"
         size = Image.open(mask).size
         Image.fromarray(np.full(size[::-1], 255, np.uint8)).save(mask)
@@ -1271,7 +1291,9 @@ def acceptance_cases(lab: Lab) -> list:
         ("a Step 1 JSON with a negative class IoU", {"iou": [-0.5] * 21}),
     ]:
         folder = lab.folder(f"report {name}")
-        (folder / "step1_fcn_resnet50.json").write_text(json.dumps({**good, **change}))
+        (folder / "step1_fcn_resnet50.json").write_text(
+            json.dumps({**good, **change}), encoding="utf-8"
+        )
         unusable = "step1_fcn_resnet50.json`: not what"
         cases.append(report_case("acceptances", name, folder, lab.ckpt.parent, unusable))
         compare = ["test.py", "--compare", lab.ckpt, "--data-root", lab.data, *FAST_TEST]
@@ -1287,7 +1309,9 @@ def acceptance_cases(lab: Lab) -> list:
                 )
             )
     lock_out = lab.folder("stale lock") / "s.pth"
-    Path(f"{lock_out}.lock").write_text("1\n")  # process 1 lives: init, not a run of the lab
+    Path(f"{lock_out}.lock").write_text(
+        "1\n", encoding="utf-8"
+    )  # process 1 lives: init, not a run of the lab
     cases.append(
         Case(
             "acceptances",

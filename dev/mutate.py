@@ -267,11 +267,12 @@ def make_map() -> None:
     pth = Path(sysconfig.get_paths()["purelib"]) / "mutate_map_hook.pth"
     with tempfile.TemporaryDirectory() as calls:
         hook = Path(calls) / "hook.py"
-        hook.write_text(SUBPROCESS_HOOK)
+        hook.write_text(SUBPROCESS_HOOK, encoding="utf-8")
         os.environ.update(MUTATE_ROOT=str(ROOT), MUTATE_CALLS=calls, MUTATE_HOOK=str(hook))
         pth.write_text(
             "import os; exec(open(os.environ['MUTATE_HOOK']).read(), {}) "
-            "if 'MUTATE_HOOK' in os.environ else None\n"
+            "if 'MUTATE_HOOK' in os.environ else None\n",
+            encoding="utf-8",
         )
         try:
             argv = ["-q", "-p", "no:cacheprovider", str(ROOT / "tests")]
@@ -280,12 +281,12 @@ def make_map() -> None:
             pth.unlink()
         found = collections.defaultdict(set)
         for record in Path(calls).glob("*.json"):
-            data = json.loads(record.read_text())
+            data = json.loads(record.read_text(encoding="utf-8"))
             found[data["test"]] |= set(data["calls"])
     if code != 0:
         raise SystemExit(f"the suite fails without any mutant (exit {code}); fix it first")
     STATE.mkdir(exist_ok=True)
-    (STATE / "map.json").write_text(json.dumps(plugin.result(found), indent=1))
+    (STATE / "map.json").write_text(json.dumps(plugin.result(found), indent=1), encoding="utf-8")
     print(f"wrote {STATE / 'map.json'}")
 
 
@@ -312,13 +313,13 @@ def worker_copy(work: Path, i: int, originals: dict) -> Path:
     )
     shutil.copytree(ROOT, copy, ignore=ignore, symlinks=True)
     for module, source in originals.items():
-        (copy / module).write_text(source)
+        (copy / module).write_text(source, encoding="utf-8")
     return copy
 
 
 def start(copy: Path, module: str, source: str, tests: list) -> int:
     """Fork a process that runs `tests` in `copy` with the mutant `source` as `module`."""
-    (copy / module).write_text(source)
+    (copy / module).write_text(source, encoding="utf-8")
     pid = os.fork()
     if pid:
         return pid
@@ -340,7 +341,7 @@ def start(copy: Path, module: str, source: str, tests: list) -> int:
 
 def reset(copy: Path, module: str, original: str, listing: set) -> None:
     """The copy as it was: the module restored, anything a mutant wrote at the top removed."""
-    (copy / module).write_text(original)
+    (copy / module).write_text(original, encoding="utf-8")
     for name in set(os.listdir(copy)) - listing:
         path = copy / name
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
@@ -359,11 +360,11 @@ def tests_for(mapping: dict, module: str, function: str) -> tuple:
 
 
 def run_mutants(args) -> None:
-    mapping = json.loads((STATE / "map.json").read_text())
-    wanted = args.survivors_of.read_text() if args.survivors_of else None
-    done = reported(args.not_in.read_text()) if args.not_in else set()
+    mapping = json.loads((STATE / "map.json").read_text(encoding="utf-8"))
+    wanted = args.survivors_of.read_text(encoding="utf-8") if args.survivors_of else None
+    done = reported(args.not_in.read_text(encoding="utf-8")) if args.not_in else set()
     # The tree as it is now: editing it while the run goes on changes nothing in the run.
-    originals = {module: (ROOT / module).read_text() for module in args.modules}
+    originals = {module: (ROOT / module).read_text(encoding="utf-8") for module in args.modules}
     queue = []
     for module in args.modules:
         for index, function, description, line in mutants(originals[module]):

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def read_plants(path: Path) -> list:
     plants = []
-    for block in path.read_text().split("\n\n"):
+    for block in path.read_text(encoding="utf-8").split("\n\n"):
         fields = {}
         for line in block.strip().splitlines():
             key, _, value = line.partition(": ")
@@ -43,11 +43,11 @@ def read_plants(path: Path) -> list:
 def run_plant(plant: dict) -> bool:
     """True when the tests fail with the bug in place (the bug is caught)."""
     path = ROOT / plant["file"]
-    original = path.read_text()
+    original = path.read_text(encoding="utf-8")
     if original.count(plant["old"]) != 1:
         raise SystemExit(f"{plant['name']}: the old line is not in {path} exactly once")
     try:
-        path.write_text(original.replace(plant["old"], plant["new"]))
+        path.write_text(original.replace(plant["old"], plant["new"]), encoding="utf-8")
         proc = subprocess.run(
             [
                 sys.executable,
@@ -64,7 +64,7 @@ def run_plant(plant: dict) -> bool:
             text=True,
         )
     finally:
-        path.write_text(original)
+        path.write_text(original, encoding="utf-8")
     return proc.returncode != 0
 
 

@@ -56,6 +56,11 @@ def fake_voc(tmp_path_factory) -> Path:
     return root
 
 
+def visible(folder: Path) -> list:
+    """The entries of a folder a user sees: not the hidden lock files beside the outputs."""
+    return sorted(p for p in Path(folder).iterdir() if not p.name.startswith("."))
+
+
 def dest(flag: str) -> str:
     """argparse's attribute for a flag: --crop-size -> crop_size."""
     return flag.removeprefix("--").replace("-", "_")
@@ -64,7 +69,7 @@ def dest(flag: str) -> str:
 def documented_defaults(args: dict) -> dict:
     """{flag: default as written} of the rows of the docs' tables of defaults
     ("| `--flag` | value | why |") whose flag is in `args` (a parsed namespace, as a dict)."""
-    text = "\n".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))
+    text = "\n".join(p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs").glob("*.md")))
     rows = re.findall(r"^\| `(--[\w-]+)` \| ([^|]+) \|", text, flags=re.MULTILINE)
     return {flag: value.split()[0].rstrip(",") for flag, value in rows if dest(flag) in args}
 
@@ -82,9 +87,10 @@ def assert_limits(parse_args, flag: str, taken, refused, capsys, extra=()) -> No
         assert f"argument {flag}: must be" in capsys.readouterr().err
 
 
-def run_python(*argv, cwd: Path | None = None, timeout: float = 300):
-    """`python *argv` in a fresh interpreter, offline; returns the CompletedProcess."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GUARD), str(ROOT)]))
+def run_python(*argv, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
+    """`python *argv` in a fresh interpreter, offline, with `env` added to the environment;
+    returns the CompletedProcess."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(GUARD), str(ROOT)]), **(env or {})}
     return subprocess.run(
         [sys.executable, *map(str, argv)],
         cwd=cwd or ROOT,
@@ -121,6 +127,33 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+HISTORY_ROW = {
+    "epoch": 1,
+    "data": "SYNTHETIC",
+    "lr": 0.01,
+    "train_loss": 1.0,
+    "train_ce": 1.0,
+    "val_ce": 1.0,
+    "val_miou": 0.5,
+    "epoch_time_s": 1.0,
+}
+
+
+def checkpoint_of(student, kd: str = "none", synthetic: bool = True, **args) -> dict:
+    """What train.py saves after one epoch of `student` (checkpoints.training_state)."""
+    import torch
+
+    from checkpoints import training_state
+    from distill import KDConfig, Trainee
+    from lab import OptimConfig, build_optimizer
+
+    trainee = Trainee(student, KDConfig(kd))
+    optimizer = build_optimizer(trainee.parameters(), OptimConfig())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    flags = {"kd": kd, "epochs": 2, **args}
+    return training_state(trainee, optimizer, scaler, flags, [dict(HISTORY_ROW)], synthetic)
 
 
 # train.py's smallest settings: random weights, tiny crops and batches, 4 + 2 images

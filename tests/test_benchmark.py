@@ -60,7 +60,7 @@ def test_benchmark_reports_parameters_flops_and_ratios_against_the_eager_student
         tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    result = json.loads((tmp_path / "benchmark.json").read_text())
+    result = json.loads((tmp_path / "benchmark.json").read_text(encoding="utf-8"))
     models = {
         "student": build_student(),
         "FCN-ResNet50 (teacher)": build_teacher("none"),

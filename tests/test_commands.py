@@ -1,20 +1,22 @@
 """train.txt and test.txt: every command names a script and flags that exist, parsed by the
 script's own argument parser, so a renamed flag breaks CI."""
 
+from cli import UserError
+
 import json
 import shlex
 
 import pytest
 from PIL import Image
 
-from conftest import RESULT_KEYS, ROOT, load_script, run_script
+from conftest import RESULT_KEYS, ROOT, load_script, run_python, run_script
+
+runner = load_script("run")
 
 
 def commands(name: str) -> list:
-    lines = (ROOT / name).read_text().splitlines()
-    found = [shlex.split(line) for line in lines if line.strip() and not line.startswith("#")]
-    assert found[0] == ["set", "-e"], f"{name} must stop at the first failing command"
-    return found[1:]
+    """The argv of each command of a .txt file, as run.py reads them."""
+    return [argv for _, argv in runner.commands(ROOT / name)]
 
 
 @pytest.mark.parametrize("name", ["train.txt", "test.txt"])
@@ -22,9 +24,49 @@ def test_every_command_parses_with_its_scripts_own_parser(name):
     found = commands(name)
     assert found, f"{name} holds no command"
     for argv in found:
-        assert argv[0] == "python" and argv[1].endswith(".py"), argv
         script = load_script(argv[1].removesuffix(".py"))
         script.parse_args(argv[2:])  # argparse exits (fails the test) on an unknown flag
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "set -e",
+        "python a.py --x 1 && python b.py",
+        "python a.py --x 1 \\",
+        "python a.py --data-root $HOME/data",
+        "python a.py | head",
+        "python a.py --data-root C:\\data",
+        "bash train.txt",
+    ],
+)
+def test_a_line_that_is_not_a_plain_python_command_is_refused_naming_it(tmp_path, line):
+    """What pastes into bash, zsh and PowerShell alike: `python x.py` and its flags, nothing
+    any of them reads as syntax (PowerShell 5.1 has no &&, its continuation is the backtick,
+    `set -e` sets a variable there)."""
+    (tmp_path / "c.txt").write_text(f"# a comment\n\npython ok.py\n{line}\n", encoding="utf-8")
+    with pytest.raises(UserError, match="c.txt, line 4 "):
+        runner.commands(tmp_path / "c.txt")
+
+
+STEP = "import sys\nprint('ran', sys.argv[1:])\nsys.exit(int(sys.argv[1]))\n"
+
+
+@pytest.mark.slow
+def test_run_py_runs_each_command_with_its_python_and_stops_at_the_first_failure(tmp_path):
+    (tmp_path / "step.py").write_text(STEP, encoding="utf-8")
+    (tmp_path / "c.txt").write_text(
+        "python step.py 0\n# fails:\npython step.py 3\npython step.py 0\n", encoding="utf-8"
+    )
+    proc = run_python(ROOT / "run.py", "c.txt", cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stdout.count("ran") == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: command 2 (c.txt, line 3) failed with exit code 3; fix what its error says, "
+        "then continue with: python run.py c.txt --from 2"
+    )
+    proc = run_python(ROOT / "run.py", "c.txt", "--from", 3, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.count("ran") == 1
+    assert "all 1 commands succeeded" in proc.stdout
 
 
 def test_train_txt_downloads_then_trains_every_kd_mode_into_its_weights_file():
@@ -37,11 +79,13 @@ def test_train_txt_downloads_then_trains_every_kd_mode_into_its_weights_file():
     ]
 
 
-def test_test_txt_runs_step1_each_student_the_comparison_the_export_and_the_report():
+def test_test_txt_runs_step1_first_then_every_student_the_export_the_report_and_the_zip():
+    """In the lab's order, and rerunnable: every command that makes a result replaces it."""
     found = commands("test.txt")
     scripts = [argv[1] for argv in found]
-    assert scripts[0] == "test_pretrained.py" and scripts.count("test.py") == 6
-    assert "--compare" in found[5] and "export.py" in scripts and "report.py" in scripts
+    assert scripts[0] == "test_pretrained.py" and "--compare" in found[1]
+    assert scripts[-3:] == ["benchmark.py", "report.py", "make_submission.py"]
+    assert all("--overwrite" in argv for argv in found)
 
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -52,7 +96,9 @@ def documented_commands() -> list:
     of README.md and docs/*.md, continuation lines joined and comments dropped."""
     found = []
     for doc in DOCS:
-        blocks = [b.split("```", 1)[0] for b in doc.read_text().split("```bash\n")[1:]]
+        blocks = [
+            b.split("```", 1)[0] for b in doc.read_text(encoding="utf-8").split("```bash\n")[1:]
+        ]
         for line in "\n".join(blocks).replace("\\\n", " ").splitlines():
             argv = shlex.split(line, comments=True)
             if argv and argv[0] == "torchrun":
@@ -73,7 +119,7 @@ def test_every_documented_example_parses_with_its_scripts_own_parser():
 
 def readme_block(heading: str) -> list:
     """The commands of the first bash block after `heading` in README.md, as argv lists."""
-    text = (ROOT / "README.md").read_text().split(heading, 1)[1]
+    text = (ROOT / "README.md").read_text(encoding="utf-8").split(heading, 1)[1]
     block = text.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
     return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
 
@@ -110,7 +156,7 @@ def test_the_offline_demo_runs_twice_as_printed_in_its_own_folder(tmp_path, monk
     assert epoch_lines and all("SYNTHETIC" in line for line in epoch_lines)
     outputs = tmp_path / "demo" / "outputs"
     for name in ("step1_fcn_resnet50.json", "test_student_response.json"):
-        result = json.loads((outputs / name).read_text())
+        result = json.loads((outputs / name).read_text(encoding="utf-8"))
         assert RESULT_KEYS <= set(result) and result["synthetic"] is True
         assert result["num_images"] == (2 if name.startswith("step1") else 4)
     step1_panels = sorted(p.name.split("_")[2] for p in outputs.glob("overlays/fcn_resnet50_*"))
@@ -122,5 +168,5 @@ def test_the_offline_demo_runs_twice_as_printed_in_its_own_folder(tmp_path, monk
         "RANDOM weights" in Image.open(p).text["Title"]
         for p in outputs.glob("overlays/fcn_resnet50_*")
     )
-    report = (outputs / "report.md").read_text()
+    report = (outputs / "report.md").read_text(encoding="utf-8")
     assert "SYNTHETIC" in report and "RANDOM-weight FCN-ResNet50 on SYNTHETIC data" in report

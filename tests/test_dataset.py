@@ -2,14 +2,9 @@
 
 from cli import UserError
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from PIL import Image
 
 import dataset
@@ -134,10 +129,20 @@ def test_training_and_evaluation_images_are_both_downscaled_with_antialiasing():
 
 def test_train_aug_is_voc_train_plus_sbd_minus_voc_val(tmp_path):
     make_fake_voc(tmp_path, num_images=8, with_sbd=True)
-    voc_train = (tmp_path / VOC.subdir / "ImageSets/Segmentation/train.txt").read_text().split()
-    voc_val = (tmp_path / VOC.subdir / "ImageSets/Segmentation/val.txt").read_text().split()
+    voc_train = (
+        (tmp_path / VOC.subdir / "ImageSets/Segmentation/train.txt")
+        .read_text(encoding="utf-8")
+        .split()
+    )
+    voc_val = (
+        (tmp_path / VOC.subdir / "ImageSets/Segmentation/val.txt")
+        .read_text(encoding="utf-8")
+        .split()
+    )
     sbd = tmp_path / voc.SBD.subdir
-    sbd_ids = (sbd / "train.txt").read_text().split() + (sbd / "val.txt").read_text().split()
+    sbd_ids = (sbd / "train.txt").read_text(encoding="utf-8").split() + (sbd / "val.txt").read_text(
+        encoding="utf-8"
+    ).split()
     assert set(sbd_ids) & set(voc_train) and set(sbd_ids) & set(voc_val)  # both overlaps exist
     assert (sbd / "img").is_dir() and len(list((sbd / "cls").glob("*.mat"))) == len(sbd_ids)
 
@@ -236,7 +241,11 @@ def damaged(tmp_path):
 
 
 def read_ids(root, split):
-    return (root / VOC.subdir / f"ImageSets/Segmentation/{split}.txt").read_text().split()
+    return (
+        (root / VOC.subdir / f"ImageSets/Segmentation/{split}.txt")
+        .read_text(encoding="utf-8")
+        .split()
+    )
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
@@ -303,7 +312,7 @@ def test_check_passes_a_sound_tree_and_compares_the_counts_with_voc(fake_voc):
 )
 def test_a_split_file_with_a_repeat_or_a_path_is_refused_naming_the_line(tmp_path, lines, message):
     make_fake_voc(tmp_path, num_images=4)
-    (tmp_path / VOC.subdir / "ImageSets/Segmentation/val.txt").write_text(lines)
+    (tmp_path / VOC.subdir / "ImageSets/Segmentation/val.txt").write_text(lines, encoding="utf-8")
     with pytest.raises(UserError, match=message):
         voc_dataset(tmp_path, "val", None)
 
@@ -311,7 +320,9 @@ def test_a_split_file_with_a_repeat_or_a_path_is_refused_naming_the_line(tmp_pat
 def test_blank_lines_of_a_split_file_are_skipped(tmp_path):
     make_fake_voc(tmp_path, num_images=4)
     split = tmp_path / VOC.subdir / "ImageSets/Segmentation/val.txt"
-    split.write_text("\n" + split.read_text().replace("\n", "\n\n"))
+    split.write_text(
+        "\n" + split.read_text(encoding="utf-8").replace("\n", "\n\n"), encoding="utf-8"
+    )
     assert len(voc_dataset(tmp_path, "val", None)) == 2
 
 
@@ -353,21 +364,57 @@ def test_image_path_names_the_file_behind_every_train_aug_sample(tmp_path):
             assert np.array_equal(np.asarray(photo), np.asarray(data[i][0])), i
 
 
-def training_share(rank: int, world: int, store: str, results: str) -> None:
-    """One process of a 2-process gloo group: the sample indices its training loader gives."""
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    samples = [(torch.zeros(1), torch.tensor(i)) for i in range(6)]  # (image, its index)
-    loader = dataset.training_loader(samples, 1, 0, seed=0, world=world, cuda=False)
-    seen = [int(i) for _, indices in loader for i in indices]
-    Path(f"{results}.{rank}").write_text(json.dumps(seen))
-    dist.destroy_process_group()
+class Draws(torch.utils.data.Dataset):
+    """Sample i is (i, a number drawn from torch's random state, as an augmentation draws)."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, index: int) -> tuple:
+        return torch.tensor(index), torch.rand(())
 
 
-def test_under_torchrun_each_process_trains_on_its_own_share(tmp_path):
-    results = tmp_path / "seen"
-    mp.spawn(training_share, args=(2, str(tmp_path / "store"), str(results)), nprocs=2)
-    shares = [json.loads(Path(f"{results}.{rank}").read_text()) for rank in range(2)]
-    assert len(shares[0]) == len(shares[1]) == 3 and sorted(shares[0] + shares[1]) == list(range(6))
+def epochs_of(loader, epochs=(1, 2)) -> list:
+    """[(indices, draws)] of each epoch, with the sampler's epoch set as train.py sets it."""
+    seen = []
+    for epoch in epochs:
+        loader.sampler.set_epoch(epoch)
+        batches = list(loader)
+        seen.append((torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])))
+    return seen
+
+
+def test_under_torchrun_each_process_trains_on_its_own_share():
+    shares = [dataset.training_loader(Draws(), 1, 0, seed=0, shard=(r, 2)) for r in range(2)]
+    indices = [epochs_of(loader, [1])[0][0].tolist() for loader in shares]
+    assert len(indices[0]) == len(indices[1]) == 3 and sorted(sum(indices, [])) == list(range(6))
+
+
+def test_an_epochs_samples_depend_on_the_seed_and_epoch_alone_not_on_the_workers():
+    """The same shuffle and the same draws with 0 or 2 worker processes, started once for the
+    run (persistent); another epoch, another shuffle and other draws; the caller's random
+    state untouched by what the samples draw."""
+    runs = []
+    for workers in (0, 2):
+        loader = dataset.training_loader(Draws(), 2, workers, seed=5)
+        torch.manual_seed(0)
+        runs.append(epochs_of(loader))
+        if workers:
+            assert loader.persistent_workers and loader.worker_init_fn is not None
+    (first, second), (first_w, second_w) = runs
+    assert all(torch.equal(a, b) for a, b in zip(first + second, first_w + second_w))
+    assert not torch.equal(first[0], second[0]) and not torch.equal(first[1], second[1])
+    after = []
+    for samples in (Draws(), NoDraws()):
+        torch.manual_seed(0)
+        epochs_of(dataset.training_loader(samples, 2, 0, seed=5))
+        after.append(torch.rand(()))
+    assert after[0] == after[1]
+
+
+class NoDraws(Draws):
+    def __getitem__(self, index: int) -> tuple:
+        return torch.tensor(index), torch.zeros(())
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ def repo(tmp_path):
         ".pytest_cache/v",
     ]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(name)
+        (tmp_path / name).write_text(name, encoding="utf-8")
     return tmp_path
 
 
@@ -86,13 +86,13 @@ def test_missing_deliverables_warn_and_fail_with_strict(repo):
 )
 def test_a_bad_student_number_is_refused(repo, numbers, message):
     proc = run_script("make_submission.py", *numbers, "--root", repo)
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not list(repo.glob("*.zip.tmp"))
 
 
 def test_links_caches_hidden_files_and_own_photos_stay_out(repo, tmp_path_factory):
     secret = tmp_path_factory.mktemp("elsewhere") / "secret.txt"
-    secret.write_text("not yours to pack")
+    secret.write_text("not yours to pack", encoding="utf-8")
     (repo / "outputs/link.txt").symlink_to(secret)
     (repo / "outputs/linked_dir").symlink_to(secret.parent, target_is_directory=True)
     for name in (
@@ -102,8 +102,8 @@ def test_links_caches_hidden_files_and_own_photos_stay_out(repo, tmp_path_factor
         "weights/student_none.onnx",
     ):
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(name)
-    (repo / "outputs/test_student_none.json").write_text('{"synthetic": true}')
+        (repo / name).write_text(name, encoding="utf-8")
+    (repo / "outputs/test_student_none.json").write_text('{"synthetic": true}', encoding="utf-8")
     proc = run_script("make_submission.py", "12345678", "--root", repo)
     assert proc.returncode == 0, proc.stderr
     names = set(zipfile.ZipFile(repo / "12345678.zip").namelist())

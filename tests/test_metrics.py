@@ -100,15 +100,16 @@ class PixelwiseModel(nn.Module):
         return self.conv(x)
 
 
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("device", ["cpu", "cuda", "mps"])
 def test_median_ms_times_each_function_warm_and_in_turns(monkeypatch, device):
     """A fake clock: every untimed call costs 100 s, timed ones their listed seconds. Each turn
-    starts with the pause, and on CUDA (a device name is enough, no GPU is used) each call is
-    followed by a synchronisation, so that the timed one ends when its kernels do."""
+    starts with the pause, and on a GPU, CUDA or the Apple GPU's (a device name is enough, no
+    GPU is used), each call is followed by a synchronisation, so that the timed one ends when
+    its kernels do."""
     clock, calls = [0.0], []
     monkeypatch.setattr(metrics.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(metrics.time, "sleep", lambda seconds: calls.append(f"pause {seconds}"))
-    monkeypatch.setattr(metrics.torch.cuda, "synchronize", lambda device: calls.append("sync"))
+    monkeypatch.setattr(torch.accelerator, "synchronize", lambda device: calls.append("sync"))
 
     def function(name: str, timed_costs: list):
         costs = iter(c for t in [0.5] + timed_costs for c in (100, t))  # warm-up round first
@@ -122,7 +123,7 @@ def test_median_ms_times_each_function_warm_and_in_turns(monkeypatch, device):
     fns = {"a": function("a", [0.001, 0.003, 0.002]), "b": function("b", [0.01, 0.05, 0.04])}
     times = median_ms(fns, torch.device(device), runs=3, warmup=1)
     assert times == pytest.approx({"a": 2.0, "b": 40.0})
-    sync = ["sync"] if device == "cuda" else []
+    sync = ["sync"] if device != "cpu" else []
     turn = [f"pause {metrics.PAUSE_S}", "{}", *sync, "{}", *sync]
     assert calls == [c.format(name) for name in "ab" for c in turn] * 4
 
@@ -163,7 +164,7 @@ def test_distributed_evaluation_equals_the_single_process_one(fake_voc, tmp_path
     mp.spawn(
         evaluate_shard, args=(2, str(tmp_path / "store"), str(fake_voc), str(results)), nprocs=2
     )
-    distributed = json.loads(results.read_text())
+    distributed = json.loads(results.read_text(encoding="utf-8"))
     assert distributed["miou"] == pytest.approx(single["miou"], abs=1e-12)
     assert distributed["iou"] == [
         None if math.isnan(x) else pytest.approx(x) for x in single["iou"]
@@ -281,6 +282,6 @@ def test_the_printed_report_shows_the_numbers_in_percent():
     ],
 )
 def test_the_cpu_is_named_by_cpuinfos_model_name_with_the_threads(monkeypatch, cpuinfo, name):
-    monkeypatch.setattr(metrics, "open", lambda path: io.StringIO(cpuinfo), raising=False)
+    monkeypatch.setattr(metrics, "open", lambda path, **kw: io.StringIO(cpuinfo), raising=False)
     threads = torch.get_num_threads()
     assert metrics.device_name(torch.device("cpu")) == f"{name} ({threads} threads)"

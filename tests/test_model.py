@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from files import save_file
+from checkpoints import save_file
+from conftest import checkpoint_of
 from model import (
     STUDENT_TAPS,
     TEACHER_RESIZE,
@@ -175,10 +176,10 @@ def test_teacher_loads_a_local_state_dict_with_or_without_aux_head(tmp_path, tea
 
 
 def test_checkpoints_are_written_atomically_and_load_back(tmp_path, student):
-    save_file({"model": student.state_dict(), "args": {"kd": "none"}}, tmp_path / "s.pth")
+    save_file(checkpoint_of(student, seed=3), tmp_path / "s.pth")
     assert [p.name for p in tmp_path.iterdir()] == ["s.pth"]  # no temporary file left
     loaded, ckpt = load_student(tmp_path / "s.pth")
-    assert ckpt["args"] == {"kd": "none"}
+    assert ckpt["args"] == {"kd": "none", "epochs": 2, "seed": 3}
     assert all(
         torch.equal(a, b)
         for a, b in zip(loaded.state_dict().values(), student.state_dict().values())
@@ -189,7 +190,7 @@ def test_checkpoints_are_written_atomically_and_load_back(tmp_path, student):
     "content, message",
     [
         (b"not a checkpoint", "corrupt or not a PyTorch file"),
-        ({"model": {"fc.weight": torch.zeros(2)}}, "different architecture"),
+        ({**checkpoint_of(build_student()), "model": {"fc.weight": torch.zeros(2)}}, "different"),
         ({"weights": 1}, "not a checkpoint of train.py"),
         ([1, 2, 3], "holds a list"),
     ],
@@ -213,8 +214,8 @@ def test_bad_checkpoints_give_a_one_line_error(tmp_path, content, message):
 )
 def test_a_checkpoint_entry_of_the_wrong_type_is_one_error_naming_it(tmp_path, entry, value):
     path = tmp_path / "c.pth"
-    torch.save({"model": build_student().state_dict(), entry: value}, path)
-    with pytest.raises(UserError, match=f"{path}: its '{entry}' entry"):
+    torch.save({**checkpoint_of(build_student()), entry: value}, path)
+    with pytest.raises(UserError, match=f"{path} is not a checkpoint .* \\(entry '{entry}'"):
         load_student(path)
 
 

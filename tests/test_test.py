@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import RESULT_KEYS, load_script, run_script, run_subprocess
+from conftest import RESULT_KEYS, checkpoint_of, load_script, run_script, run_subprocess, visible
+from model import build_student
 from voc import voc_palette
 
 FAST = ("--device", "cpu", "--size", "64", "--runs", "1", "--num-workers", "0")
@@ -32,10 +33,10 @@ def test_a_checkpoint_is_scored_timed_and_illustrated(trained, fake_voc, tmp_pat
     assert proc.returncode == 0, proc.stderr
     for text in ("mIoU", "parameters", "ms/image", "SYNTHETIC", "wrote"):
         assert text in proc.stdout
-    result = json.loads((tmp_path / "test_student_none.json").read_text())
+    result = json.loads((tmp_path / "test_student_none.json").read_text(encoding="utf-8"))
     assert RESULT_KEYS <= set(result)
     assert result["synthetic"] is True and result["num_images"] == 4 and len(result["iou"]) == 21
-    overlays = sorted(p.name for p in (tmp_path / "overlays").iterdir())
+    overlays = [p.name for p in visible(tmp_path / "overlays")]
     assert len(overlays) == 2 and overlays[0].startswith("student_none_best1_")
     assert all(str(tmp_path / "overlays" / name) in proc.stdout for name in overlays)
 
@@ -54,8 +55,12 @@ def test_best_and_worst_overlays_are_the_best_and_worst_images(trained, fake_voc
         *FAST,
     )
     assert proc.returncode == 0, proc.stderr
-    result = json.loads((tmp_path / "test_student_none.json").read_text())
-    val = (fake_voc / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
+    result = json.loads((tmp_path / "test_student_none.json").read_text(encoding="utf-8"))
+    val = (
+        (fake_voc / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt")
+        .read_text(encoding="utf-8")
+        .split()
+    )
     score = {name: s for name, s in zip(val, result["per_image_miou"]) if s is not None}
     assert max(score.values()) > min(score.values())  # else any order would pass
 
@@ -69,7 +74,7 @@ def test_best_and_worst_overlays_are_the_best_and_worst_images(trained, fake_voc
 def test_compare_times_together_and_lists_unreadable_inputs(trained, fake_voc, tmp_path):
     copy = tmp_path / "student_copy.pth"
     copy.write_bytes(trained["out"].read_bytes())
-    (tmp_path / "broken.pth").write_text("not a checkpoint")
+    (tmp_path / "broken.pth").write_text("not a checkpoint", encoding="utf-8")
     (tmp_path / "step1_fcn_resnet50.json").write_text(
         json.dumps(
             {
@@ -81,7 +86,8 @@ def test_compare_times_together_and_lists_unreadable_inputs(trained, fake_voc, t
                 "device_name": "some CPU",
                 "synthetic": True,
             }
-        )
+        ),
+        encoding="utf-8",
     )
     proc = run_script(
         "test.py",
@@ -100,12 +106,12 @@ def test_compare_times_together_and_lists_unreadable_inputs(trained, fake_voc, t
         *FAST,
     )
     assert proc.returncode == 0, proc.stderr
-    table = (tmp_path / "kd_comparison.md").read_text()
+    table = (tmp_path / "kd_comparison.md").read_text(encoding="utf-8")
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + 3  # header, two students, the teacher
     assert "SYNTHETIC" in table and "FCN-ResNet50 teacher" in rows[-1] and "50.00" in rows[-1]
     assert "interleaved" in table and "broken.pth" in table.split("could not be read")[1]
-    data = json.loads((tmp_path / "kd_comparison.json").read_text())
+    data = json.loads((tmp_path / "kd_comparison.json").read_text(encoding="utf-8"))
     assert [s["checkpoint"] for s in data["students"]] == [str(trained["out"]), str(copy)]
     assert data["students"][0]["miou"] == data["students"][1]["miou"]  # same weights, same score
 
@@ -119,7 +125,11 @@ def test_compare_times_together_and_lists_unreadable_inputs(trained, fake_voc, t
             run_subprocess,
             marks=pytest.mark.slow,
         ),
-        ({"model": {"x": torch.zeros(1)}}, "different architecture (Missing key(s)", run_script),
+        (
+            {**checkpoint_of(build_student()), "model": {"x": torch.zeros(1)}},
+            "different architecture (Missing key(s)",
+            run_script,
+        ),
     ],
     ids=["damaged", "foreign"],
 )
@@ -178,7 +188,7 @@ def test_own_photos_give_masks_of_the_predicted_class_in_display_orientation(
     Image.new("RGB", (30, 20), "white").save(photos / "dup.jpg")
     Image.new("RGB", (30, 20), "black").save(photos / "dup.png")
     (photos / "broken.jpg").write_bytes(b"not a jpeg at all")
-    (photos / "notes.txt").write_text("not an image, not even tried")
+    (photos / "notes.txt").write_text("not an image, not even tried", encoding="utf-8")
     os.mkfifo(photos / "fifo.jpg")  # would block a reader forever
     Image.new("1", (10_000, 7_000)).save(photos / "huge.png")  # 70 megapixels, 1 bit each
     more = tmp_path / "more"  # a second folder whose photo has the same name
@@ -208,7 +218,7 @@ def test_own_photos_give_masks_of_the_predicted_class_in_display_orientation(
         "notes.txt: not a .jpg",
     ):
         assert name in proc.stderr
-    written = sorted(p.name for p in (out / "photos").iterdir())
+    written = [p.name for p in visible(out / "photos")]
     # the checkpoint was trained on SYNTHETIC data; the second dup.jpg does not overwrite the first
     stems = ("dup_jpg", "dup_png", "phone_jpg", "dup_jpg_2")
     assert written == sorted(f"{s}_SYNTHETIC_{k}.png" for s in stems for k in ("mask", "overlay"))
@@ -226,7 +236,7 @@ def test_own_photos_give_masks_of_the_predicted_class_in_display_orientation(
         "cpu",
     )
     assert again.returncode == 0 and "_SYNTHETIC_mask.png: written by test.py" in again.stderr
-    assert sorted(p.name for p in (out / "photos").iterdir()) == written
+    assert [p.name for p in visible(out / "photos")] == written
     mask = Image.open(out / "photos" / "phone_jpg_SYNTHETIC_mask.png")
     title = mask.text["Title"]
     assert "SYNTHETIC" in title and "phone.jpg" in title and str(person_checkpoint) in title
@@ -253,7 +263,7 @@ def test_test_py_on_the_onnx_and_mobile_files_scores_like_the_pth(
         )
         assert proc.returncode == 0, proc.stderr
     pth, onnx, ort = (
-        json.loads((tmp_path / f"test_student_none{end}.json").read_text())
+        json.loads((tmp_path / f"test_student_none{end}.json").read_text(encoding="utf-8"))
         for end in ("", "_onnx", "_ort")
     )
     assert onnx["runtime"] == ort["runtime"] == "onnxruntime" and pth["runtime"] == "pytorch"

@@ -46,7 +46,7 @@ def test_ctrl_c_is_one_line_exit_130_and_no_partial_json(fake_voc, tmp_path, mon
     with pytest.raises(SystemExit) as e:
         cli.run(step1.main, lambda: step1.parse_args(argv))
     assert e.value.code == 130 and capsys.readouterr().err.strip() == "interrupted"
-    assert not list(tmp_path.iterdir())
+    assert not list(tmp_path.glob("*.json")) and not list(tmp_path.rglob("*.png"))
 
 
 def test_a_missing_data_root_is_a_clear_error_without_traceback(tmp_path):

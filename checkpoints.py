@@ -1,0 +1,319 @@
+"""Checkpoints: read without running code, checked entry by entry against what train.py writes
+(CHECKPOINT), loaded only into a model of the same shapes and dtypes, and the training state
+that --resume restores, each part checked against the run it goes into before any work.
+
+    from checkpoints import read_checkpoint, load_state, save_file, training_state, resume
+"""
+
+from cli import UserError
+
+import math
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from files import (
+    AMOUNT,
+    COUNT,
+    FRACTION,
+    ListOf,
+    Maybe,
+    Number,
+    OneOf,
+    atomic_path,
+    check_input,
+    mismatch,
+)
+from voc import KD_METHODS
+
+EPOCH = Number(1, integer=True)
+# One row of a run's history: what train.py logs for an epoch; every other column is a
+# training loss term (train_<term>), a number at least 0.
+HISTORY_ROW = {
+    "epoch": EPOCH,
+    "data": str,
+    "lr": AMOUNT,
+    "train_ce": AMOUNT,
+    "val_ce": AMOUNT,
+    "val_miou": FRACTION,
+    "epoch_time_s": AMOUNT,
+    ...: AMOUNT,
+}
+# What train.py writes, every entry; `args` holds its flags, of which the readers use --kd.
+CHECKPOINT = {
+    "model": dict,
+    "adapters": Maybe(dict),
+    "optimizer": {"state": dict, "param_groups": ListOf(dict, min_length=1)},
+    "scaler": dict,
+    "args": {"kd": OneOf(*KD_METHODS), ...: object},
+    "epoch": EPOCH,
+    "miou": FRACTION,
+    "best_miou": FRACTION,
+    "history": ListOf(HISTORY_ROW, min_length=1),
+    "synthetic": bool,
+}
+SCALER = {
+    "scale": AMOUNT,
+    "growth_factor": AMOUNT,
+    "backoff_factor": AMOUNT,
+    "growth_interval": COUNT,
+    "_growth_tracker": COUNT,
+}
+
+
+def load_file(path: str | Path, what: str) -> dict:
+    """torch.load(weights_only=True), so a checkpoint can never run code, after checking the
+    CRC-32 of every record of its archive (a flipped byte is refused, not loaded); a
+    UserError for a missing, damaged or foreign file."""
+    path = check_input(path, what)
+    if zipfile.is_zipfile(path):  # torch.save's format since PyTorch 1.6
+        try:
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+        except Exception as e:  # zipfile and zlib raise several unrelated types
+            damaged = f"({type(e).__name__})"
+        if damaged:
+            raise UserError(
+                f"cannot read {what} {path}: damaged (its part {damaged} fails its checksum); "
+                "copy it again, or retrain"
+            )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and unpickler errors have no common base class
+        raise UserError(
+            f"cannot read {what} {path}: corrupt or not a PyTorch file ({type(e).__name__})"
+        ) from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{what} {path} holds a {type(obj).__name__}, not a dict")
+    return obj
+
+
+def save_file(obj: dict, path: str | Path) -> None:
+    """torch.save through atomic_path: a crash never leaves half a checkpoint. torch.save
+    reports a full disk or a file-size limit as a RuntimeError: a UserError here, the old
+    file intact."""
+    with atomic_path(path) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            raise UserError(
+                f"cannot write {path}: the write failed midway (a full disk, or a file-size "
+                f"limit?): {str(e).splitlines()[0][:200]}"
+            ) from None
+
+
+def non_finite(state: dict) -> list:
+    """Names of the floating-point tensors of a state dict holding a NaN or an infinity."""
+    floats = {k: v for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()}
+    return [k for k, v in floats.items() if not torch.isfinite(v).all()]
+
+
+def load_state(model: nn.Module, state, what: str) -> None:
+    """model.load_state_dict(state), strict: the same names, and each tensor of the shape and
+    dtype of the model's (an integer or complex tensor is never cast into the weights), every
+    value finite. A UserError keeps PyTorch's lists of missing and unexpected keys, the detail
+    needed after changing a model."""
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()
+    ):
+        raise UserError(f"{what} is not a state dict (names -> tensors)")
+    own = model.state_dict()
+    odd = [k for k, v in state.items() if k in own and v.dtype != own[k].dtype]
+    if odd:
+        raise UserError(
+            f"{what} holds {state[odd[0]].dtype} values in {odd[0]}, where the model has "
+            f"{own[odd[0]].dtype}: not this model's weights"
+        )
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError, TypeError) as e:
+        detail = "; ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
+        raise UserError(f"{what} does not fit: a different architecture ({detail[:600]})") from None
+    bad = non_finite(state)
+    if bad:
+        raise UserError(
+            f"{what} holds NaN or infinite values in {len(bad)} tensor(s), first "
+            f"{bad[0]}: the run that wrote it diverged"
+        )
+
+
+def check_checkpoint(ckpt: dict, path: str | Path) -> dict:
+    """`ckpt` when it is what train.py writes (CHECKPOINT), its history one row per epoch
+    from 1 to `epoch`, its mIoUs those of the history; else a UserError naming the entry."""
+    problem = mismatch(ckpt, CHECKPOINT)
+    if not problem:
+        history = ckpt["history"]
+        mious = [row["val_miou"] for row in history]
+        if [row["epoch"] for row in history] != list(range(1, len(history) + 1)):
+            problem = "its history's epochs are not 1, 2, 3, ..."
+        elif ckpt["epoch"] != len(history):
+            problem = f"its epoch is {ckpt['epoch']}, its history has {len(history)}"
+        elif (ckpt["miou"], ckpt["best_miou"]) != (mious[-1], max(mious)):
+            problem = "its mIoUs are not those of its history"
+    if problem:
+        raise UserError(f"{path} is not a checkpoint of train.py, or is damaged ({problem})")
+    return ckpt
+
+
+def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
+    """A checkpoint of train.py from `path`, read and checked (load_file, check_checkpoint)."""
+    return check_checkpoint(load_file(path, what), path)
+
+
+# ----------------------------------------------------------------------------- training state
+
+
+def training_state(trainee: nn.Module, optimizer, scaler, flags: dict, history: list, synthetic):
+    """The saved run: the student's state dict alone under `model` (the teacher is never
+    saved, the adapters apart), what --resume needs, and the history of every epoch."""
+    mious = [row["val_miou"] for row in history]
+    adapters = trainee.adapters
+    return {
+        "model": trainee.student.state_dict(),
+        "adapters": adapters.state_dict() if adapters is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "args": flags,
+        "epoch": len(history),
+        "miou": mious[-1] if mious else math.nan,
+        "best_miou": max(mious, default=math.nan),
+        "history": history,
+        "synthetic": synthetic,
+    }
+
+
+def save_epoch(ckpt: dict, best: Path, last: Path) -> None:
+    """The last checkpoint and, when this epoch has the best val mIoU so far, the best one; a
+    model with non-finite weights or statistics is never saved."""
+    bad = non_finite(ckpt["model"])
+    if bad:
+        raise UserError(
+            f"the student's {bad[0]} became NaN or infinite; stopping without "
+            "saving this epoch. Try a lower --lr."
+        )
+    save_file(ckpt, last)
+    if ckpt["miou"] == ckpt["best_miou"]:
+        save_file(ckpt, best)
+
+
+def resume(
+    best: Path,
+    last: Path,
+    flags: dict,
+    fixed: dict,
+    synthetic: bool,
+    trainee: nn.Module,
+    optimizer,
+    scaler,
+) -> list:
+    """Load the last checkpoint's state into the trainee (student, adapters), optimizer and
+    scaler; returns its history. `fixed` maps each flag a resume may not change to its default:
+    a run whose value differs from the checkpoint's is refused, listing them (a flag the
+    checkpoint does not record, added to train.py after it was written, counts as its default).
+    A run on SYNTHETIC data never continues one on real data, or the reverse (`synthetic`:
+    whether this run's data is). The best checkpoint must still be there: without it the run
+    would end with none, or with one that is not its best epoch. Every part is checked before
+    any is loaded."""
+    if not last.exists() and not best.exists():
+        raise UserError(f"--resume: there is no run to continue ({last} does not exist)")
+    ckpt = read_checkpoint(last, "checkpoint to resume")
+    if not best.is_file():
+        raise UserError(
+            f"{best}, the best epoch's checkpoint, is missing: put it back to resume, or "
+            "start over with --overwrite"
+        )
+    if ckpt["synthetic"] != synthetic:
+        kinds = ("real", "SYNTHETIC") if synthetic else ("SYNTHETIC", "real")
+        raise UserError(
+            f"{last} was trained on {kinds[0]} data and --data-root holds {kinds[1]} data: one "
+            "history would mix them; resume on the run's own data, or start over with --overwrite"
+        )
+    saved = ckpt["args"]
+    changed = [
+        f"--{k.replace('_', '-')} {flags[k]} (checkpoint: {saved.get(k, default)})"
+        for k, default in fixed.items()
+        if saved.get(k, default) != flags[k]
+    ]
+    if changed:
+        raise UserError(
+            f"{last} was trained with other flags: {', '.join(changed)}; resume with "
+            "the checkpoint's flags, or start over with --overwrite"
+        )
+    if len(ckpt["history"]) >= flags["epochs"]:
+        raise UserError(f"{last} already has {len(ckpt['history'])} epochs; raise --epochs")
+    problem = optimizer_state_problem(ckpt["optimizer"], optimizer) or scaler_problem(
+        ckpt["scaler"], scaler
+    )
+    if problem:
+        raise UserError(f"{last}: its optimizer state does not fit this run ({problem})")
+    load_state(trainee.student, ckpt["model"], f"checkpoint {last}")
+    if trainee.adapters is not None:
+        load_state(trainee.adapters, ckpt["adapters"], f"adapters of {last}")
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler.is_enabled() and ckpt["scaler"]:
+        scaler.load_state_dict(ckpt["scaler"])
+    # else: a run that scaled no loss (on the CPU, the Apple GPU) continued on CUDA, or the
+    # reverse: the scaler starts as in a new run, where it adapts within a few steps.
+    return ckpt["history"]
+
+
+def state_keys(optimizer: torch.optim.Optimizer) -> set:
+    """What this kind of optimizer keeps per parameter, read off one step of a copy of it on
+    a one-number parameter (momentum_buffer for SGD, step and both averages for AdamW)."""
+    probe = torch.zeros(1, requires_grad=True)
+    probe.grad = torch.zeros(1)
+    trial = type(optimizer)([probe], **optimizer.defaults)
+    trial.step()
+    return set(trial.state[probe])
+
+
+def optimizer_state_problem(saved: dict, optimizer: torch.optim.Optimizer) -> str | None:
+    """What is wrong with an optimizer state dict for `optimizer`, or None: its groups those of
+    the optimizer, with settings of the same types; each parameter's state the keys this
+    optimizer keeps, each tensor finite and of its parameter's shape and dtype."""
+    groups = optimizer.param_groups
+    params = [p for group in groups for p in group["params"]]
+    if len(saved["param_groups"]) != len(groups):
+        return f"{len(saved['param_groups'])} parameter groups, not {len(groups)}"
+    for old, new in zip(saved["param_groups"], groups):
+        if not isinstance(old.get("params"), list) or len(old["params"]) != len(new["params"]):
+            return "parameter groups of other sizes"
+        # initial_lr: the scheduler's, saved with the groups, set after this check
+        wanted = {**new, **({"initial_lr": 0.0} if "initial_lr" in old else {})}
+        odd = [k for k, v in wanted.items() if k != "params" and not same_kind(old.get(k, ...), v)]
+        if odd or set(old) - set(wanted):
+            return f"group setting {(odd or sorted(set(old) - set(wanted)))[0]!r} differs"
+    ids = [i for group in saved["param_groups"] for i in group["params"]]
+    if ids != list(range(len(params))):
+        return "its parameters are not numbered 0, 1, 2, ..."
+    keys = state_keys(optimizer)
+    for i, entry in saved["state"].items():
+        if i not in ids or isinstance(i, bool) or not isinstance(entry, dict) or set(entry) != keys:
+            return f"the state of parameter {i!r:.20} is not {optimizer.__class__.__name__}'s"
+        for name, value in entry.items():
+            like = torch.zeros(()) if name == "step" else params[i]  # a step count: one number
+            if not (
+                torch.is_tensor(value) and (value.shape, value.dtype) == (like.shape, like.dtype)
+            ):
+                return f"{name} of parameter {i} is not a tensor like the parameter"
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                return f"{name} of parameter {i} holds NaN or infinite values"
+    return None
+
+
+def same_kind(a, b) -> bool:
+    """Values of one setting: numbers both (finite), or of one type, or both None."""
+    if isinstance(b, (int, float)) and not isinstance(b, bool):
+        return isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a)
+    return type(a) is type(b)
+
+
+def scaler_problem(saved: dict, scaler: torch.amp.GradScaler) -> str | None:
+    """What is wrong with a GradScaler state for `scaler`, or None; an empty one is what a
+    scaler that was off saves."""
+    if not saved or not scaler.is_enabled():
+        return None
+    problem = mismatch(saved, SCALER)
+    return f"its loss scaler: {problem}" if problem else None
