@@ -146,8 +146,11 @@ def check_checkpoint(ckpt: dict, path: str | Path) -> dict:
     if not problem:
         history = ckpt["history"]
         mious = [row["val_miou"] for row in history]
+        terms = {f"train_{term}" for term in KD_METHODS[ckpt["args"]["kd"]]}
         if [row["epoch"] for row in history] != list(range(1, len(history) + 1)):
             problem = "its history's epochs are not 1, 2, 3, ..."
+        elif any(row.keys() != history[0].keys() or not terms <= row.keys() for row in history):
+            problem = f"its history's rows do not all hold {', '.join(sorted(terms))}"
         elif ckpt["epoch"] != len(history):
             problem = f"its epoch is {ckpt['epoch']}, its history has {len(history)}"
         elif (ckpt["miou"], ckpt["best_miou"]) != (mious[-1], max(mious)):
@@ -271,8 +274,10 @@ def state_keys(optimizer: torch.optim.Optimizer) -> set:
 
 def optimizer_state_problem(saved: dict, optimizer: torch.optim.Optimizer) -> str | None:
     """What is wrong with an optimizer state dict for `optimizer`, or None: its groups those of
-    the optimizer, with settings of the same types; each parameter's state the keys this
-    optimizer keeps, each tensor finite and of its parameter's shape and dtype."""
+    the optimizer, with the same settings (the flags that set them cannot change on resume),
+    the scheduled lr a number from 0, the scheduler's peak lr (initial_lr) the optimizer's lr;
+    each parameter's state the keys this optimizer keeps, each tensor finite and of its
+    parameter's shape and dtype."""
     groups = optimizer.param_groups
     params = [p for group in groups for p in group["params"]]
     if len(saved["param_groups"]) != len(groups):
@@ -280,16 +285,26 @@ def optimizer_state_problem(saved: dict, optimizer: torch.optim.Optimizer) -> st
     for old, new in zip(saved["param_groups"], groups):
         if not isinstance(old.get("params"), list) or len(old["params"]) != len(new["params"]):
             return "parameter groups of other sizes"
-        # initial_lr: the scheduler's, saved with the groups, set after this check
-        wanted = {**new, **({"initial_lr": 0.0} if "initial_lr" in old else {})}
-        odd = [k for k, v in wanted.items() if k != "params" and not same_kind(old.get(k, ...), v)]
-        if odd or set(old) - set(wanted):
-            return f"group setting {(odd or sorted(set(old) - set(wanted)))[0]!r} differs"
+        peak = old.get("initial_lr", new["lr"])  # set by the scheduler, after this check
+        lr = old.get("lr")
+        odd = [
+            k
+            for k, v in new.items()
+            if k not in ("params", "lr")
+            and (old.get(k, ...) != v or type(old.get(k)) is not type(v))
+        ]
+        odd += [k for k in set(old) - set(new) - {"initial_lr"}]
+        odd += ["lr"] if not same_kind(lr, 0.0) or lr < 0 or not same_kind(peak, new["lr"]) else []
+        odd += ["initial_lr"] if peak != new["lr"] else []
+        if odd:
+            return f"group setting {odd[0]!r} is not this run's"
     ids = [i for group in saved["param_groups"] for i in group["params"]]
     if ids != list(range(len(params))):
         return "its parameters are not numbered 0, 1, 2, ..."
-    keys = state_keys(optimizer)
-    for i, entry in saved["state"].items():
+    keys, state = state_keys(optimizer), saved["state"]
+    if state and len(state) != len(ids):  # every parameter took its steps: each has a state
+        return f"{len(state)} parameters have a state, not all {len(ids)}"
+    for i, entry in state.items():
         if i not in ids or isinstance(i, bool) or not isinstance(entry, dict) or set(entry) != keys:
             return f"the state of parameter {i!r:.20} is not {optimizer.__class__.__name__}'s"
         for name, value in entry.items():

@@ -43,8 +43,14 @@ VOC_SPLIT_SIZES = {"train": 1464, "val": 1449}  # VOC 2012 segmentation, what --
 SYNTHETIC_MARKER = "SYNTHETIC.txt"  # written by --fake-voc; scripts label their outputs with it
 SYNTHETIC_NOTE = "SYNTHETIC data, not a VOC result"  # how every output says so
 COMPLETE_MARKER = ".extracted"  # in Source.subdir, written once an extraction has finished
-# train.py --kd: what a checkpoint may name (distill.KD_MODES says what each takes).
-KD_METHODS = ("none", "response", "feature", "both")
+# train.py --kd: each method and the loss terms its log holds as train_<term>, what a checkpoint
+# may name (distill.KD_MODES says what each takes from the teacher).
+KD_METHODS = {
+    "none": ("loss", "ce"),
+    "response": ("loss", "ce", "kl"),
+    "feature": ("loss", "ce", "feat"),
+    "both": ("loss", "ce", "kl", "feat"),
+}
 
 
 def class_name(label: int) -> str:

@@ -349,7 +349,7 @@ def onnx_cases(lab: Lab) -> list:
             [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, channels, "h", "w"])],
             [weight],
         )
-        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
         if metadata is not None:
             helper.set_model_props(m, {"student": metadata})
         onnx.save_model(m, str(path))
@@ -995,7 +995,7 @@ def foreign_onnx_cases(lab: Lab) -> list:
             [helper.make_tensor_value_info("logits", kind, None)],
             [weight],
         )
-        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
         meta = {"kd": "none", "params": 10} if meta is None else meta
         helper.set_model_props(m, {"student": json.dumps(meta)})
         path = lab.work / f"foreign_{name.replace(' ', '_').replace('/', '')}.onnx"

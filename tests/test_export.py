@@ -167,6 +167,11 @@ def test_int8_without_calibration_data_is_one_error_and_writes_nothing(trained, 
     assert "Traceback" not in proc.stderr and visible(tmp_path) == []
 
 
+# The IR version that goes with opset 17 (onnx's versioning table): make_model's default, onnx's
+# newest, is newer than onnxruntime 1.23 (the last release for Python 3.10) can read.
+OPSET_17_IR = 8
+
+
 def foreign_onnx(
     path,
     shape,
@@ -197,7 +202,9 @@ def foreign_onnx(
         [tensor(names[1], image[0], shape)],
         [weight],
     )
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=OPSET_17_IR
+    )
     if metadata is not None:
         onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(metadata)})
     onnx.save_model(model, str(path))
