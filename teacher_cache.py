@@ -45,7 +45,7 @@ from files import COUNT, ENCODING, ListOf, Number, mismatch, read_utf8
 from model import TEACHER_RESIZE, teacher_features
 from voc import NUM_CLASSES
 
-FORMAT = 1  # of index.json; a cache of another format is refused
+FORMAT = 2  # of index.json; a cache of another format is refused (1: no logits_sha1)
 LOGITS, INDEX = "logits.f16", "index.json"  # raw float16 values; their layout
 ENTRY_KEYS = {
     "name": str,
@@ -56,6 +56,7 @@ ENTRY_KEYS = {
 }
 INDEX_KEYS = {
     "format": int,
+    "logits_sha1": str,  # of LOGITS: a flipped bit there would be another teacher value
     "teacher": str,
     "resize": int,
     "values": COUNT,
@@ -64,7 +65,12 @@ INDEX_KEYS = {
 
 
 def file_sha1(path: str | Path) -> str:
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    """The file's SHA-1, read in blocks (a train_aug cache is gigabytes)."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def teacher_fingerprint(teacher: nn.Module) -> str:
@@ -236,6 +242,11 @@ class TeacherCache:
                 f"teacher cache {directory}: cannot read {INDEX} or {LOGITS} ({e}); "
                 f"delete {directory} to rebuild it"
             ) from None
+        if isinstance(index, dict) and index.get("format") != FORMAT:
+            raise UserError(
+                f"teacher cache {directory} has another format (an older version's?); delete "
+                f"{directory} to rebuild it"
+            )
         problem = index_problem(index)
         if problem:
             raise UserError(
@@ -247,6 +258,11 @@ class TeacherCache:
             raise UserError(
                 f"teacher cache {directory}: {directory / LOGITS} is damaged ({size:,d} bytes, "
                 f"{INDEX} says {2 * total:,d}); delete {directory} to rebuild it"
+            )
+        if file_sha1(directory / LOGITS) != index["logits_sha1"]:
+            raise UserError(
+                f"teacher cache {directory}: {directory / LOGITS} is damaged (its SHA-1 is not "
+                f"the one {INDEX} gives); delete {directory} to rebuild it"
             )
         logits = np.memmap(directory / LOGITS, dtype=np.float16, mode="r", shape=(total,))
         return cls(directory, index, logits)
@@ -346,6 +362,7 @@ def build(
                 offset += logits.numel()
         index = {
             "format": FORMAT,
+            "logits_sha1": file_sha1(tmp / LOGITS),
             "teacher": fingerprint,
             "resize": TEACHER_RESIZE,
             "values": offset,

@@ -5,9 +5,11 @@ raise, in this process and (through its sitecustomize.py) in every script a test
 """
 
 import contextlib
+import copy
 import importlib.util
 import inspect
 import io
+import math
 import os
 import re
 import subprocess
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from hypothesis import strategies as st
 
 # Generated inputs: a bounded, repeatable number of examples in the suite (CI), and many more,
 # drawn anew, with HYPOTHESIS_PROFILE=long (dev/README.md).
@@ -66,6 +69,43 @@ def fake_voc(tmp_path_factory) -> Path:
 def visible(folder: Path) -> list:
     """The entries of a folder a user sees: not the hidden lock files beside the outputs."""
     return sorted(p for p in Path(folder).iterdir() if not p.name.startswith("."))
+
+
+# ----------------------------------------------------------------------------- generated damage
+
+ODD_JSON = [None, "text", "", -1, 0, 1, 2.5, -0.5, 1e308, math.nan, math.inf, True, [], {}, [1]]
+
+
+def json_places(obj, path=()) -> list:
+    """The path of keys to every entry and item of a JSON document, at every depth."""
+    found = [path] if path else []
+    items = (
+        obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else []
+    )
+    for key, value in items:
+        found += json_places(value, (*path, key))
+    return found
+
+
+@st.composite
+def damaged_json(draw, original):
+    """A copy of a JSON document with one entry, anywhere, dropped, replaced by an odd value
+    or, for a number, moved a little or a lot; and (what was done, where)."""
+    data = copy.deepcopy(original)
+    path = draw(st.sampled_from(json_places(data)))
+    parent = data
+    for key in path[:-1]:
+        parent = parent[key]
+    value = parent[path[-1]]
+    kinds = ["drop", "odd"] + (["nudge"] if isinstance(value, (int, float)) else [])
+    kind = draw(st.sampled_from(kinds))
+    if kind == "drop":
+        parent.pop(path[-1])
+    elif kind == "odd":
+        parent[path[-1]] = draw(st.sampled_from(ODD_JSON))
+    else:
+        parent[path[-1]] = value + draw(st.sampled_from([-1, 1, 0.5, -(10**6), 10**6]))
+    return data, (kind, path)
 
 
 def dest(flag: str) -> str:

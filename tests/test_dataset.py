@@ -2,9 +2,14 @@
 
 from cli import UserError
 
+import io
+import re
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 import dataset
@@ -248,8 +253,10 @@ def read_ids(root, split):
     )
 
 
-@pytest.mark.parametrize("damage", DAMAGES)
+@pytest.mark.parametrize("damage", ["truncated mask"])
 def test_a_damaged_file_is_one_error_naming_it_in_check_and_test_py(damage, damaged, trained):
+    """What a user sees of a damaged file (the damages are generated below): --check lists it,
+    test.py stops on it with one line naming it."""
     root, name = damaged(damage)
     check = run_script("dataset.py", "--check", "--data-root", root)
     assert check.returncode == 1 and "1 problem(s)" in check.stdout
@@ -267,14 +274,83 @@ def test_a_damaged_file_is_one_error_naming_it_in_check_and_test_py(damage, dama
         "--runs",
         "1",
         "--num-workers",
-        "1" if damage == "label out of range" else "0",
+        "1",  # read in a worker process: its error reaches the script as one line too
         "--out-dir",
         root / "out",
-    )  # one read in a worker process: each of those costs a 5 s worker shutdown
+    )
     last = proc.stderr.strip().splitlines()[-1]  # after the progress bar that was running
     assert proc.returncode == 1 and proc.stderr.count("error") == 1, proc.stderr
     assert "Traceback" not in proc.stderr and last.startswith("error: ")
     assert name in last and MESSAGES[damage] in last
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_each_listed_damage_is_named_by_the_reader(damage, damaged):
+    root, name = damaged(damage)
+    with pytest.raises(UserError, match=re.escape(MESSAGES[damage])) as e:
+        [pair for pair in voc_dataset(root, "val", None)]
+    assert name in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("damaged_tree")
+    make_fake_voc(root, num_images=2)
+    name = read_ids(root, "val")[0]
+    voc = root / VOC.subdir
+    return root, voc / "JPEGImages" / f"{name}.jpg", voc / "SegmentationClass" / f"{name}.png"
+
+
+@st.composite
+def damaged_bytes(draw, original: bytes) -> bytes:
+    """The file cut short, some of its bytes changed, or bytes of noise instead."""
+    kind = draw(st.sampled_from(["cut", "flip", "noise"]))
+    if kind == "cut":
+        return original[: draw(st.integers(0, len(original) - 1))]
+    if kind == "noise":
+        return draw(st.binary(max_size=200))
+    data = bytearray(original)
+    for at in draw(st.lists(st.integers(0, len(data) - 1), min_size=1, max_size=8)):
+        data[at] = draw(st.integers(0, 255))
+    return bytes(data)
+
+
+@st.composite
+def foreign_masks(draw, size: tuple) -> bytes:
+    """A PNG label map of any mode, of the image's size or another, with any values."""
+    mode = draw(st.sampled_from(["L", "P", "RGB", "I;16", "1", "LA"]))
+    width, height = size if draw(st.booleans()) else (draw(st.integers(1, 99)), size[1])
+    values = draw(st.sampled_from([0, 15, 20, 21, 254, 255]))
+    image = Image.new("L", (width, height), values).convert(mode)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+@given(st.data())
+def test_a_damaged_image_or_mask_is_one_error_naming_it_or_reads_as_a_valid_pair(tree, data):
+    """Whatever the damage, the reader gives one UserError naming the file, or a pair that is
+    what the metric needs: a mask of the image's size holding only 0-20 and 255."""
+    root, image, mask = tree
+    original = {image: image.read_bytes(), mask: mask.read_bytes()}
+    target = data.draw(st.sampled_from([image, mask]))
+    size = Image.open(image).size
+    if target == mask and data.draw(st.booleans()):
+        content = data.draw(foreign_masks(size))
+    else:
+        content = data.draw(damaged_bytes(original[target]))
+    target.write_bytes(content)
+    try:
+        photo, labels = voc_dataset(root, "val", None)[0]
+    except UserError as e:
+        assert image.stem in str(e) and "\n" not in str(e)
+        return
+    finally:
+        for path, content in original.items():
+            path.write_bytes(content)
+    values = set(np.unique(np.asarray(labels)).tolist())
+    assert labels.size == photo.size and labels.mode in ("L", "P")
+    assert values <= set(range(21)) | {255}
 
 
 @pytest.mark.parametrize(

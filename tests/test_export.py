@@ -13,14 +13,17 @@ import onnx
 import onnx.numpy_helper
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
 
 import export
-from conftest import documented_defaults, load_script, run_script, visible
+from conftest import damaged_json, documented_defaults, load_script, run_script, visible
+from distill import KD_MODES
 from export import (
     INPUT,
     INT8_VARIANT,
     METADATA_KEY,
     OUTPUT,
+    UNKNOWN_KD,
     OnnxModel,
     argmax_agreement,
     export_onnx,
@@ -28,6 +31,7 @@ from export import (
     parity,
     parse_args,
     require,
+    student_metadata,
 )
 from model import load_student
 
@@ -402,3 +406,28 @@ def test_the_tolerance_grows_with_the_logits_and_the_argmax_must_agree_where_dec
         big, Shifted(big, 0.0, swap=True), sizes=((8, 8),)
     )
     assert diff > tolerance and agree < 1 and not decided
+
+
+METADATA = {
+    "kd": "response",
+    "params": 1035733,
+    "synthetic": False,
+    "epoch": 3,
+    "checkpoint": "weights/student_response.pth",
+    "args": {"kd": "response", "epochs": 100, "teacher_weights": "default"},
+}
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(damaged_json(METADATA))
+def test_damaged_metadata_is_refused_or_says_what_test_py_reports(tmp_path, case):
+    """What test.py reads of a .onnx file: a foreign file's claims (another --kd, a count that
+    is not one, SYNTHETIC of another type) are refused, never reported as a student's."""
+    metadata, what = case
+    path = foreign_onnx(tmp_path / "m.onnx", [1, 21, "h", "w"], metadata=metadata)
+    try:
+        info = student_metadata(OnnxModel(path))
+    except UserError:
+        return
+    assert info["kd"] in (*KD_MODES, UNKNOWN_KD) and isinstance(info.get("synthetic", False), bool)
+    assert type(info["params"]) is int and info["params"] >= 0, what

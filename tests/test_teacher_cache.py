@@ -5,14 +5,17 @@ from cli import UserError
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import teacher_cache
-from conftest import TINY_TRAIN, load_script, train_tiny
+from conftest import TINY_TRAIN, damaged_json, load_script, train_tiny
 from dataset import EvalTransform, RandomScaleCropFlip, image_path, voc_dataset
 from distill import teacher_outputs
 from model import build_teacher, teacher_features
@@ -262,7 +265,7 @@ def test_a_cache_folder_that_is_a_file_is_one_error(fake_voc, tmp_path):
 def edited_index(cache, tmp_path, change):
     """A copy of the module's cache whose index.json `change(index)` edited."""
     directory = tmp_path / "edited"
-    directory.mkdir()
+    directory.mkdir(exist_ok=True)
     (directory / LOGITS).symlink_to(cache.directory / LOGITS)
     index = json.loads((cache.directory / INDEX).read_text(encoding="utf-8"))
     change(index)
@@ -270,32 +273,39 @@ def edited_index(cache, tmp_path, change):
     return directory
 
 
-def entry(i, key, value):
-    return lambda index: index["images"][i].__setitem__(key, value)
-
-
-INDEX_DAMAGES = {
-    "a map's shape changed": entry(0, "shape", [21, 3, 3]),
-    "a map's shape of floats": lambda ix: ix["images"][0].__setitem__(
-        "shape", [float(v) for v in ix["images"][0]["shape"]]
-    ),
-    "an offset beyond the logits": lambda ix: ix["images"][-1].__setitem__("offset", ix["values"]),
-    "two maps swapped": lambda ix: ix["images"].insert(0, ix["images"].pop()),
-    "no images key": lambda ix: ix.pop("images"),
-    "an entry without its sha1": lambda ix: ix["images"][1].pop("sha1"),
-    "a size of one number": entry(0, "size", [64]),
-    "a negative size": entry(0, "size", [-64, 64]),
-    "values a string": lambda ix: ix.__setitem__("values", str(ix["values"])),
-    "images not a list": lambda ix: ix.__setitem__("images", {}),
-}
-
-
-@pytest.mark.parametrize("damage", INDEX_DAMAGES, ids=list(INDEX_DAMAGES))
-def test_a_damaged_index_is_one_error_saying_how_to_rebuild(
-    fake_voc, teacher, cache, tmp_path, damage
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_a_damaged_index_is_one_error_saying_how_to_rebuild_or_changes_nothing(
+    fake_voc, teacher, cache, tmp_path_factory, data
 ):
-    directory = edited_index(cache, tmp_path, INDEX_DAMAGES[damage])
-    with pytest.raises(UserError, match=f"{INDEX} is damaged .*delete .* to rebuild it"):
+    """Any entry of index.json, at any depth, dropped, made odd or nudged: refused with the way
+    out, or every stored map read exactly as before."""
+    original = json.loads((cache.directory / INDEX).read_text(encoding="utf-8"))
+    index, what = data.draw(damaged_json(original))
+    directory = edited_index(
+        cache, tmp_path_factory.mktemp("damaged"), lambda ix: ix.clear() or ix.update(index)
+    )
+    try:
+        opened = TeacherCache.open_or_build(directory, teacher, train_files(fake_voc), CPU)
+    except UserError as e:
+        assert "delete" in str(e) and "rebuild" in str(e), (what, str(e))
+        return
+    for i in range(len(original["images"])):
+        assert torch.equal(opened.stored(i), cache.stored(i)), what
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=10)
+@given(st.integers(0, 10**9), st.integers(0, 7), st.integers(-3, 3))
+def test_damaged_logits_are_refused(fake_voc, teacher, cache, tmp_path_factory, at, bit, length):
+    """A flipped bit anywhere in logits.f16 (another teacher value, silently), or a file cut
+    short or grown: refused by its size or its SHA-1 in the index."""
+    directory = tmp_path_factory.mktemp("logits") / "fcn"
+    shutil.copytree(cache.directory, directory)
+    data = bytearray((directory / LOGITS).read_bytes())
+    data[at % len(data)] ^= 1 << bit
+    data = data[: len(data) + length] if length < 0 else data + bytes(length)
+    (directory / LOGITS).write_bytes(bytes(data))
+    with pytest.raises(UserError, match=f"{LOGITS} is damaged"):
         TeacherCache.open_or_build(directory, teacher, train_files(fake_voc), CPU)
 
 
@@ -304,7 +314,9 @@ def test_an_image_size_the_file_does_not_have_is_refused(fake_voc, teacher, cach
     height, width = json.loads((cache.directory / INDEX).read_text(encoding="utf-8"))["images"][2][
         "size"
     ]
-    directory = edited_index(cache, tmp_path, entry(2, "size", [height + 3, width]))
+    directory = edited_index(
+        cache, tmp_path, lambda ix: ix["images"][2].__setitem__("size", [height + 3, width])
+    )
     with pytest.raises(UserError, match=f"gives .* the size \\[{height + 3}, {width}\\], the file"):
         TeacherCache.open_or_build(directory, teacher, train_files(fake_voc), CPU)
 
