@@ -53,7 +53,7 @@ from distill import KD_MODES, KDConfig, Trainee, teacher_outputs
 from export import INT8_VARIANT, OnnxModel, export_onnx, quantize_int8, write_mobile
 from files import check_output, exclusive, write_json
 from lab import BENCHMARK_RESULT, OptimConfig, build_optimizer
-from metrics import device_name, median_ms, model_logits
+from metrics import device_name, machine_load, median_ms, model_logits
 from model import TEACHER_RESIZE, build_student, build_teacher, count_params
 from teacher_cache import TeacherCache, teacher_stride8_logits
 from voc import NUM_CLASSES
@@ -166,8 +166,9 @@ def inference_rows(models: dict, args, device: torch.device) -> list:
             "runtime": runtime,
             "params": count_params(models[name]),
             "gflops": flops[name],
-            "ms_per_image": times[name, runtime],
-            "times_student": times[name, runtime] / times[STUDENT, "eager"],
+            "ms_per_image": times[name, runtime].median,
+            "ms_quartiles": [times[name, runtime].low, times[name, runtime].high],
+            "times_student": times[name, runtime].median / times[STUDENT, "eager"].median,
             "mb": mb,
         }
         for (name, runtime), (_, mb) in variants.items()
@@ -192,7 +193,13 @@ def training_step_rows(student: torch.nn.Module, teacher, args, device: torch.de
         steps[kd] = partial(training_step, trainee, target, optimizer, images, masks, device)
     ms = median_ms(steps, device, args.runs, warmup=1, desc="training steps")
     return [
-        {"kd": kd, "ms_per_step": t, "overhead_vs_none": t / ms["none"] - 1} for kd, t in ms.items()
+        {
+            "kd": kd,
+            "ms_per_step": t.median,
+            "ms_quartiles": [t.low, t.high],
+            "overhead_vs_none": t.median / ms["none"].median - 1,
+        }
+        for kd, t in ms.items()
     ]
 
 
@@ -223,19 +230,25 @@ def cache_build_ms(teacher, args, device: torch.device) -> float:
     disk write is negligible beside it."""
     h, w = args.size, round(args.size * VOC_IMAGE[1] / VOC_IMAGE[0])
     fn = partial(teacher_stride8_logits, teacher, torch.randn(1, 3, h, w, device=device))
-    return median_ms({"build": fn}, device, runs=1, warmup=0)["build"]
+    return median_ms({"build": fn}, device, runs=1, warmup=0)["build"].median
+
+
+def quartiles(row: dict) -> str:
+    return "{:.1f}-{:.1f}".format(*row["ms_quartiles"])
 
 
 def format_table(result: dict) -> str:
     lines = [
-        f"inference: batch 1, {result['size']}x{result['size']}, {result['device_name']}",
+        f"inference: batch 1, {result['size']}x{result['size']}, {result['device_name']}, "
+        f"load {result['load']}",
         f"{'model':26s} {'runtime':22s} {'params':>10s} {'GFLOPs':>7s} {'ms/image':>9s} "
-        f"{'vs student':>10s} {'MB':>6s}",
+        f"{'quartiles':>13s} {'vs student':>10s} {'MB':>6s}",
     ]
     for r in result["models"]:
         lines.append(
             f"{r['model']:26s} {r['runtime']:22s} {r['params']:>10,d} {r['gflops']:>7.2f} "
-            f"{r['ms_per_image']:>9.1f} {r['times_student']:>9.2f}x {r['mb']:>6.2f}"
+            f"{r['ms_per_image']:>9.1f} {quartiles(r):>13s} {r['times_student']:>9.2f}x "
+            f"{r['mb']:>6.2f}"
         )
     ms = {(r["model"], r["runtime"]): r["ms_per_image"] for r in result["models"]}
     for model, runtime in ms:
@@ -281,6 +294,7 @@ def benchmark(args: argparse.Namespace, out: Path) -> None:
         "crop_size": args.crop_size,
         "device": str(device),
         "device_name": device_name(device),
+        "load": machine_load(),
         "torch": torch.__version__,
         "date": datetime.date.today().isoformat(),
         "models": inference_rows(models, args, device),

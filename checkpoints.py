@@ -41,18 +41,22 @@ HISTORY_ROW = {
     "epoch_time_s": AMOUNT,
     ...: AMOUNT,
 }
-# What train.py writes, every entry; `args` holds its flags, of which the readers use --kd.
-CHECKPOINT = {
+# The trained model as train.py writes it at --out: its weights and what the report needs,
+# every entry; `args` holds the run's flags, of which the readers use --kd.
+MODEL_FILE = {
     "model": dict,
+    "args": {"kd": OneOf(*KD_METHODS), ...: object},
+    "epoch": EPOCH,
+    "miou": FRACTION,  # val mIoU after that epoch, a figure to watch, not to select by
+    "history": ListOf(HISTORY_ROW, min_length=1),
+    "synthetic": bool,
+}
+# What --resume needs beside it, in <out stem>_last.pth.
+TRAINING_STATE = {
+    **MODEL_FILE,
     "adapters": Maybe(dict),
     "optimizer": {"state": dict, "param_groups": ListOf(dict, min_length=1)},
     "scaler": dict,
-    "args": {"kd": OneOf(*KD_METHODS), ...: object},
-    "epoch": EPOCH,
-    "miou": FRACTION,
-    "best_miou": FRACTION,
-    "history": ListOf(HISTORY_ROW, min_length=1),
-    "synthetic": bool,
 }
 SCALER = {
     "scale": AMOUNT,
@@ -68,17 +72,19 @@ def load_file(path: str | Path, what: str) -> dict:
     CRC-32 of every record of its archive (a flipped byte is refused, not loaded); a
     UserError for a missing, damaged or foreign file."""
     path = check_input(path, what)
-    if zipfile.is_zipfile(path):  # torch.save's format since PyTorch 1.6
-        try:
+    try:
+        if zipfile.is_zipfile(path):  # torch.save's format since PyTorch 1.6
             with zipfile.ZipFile(path) as archive:
                 damaged = archive.testzip()
-        except Exception as e:  # zipfile and zlib raise several unrelated types
-            damaged = f"({type(e).__name__})"
-        if damaged:
-            raise UserError(
-                f"cannot read {what} {path}: damaged (its part {damaged} fails its checksum); "
-                "copy it again, or retrain"
-            )
+            damaged = damaged and f"its part {damaged} fails its checksum"
+        else:
+            damaged = None  # another format: torch.load says what it makes of it
+    except Exception as e:  # zipfile and zlib raise several unrelated types
+        damaged = f"its archive cannot be read: {type(e).__name__}"
+    if damaged:
+        raise UserError(
+            f"cannot read {what} {path}: damaged ({damaged}); copy it again, or retrain"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and unpickler errors have no common base class
@@ -139,13 +145,13 @@ def load_state(model: nn.Module, state, what: str) -> None:
         )
 
 
-def check_checkpoint(ckpt: dict, path: str | Path) -> dict:
-    """`ckpt` when it is what train.py writes (CHECKPOINT), its history one row per epoch
-    from 1 to `epoch`, its mIoUs those of the history; else a UserError naming the entry."""
-    problem = mismatch(ckpt, CHECKPOINT)
+def check_checkpoint(ckpt: dict, path: str | Path, schema: dict = MODEL_FILE) -> dict:
+    """`ckpt` when it is what train.py writes (`schema`: MODEL_FILE, or TRAINING_STATE), its
+    history one row per epoch from 1 to `epoch`, each row with the terms of its --kd method,
+    its mIoU the last row's; else a UserError naming the entry."""
+    problem = mismatch(ckpt, schema)
     if not problem:
         history = ckpt["history"]
-        mious = [row["val_miou"] for row in history]
         terms = {f"train_{term}" for term in KD_METHODS[ckpt["args"]["kd"]]}
         if [row["epoch"] for row in history] != list(range(1, len(history) + 1)):
             problem = "its history's epochs are not 1, 2, 3, ..."
@@ -153,25 +159,25 @@ def check_checkpoint(ckpt: dict, path: str | Path) -> dict:
             problem = f"its history's rows do not all hold {', '.join(sorted(terms))}"
         elif ckpt["epoch"] != len(history):
             problem = f"its epoch is {ckpt['epoch']}, its history has {len(history)}"
-        elif (ckpt["miou"], ckpt["best_miou"]) != (mious[-1], max(mious)):
-            problem = "its mIoUs are not those of its history"
+        elif ckpt["miou"] != history[-1]["val_miou"]:
+            problem = "its mIoU is not its last epoch's"
     if problem:
         raise UserError(f"{path} is not a checkpoint of train.py, or is damaged ({problem})")
     return ckpt
 
 
-def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
+def read_checkpoint(path: str | Path, what: str = "checkpoint", schema: dict = MODEL_FILE) -> dict:
     """A checkpoint of train.py from `path`, read and checked (load_file, check_checkpoint)."""
-    return check_checkpoint(load_file(path, what), path)
+    return check_checkpoint(load_file(path, what), path, schema)
 
 
 # ----------------------------------------------------------------------------- training state
 
 
 def training_state(trainee: nn.Module, optimizer, scaler, flags: dict, history: list, synthetic):
-    """The saved run: the student's state dict alone under `model` (the teacher is never
-    saved, the adapters apart), what --resume needs, and the history of every epoch."""
-    mious = [row["val_miou"] for row in history]
+    """The saved run (TRAINING_STATE): the student's state dict alone under `model` (the
+    teacher is never saved, the adapters apart), what --resume needs, the history of every
+    epoch."""
     adapters = trainee.adapters
     return {
         "model": trainee.student.state_dict(),
@@ -180,29 +186,29 @@ def training_state(trainee: nn.Module, optimizer, scaler, flags: dict, history: 
         "scaler": scaler.state_dict(),
         "args": flags,
         "epoch": len(history),
-        "miou": mious[-1] if mious else math.nan,
-        "best_miou": max(mious, default=math.nan),
+        "miou": history[-1]["val_miou"] if history else math.nan,
         "history": history,
         "synthetic": synthetic,
     }
 
 
-def save_epoch(ckpt: dict, best: Path, last: Path) -> None:
-    """The last checkpoint and, when this epoch has the best val mIoU so far, the best one; a
-    model with non-finite weights or statistics is never saved."""
-    bad = non_finite(ckpt["model"])
+def save_epoch(state: dict, out: Path, last: Path) -> None:
+    """The epoch's training state at `last` (for --resume), then its model at `out`: the
+    weights and the run's record (MODEL_FILE), without the optimizer's state, which doubles the
+    size and serves only a resume. A model with non-finite weights or statistics is never
+    saved. The model kept is the last epoch's: choosing the epoch by val mIoU would choose it
+    on the split it is scored on (docs/design.md)."""
+    bad = non_finite(state["model"])
     if bad:
         raise UserError(
             f"the student's {bad[0]} became NaN or infinite; stopping without "
             "saving this epoch. Try a lower --lr."
         )
-    save_file(ckpt, last)
-    if ckpt["miou"] == ckpt["best_miou"]:
-        save_file(ckpt, best)
+    save_file(state, last)
+    save_file({key: state[key] for key in MODEL_FILE}, out)
 
 
 def resume(
-    best: Path,
     last: Path,
     flags: dict,
     fixed: dict,
@@ -216,17 +222,10 @@ def resume(
     a run whose value differs from the checkpoint's is refused, listing them (a flag the
     checkpoint does not record, added to train.py after it was written, counts as its default).
     A run on SYNTHETIC data never continues one on real data, or the reverse (`synthetic`:
-    whether this run's data is). The best checkpoint must still be there: without it the run
-    would end with none, or with one that is not its best epoch. Every part is checked before
-    any is loaded."""
-    if not last.exists() and not best.exists():
+    whether this run's data is). Every part is checked before any is loaded."""
+    if not last.exists():
         raise UserError(f"--resume: there is no run to continue ({last} does not exist)")
-    ckpt = read_checkpoint(last, "checkpoint to resume")
-    if not best.is_file():
-        raise UserError(
-            f"{best}, the best epoch's checkpoint, is missing: put it back to resume, or "
-            "start over with --overwrite"
-        )
+    ckpt = read_checkpoint(last, "checkpoint to resume", TRAINING_STATE)
     if ckpt["synthetic"] != synthetic:
         kinds = ("real", "SYNTHETIC") if synthetic else ("SYNTHETIC", "real")
         raise UserError(
@@ -302,7 +301,7 @@ def optimizer_state_problem(saved: dict, optimizer: torch.optim.Optimizer) -> st
     if ids != list(range(len(params))):
         return "its parameters are not numbered 0, 1, 2, ..."
     keys, state = state_keys(optimizer), saved["state"]
-    if state and len(state) != len(ids):  # every parameter took its steps: each has a state
+    if len(state) != len(ids):  # a saved epoch took steps: every parameter has its state
         return f"{len(state)} parameters have a state, not all {len(ids)}"
     for i, entry in state.items():
         if i not in ids or isinstance(i, bool) or not isinstance(entry, dict) or set(entry) != keys:

@@ -45,7 +45,7 @@ import torch
 
 from dataset import EvalTransform, voc_dataset
 from distill import KD_MODES
-from files import atomic_path, check_output, exclusive
+from files import atomic_path, check_input, check_output, exclusive
 from model import TEACHER_RESIZE, Student, count_params, load_student, with_decoder_bn_folded
 from voc import is_synthetic
 
@@ -107,6 +107,7 @@ class OnnxModel:
     do nothing, so the evaluation code path is the same as for PyTorch."""
 
     def __init__(self, path: str | Path, cuda: bool = False):
+        check_input(path, "model")
         ort = require("onnxruntime")
         providers = ["CUDAExecutionProvider"] if cuda else []
         options = ort.SessionOptions()

@@ -8,8 +8,10 @@ protocol), not as a mean of per-image scores.
 
 from cli import UserError, synchronize
 
+import dataclasses
 import datetime
 import math
+import os
 import platform
 import statistics
 import time
@@ -203,10 +205,28 @@ def device_name(device: torch.device) -> str:
         return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Wall times of repeated calls, in ms: the median, and the quartiles as the spread (half
+    the calls fall between them; a noisy moment moves them, not the median)."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, times: list) -> "Timing":
+        low, _, high = statistics.quantiles(times, n=4) if len(times) > 1 else times * 3
+        return cls(statistics.median(times), low, high)
+
+    def __str__(self) -> str:
+        return f"{self.median:.1f} ({self.low:.1f}-{self.high:.1f})"
+
+
 def median_ms(
     fns: dict, device: torch.device, runs: int = 20, warmup: int = 3, desc: str | None = None
 ) -> dict:
-    """{name: median wall time in ms of fn()} for zero-argument functions.
+    """{name: Timing of fn()} for zero-argument functions.
 
     The functions take turns, round after round, so a slow spell of the machine hits them all
     alike; warm-up rounds come first (cuDNN autotuning, allocator). Within a round each timed
@@ -228,12 +248,12 @@ def median_ms(
             synchronize(device)
             if i >= warmup:
                 times[name].append(1000 * (time.perf_counter() - start))
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: Timing.of(t) for name, t in times.items()}
 
 
 @torch.inference_mode()
 def ms_per_image(models: dict, device: torch.device, size: int, runs: int) -> dict:
-    """{name: median ms of one forward pass on a 1 x 3 x size x size input} (batch 1)."""
+    """{name: Timing of one forward pass on a 1 x 3 x size x size input} (batch 1)."""
     x = torch.randn(1, 3, size, size, device=device)
     return median_ms(
         {name: partial(model_logits, m.eval(), x) for name, m in models.items()}, device, runs
@@ -247,24 +267,38 @@ def measure(
     size: int,
     runs: int,
     params: int,
-    ms: float | None = None,
+    timing: Timing | None = None,
     keep_predictions: bool = False,
 ) -> dict:
     """evaluate() plus everything the report needs next to the mIoU: the caller's parameter
-    count, ms/image on a 1 x 3 x size x size input (timed here over `runs`, unless `ms` was
-    measured elsewhere, interleaved with other models), the device, torch's version, the date."""
+    count, ms/image on a 1 x 3 x size x size input with its quartiles (timed here over `runs`,
+    unless `timing` was measured elsewhere, interleaved with other models), the device, the
+    machine's load (a busy machine is slower), torch's version, the date."""
     result = evaluate(model, loader, device, keep_predictions=keep_predictions)
+    timing = timing or ms_per_image({0: model}, device, size, runs)[0]
     result.update(
         params=params,
-        ms_per_image=ms if ms is not None else ms_per_image({0: model}, device, size, runs)[0],
+        ms_per_image=timing.median,
+        ms_quartiles=[timing.low, timing.high],
         input_size=size,
+        runs=runs,
         device=str(device),
         device_name=device_name(device),
+        load=machine_load(),
         torch=torch.__version__,
         num_images=len(loader.dataset),
         date=datetime.date.today().isoformat(),
     )
     return result
+
+
+def machine_load() -> float | None:
+    """The 1-minute load average (processes running or waiting), where the OS gives one: with
+    more than the cores, every time measured is longer. None on Windows."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def format_report(result: dict, title: str) -> str:
@@ -278,7 +312,8 @@ def format_report(result: dict, title: str) -> str:
             f"split {result.get('split', '?')}){' SYNTHETIC' if synthetic else ''}",
             f"pixel accuracy  {100 * result['pixel_acc']:.2f} %",
             f"parameters      {result['params']:,d}",
-            f"ms/image        {result['ms_per_image']:.1f}  (batch 1, {result['input_size']}x"
-            f"{result['input_size']}, {result['device_name']})",
+            f"ms/image        {result['ms_per_image']:.1f}  (quartiles "
+            f"{result['ms_quartiles'][0]:.1f}-{result['ms_quartiles'][1]:.1f}; batch 1, "
+            f"{result['input_size']}x{result['input_size']}, {result['device_name']})",
         ]
     )

@@ -36,6 +36,7 @@ from files import (
     AMOUNT,
     COUNT,
     FRACTION,
+    ListOf,
     check_output,
     exclusive,
     read_json,
@@ -46,7 +47,7 @@ from lab import COMPARISON, OVERLAYS, PHOTOS, STEP1_RESULT, save_overlays
 from metrics import format_report, measure, model_logits, ms_per_image
 from model import TEACHER_RESIZE, count_params, load_student
 from visualize import colorize, photo_panel, save_png
-from voc import NUM_CLASSES, SYNTHETIC_NOTE, is_synthetic
+from voc import NUM_CLASSES, RANDOM_TEACHER, SYNTHETIC_NOTE, is_synthetic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SYNTHETIC_TAG = "_SYNTHETIC"  # in own-photo file names when the model never saw VOC
@@ -108,13 +109,13 @@ def load_model(path: str, device: torch.device) -> tuple:
     return model, info, device
 
 
-def evaluate_checkpoint(path: str, loaded: tuple, loader, args, ms=None) -> dict:
+def evaluate_checkpoint(path: str, loaded: tuple, loader, args, timing=None) -> dict:
     """Evaluate one loaded checkpoint (load_model), print its report, write its JSON and
-    overlays; `ms`: its ms/image when timed already (--compare), else it is timed here."""
+    overlays; `timing`: its ms/image when timed already (--compare), else it is timed here."""
     model, info, device = loaded
     synthetic = is_synthetic(args.data_root) or bool(info.get("synthetic"))
     params = info.get("params")
-    result = measure(model, loader, device, args.size, args.runs, params, ms, keep_predictions=True)
+    result = measure(model, loader, device, args.size, args.runs, params, timing, True)
     predictions = result.pop("predictions")
     result.update(
         model="student",
@@ -123,9 +124,10 @@ def evaluate_checkpoint(path: str, loaded: tuple, loader, args, ms=None) -> dict
         epoch=info.get("epoch"),
         split=args.split,
         synthetic=synthetic,
+        teacher_weights=info.get("teacher_weights", info.get("args", {}).get("teacher_weights")),
         runtime="onnxruntime" if isinstance(model, OnnxModel) else "pytorch",
     )
-    what = f"student {path} (--kd {result['kd']}, {result['runtime']})"
+    what = f"student {path} (--kd {result['kd']}{random_mark(result)}, {result['runtime']})"
     print(format_report(result, what))
     name, out = result_name(path), Path(args.out_dir)
     write_json(result, out / f"test_{name}.json")
@@ -233,9 +235,18 @@ def unique(name: str, taken: set) -> str:
     return candidate
 
 
+def random_mark(result: dict) -> str:
+    """', RANDOM teacher ...' for a student distilled from a teacher with random weights."""
+    random = result.get("kd") not in ("none", None) and result.get("teacher_weights") == "none"
+    return f", {RANDOM_TEACHER}" if random else ""
+
+
 def comparison_markdown(results: list, teacher: dict | None, failures: list) -> str:
     """The report's table: KD method | mIoU | parameters | ms/image, one row per run."""
-    rows = [(KD_MODES[r["kd"]].label if r["kd"] in KD_MODES else r["kd"], r) for r in results]
+    rows = [
+        (f"{KD_MODES[r['kd']].label if r['kd'] in KD_MODES else r['kd']}{random_mark(r)}", r)
+        for r in results
+    ]
     if teacher is not None:
         weights, images = teacher.get("weights", "default"), teacher.get("num_images")
         note = {"default": "", "none": ", RANDOM weights"}.get(weights, f", weights: {weights}")
@@ -247,19 +258,22 @@ def comparison_markdown(results: list, teacher: dict | None, failures: list) -> 
         + (" -- SYNTHETIC data, not VOC results" if synthetic else ""),
         "",
         f"mIoU on {'SYNTHETIC' if synthetic else 'VOC 2012'} {results[0]['split']} "
-        f"({results[0]['num_images']} images) at each label's original resolution. ms/image: "
-        "batch 1, median after warm-up, on an input of the size given beside it (times at "
-        "different sizes do not compare); the students were timed together, interleaved, in "
-        "one process; the teacher's row comes from Step 1's own run.",
+        f"({results[0]['num_images']} images) at each label's original resolution, of each "
+        "run's last epoch. ms/image: batch 1, the median of the timed passes after warm-up and "
+        "in brackets their quartiles (half the passes between them), on an input of the size "
+        "given (times at different sizes do not compare). The students of one architecture "
+        "are one network (other weights, the same work): it was timed once for all, the ONNX "
+        "files each, interleaved in one process; the teacher's row comes from Step 1's own run.",
         "",
-        "| KD method | mIoU (%) | # parameters | ms/image (input) | device | source |",
-        "|---|---:|---:|---:|---|---|",
+        "| KD method | mIoU (%) | # parameters | ms/image (quartiles) | input | device | source |",
+        "|---|---:|---:|---:|---|---|---|",
     ]
     for label, r in rows:
-        size = f"{r['input_size']}x{r['input_size']}"
+        low, high = r.get("ms_quartiles", [r["ms_per_image"]] * 2)
         lines.append(
             f"| {label} | {100 * r['miou']:.2f} | {r['params']:,d} | {r['ms_per_image']:.1f} "
-            f"({size}) | {r['device_name']} | {r.get('checkpoint', STEP1_RESULT)} |"
+            f"({low:.1f}-{high:.1f}) | {r['input_size']}x{r['input_size']} | {r['device_name']}"
+            f" | {r.get('checkpoint', STEP1_RESULT)} |"
         )
     if failures:
         lines += ["", "Not in the table (could not be read):"] + [f"- {f}" for f in failures]
@@ -271,6 +285,7 @@ TEACHER_KEYS = {
     "miou": FRACTION,
     "params": COUNT,
     "ms_per_image": AMOUNT,
+    "ms_quartiles": ListOf(AMOUNT, 2),
     "input_size": COUNT,
     "num_images": COUNT,
     "device_name": str,
@@ -299,11 +314,13 @@ def compare(args: argparse.Namespace, loader, device: torch.device) -> None:
             failures.append(f"{path}: {e}")
     if not loaded:
         raise UserError("none of the --compare checkpoints could be read")
-    models = {path: model for path, (model, _, _) in loaded.items()}
-    times = ms_per_image(models, device, args.size, args.runs)
+    # One network, one time: the .pth students share an architecture (the same network with
+    # other weights), so one of them is timed for all; each ONNX file is its own graph.
+    networks = {network(path, model): model for path, (model, _, _) in loaded.items()}
+    times = ms_per_image(networks, device, args.size, args.runs)
     results = [
-        evaluate_checkpoint(path, model, loader, args, times[path])
-        for path, model in loaded.items()
+        evaluate_checkpoint(path, pair, loader, args, times[network(path, pair[0])])
+        for path, pair in loaded.items()
     ]
     out = Path(args.out_dir)
     teacher, notes = read_teacher(out / STEP1_RESULT)
@@ -316,6 +333,7 @@ def compare(args: argparse.Namespace, loader, device: torch.device) -> None:
         "miou",
         "params",
         "ms_per_image",
+        "ms_quartiles",
         "input_size",
         "device",
         "device_name",
@@ -324,7 +342,9 @@ def compare(args: argparse.Namespace, loader, device: torch.device) -> None:
         "synthetic",
         "date",
         "weights",
+        "teacher_weights",
         "runtime",
+        "load",
     )
     write_json(
         {
@@ -335,6 +355,14 @@ def compare(args: argparse.Namespace, loader, device: torch.device) -> None:
         js,
     )
     print("\n" + table + f"\nwrote {md}\nwrote {js}")
+
+
+def network(path: str, model) -> tuple:
+    """What decides a model's speed: its architecture for PyTorch, its graph for a file that
+    ONNX Runtime runs."""
+    if isinstance(model, OnnxModel):
+        return ("onnxruntime", str(path))
+    return ("pytorch", type(model).__name__, count_params(model))
 
 
 def result_name(path: str | Path) -> str:

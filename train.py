@@ -13,10 +13,12 @@ Offline smoke run on SYNTHETIC data (no download, numbers mean nothing):
     python train.py --data-root data_fake --kd response --teacher-weights none \\
         --no-pretrained-backbone --epochs 2 --batch-size 2 --crop-size 64 --device cpu
 
-Each epoch evaluates on val, then writes the last checkpoint (<out stem>_last.pth), the best
-one by val mIoU (--out), the log <out-dir>/<out stem>_log.csv and the plot
-<out-dir>/<out stem>_curves.png. Ctrl+C leaves the last completed epoch's checkpoint, from
-which --resume continues exactly as if nothing had stopped.
+Each epoch evaluates on val, then writes the training state (<out stem>_last.pth, for
+--resume), the model (--out: the last epoch's, weights and run record, no optimizer state),
+the log <out-dir>/<out stem>_log.csv and the plot <out-dir>/<out stem>_curves.png. Ctrl+C
+leaves the last completed epoch's files, from which --resume continues exactly as if nothing
+had stopped. The model is the last epoch's, not the one with the best val mIoU: that choice
+would be made on the split the model is then scored on (docs/design.md).
 """
 
 from cli import (
@@ -49,7 +51,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import distributed
-from checkpoints import read_checkpoint, resume, save_epoch, training_state
+from checkpoints import TRAINING_STATE, read_checkpoint, resume, save_epoch, training_state
 from dataset import eval_loader, train_aug_dataset, train_transforms, training_loader, voc_dataset
 from distill import KD_MODES, KDConfig, Trainee, teacher_outputs
 from files import FileInUse, check_run_outputs, exclusive, write_csv
@@ -62,11 +64,11 @@ from lab import (
     last_path,
     student_path,
 )
-from metrics import evaluate
+from metrics import device_name, evaluate
 from model import STUDENT_TAPS, StudentConfig, build_student, build_teacher
 from teacher_cache import TeacherCache, image_files, with_crop_boxes
 from visualize import plot_history
-from voc import IGNORE_INDEX, SYNTHETIC_NOTE, is_synthetic
+from voc import IGNORE_INDEX, RANDOM_TEACHER, SYNTHETIC_NOTE, is_synthetic
 
 # Flags a --resume may change: they do not change what the saved state means.
 RESUMABLE = set("epochs resume overwrite num_workers device out out_dir data_root".split())
@@ -74,6 +76,9 @@ RESUMABLE = set("epochs resume overwrite num_workers device out out_dir data_roo
 # mostly padding, and their BatchNorm statistics do not match full-size images.
 MIN_CROP = STUDENT_TAPS["high"][1] * (max(StudentConfig().rates) + 1)
 DEFAULT_OPTIM = OptimConfig()
+# Training images seen (epochs x images) from which a CPU run is warned about: about an hour
+# here at the default crop (docs/measurements.md), where the full recipe sees 146,400.
+LONG_ON_A_CPU = 20_000
 
 
 def main(args: argparse.Namespace) -> None:
@@ -86,6 +91,8 @@ def main(args: argparse.Namespace) -> None:
             loaders = build_loaders(args, rank, world, device)
         # Processes that would take different numbers of steps would wait for each other forever.
         distributed.agree("numbers of images", [len(loader.dataset) for loader in loaders])
+        if distributed.is_main():
+            announce(args, device, len(loaders[0].dataset))
         history, synthetic, with_teacher = train(args, loaders, rank, world, device)
         if distributed.is_main():
             print_summary(args, history, with_teacher, synthetic)
@@ -110,6 +117,9 @@ def train(args: argparse.Namespace, loaders: tuple, rank: int, world: int, devic
         optimizer, args.epochs, len(loader), args.warmup_epochs, len(history)
     )
     tag = SYNTHETIC_NOTE if synthetic else "VOC 2012"
+    marks = [
+        m for m, on in (("SYNTHETIC", synthetic), (RANDOM_TEACHER, random_teacher(args))) if on
+    ]
     try:
         for epoch in range(len(history) + 1, args.epochs + 1):
             start, desc = time.perf_counter(), f"epoch {epoch}/{args.epochs}"
@@ -126,8 +136,10 @@ def train(args: argparse.Namespace, loaders: tuple, rank: int, world: int, devic
                 state = training_state(
                     model_without_ddp, optimizer, scaler, vars(args), history, synthetic
                 )
-                save_outputs(args, state, f"student, --kd {args.kd} ({tag})")
-                print_epoch(row, synthetic)
+                save_outputs(
+                    args, state, f"student, --kd {args.kd} ({', '.join([tag] + marks[1:])})"
+                )
+                print_epoch(row, marks)
     except KeyboardInterrupt:
         # The last completed epoch is on disk already; the interrupted one is dropped, so that
         # --resume redoes it from exactly the state an uninterrupted run started it from.
@@ -240,7 +252,7 @@ def resumed_history(args: argparse.Namespace, trainee: Trainee, optimizer, scale
     outside RESUMABLE must be the checkpoint's."""
     fixed = {k: v for k, v in vars(parse_args([])).items() if k not in RESUMABLE}
     checks = (vars(args), fixed, is_synthetic(args.data_root))
-    history = resume(Path(args.out), last_path(args.out), *checks, trainee, optimizer, scaler)
+    history = resume(last_path(args.out), *checks, trainee, optimizer, scaler)
     if distributed.is_main():
         print(f"resuming {last_path(args.out)} after epoch {len(history)}")
     return history
@@ -274,7 +286,7 @@ def save_outputs(args: argparse.Namespace, state: dict, title: str) -> None:
 
 
 def run_outputs(args: argparse.Namespace) -> list:
-    """Every file the run writes: the best and last checkpoints, the log, the curves."""
+    """Every file the run writes: the model, the training state, the log, the curves."""
     return [Path(args.out), last_path(args.out), *history_paths(args.out, args.out_dir)]
 
 
@@ -282,32 +294,51 @@ def check_outputs(args: argparse.Namespace) -> None:
     """Refuse a run that would replace another's outputs, or could not write its own."""
     resumed = None
     if args.resume and not args.overwrite:
-        resumed = read_checkpoint(last_path(args.out), "checkpoint to resume")["history"]
+        last = last_path(args.out)
+        if not last.exists():
+            raise UserError(f"--resume: there is no run to continue ({last} does not exist)")
+        resumed = read_checkpoint(last, "checkpoint to resume", TRAINING_STATE)["history"]
     check_run_outputs(run_outputs(args), args.teacher_cache, args.overwrite, resumed)
 
 
-def print_epoch(row: dict, synthetic: bool) -> None:
+def announce(args: argparse.Namespace, device: torch.device, images: int) -> None:
+    """Where the run trains, said before it starts (a laptop whose GPU PyTorch cannot use
+    trains on its CPU), with a warning when that is the CPU and the run is long."""
+    teacher = f", with a {RANDOM_TEACHER}" if random_teacher(args) else ""
+    print(f"training on {device_name(device)} ({device}){teacher}")
+    if device.type == "cpu" and args.epochs * images >= LONG_ON_A_CPU:
+        print(
+            f"warning: {args.epochs} epochs of {images:,d} images on a CPU take many hours, with a "
+            "live teacher days (docs/measurements.md); use a GPU where there is one (--device "
+            "cuda, or mps on a Mac), and --teacher-cache for response KD",
+            file=sys.stderr,
+        )
+
+
+def print_epoch(row: dict, marks: list) -> None:
+    note = f" ({', '.join(marks)})" if marks else ""
     print(
         f"epoch {row['epoch']}: train CE {row['train_ce']:.4f}, val CE {row['val_ce']:.4f}, "
-        f"val mIoU {100 * row['val_miou']:.2f}%, {row['epoch_time_s']:.1f} s"
-        f"{' (SYNTHETIC)' if synthetic else ''}"
+        f"val mIoU {100 * row['val_miou']:.2f}%, {row['epoch_time_s']:.1f} s{note}"
     )
+
+
+def random_teacher(args: argparse.Namespace) -> bool:
+    return args.kd != "none" and args.teacher_weights == "none"
 
 
 def print_summary(args: argparse.Namespace, history: list, with_teacher: bool, synthetic: bool):
     times = [row["epoch_time_s"] for row in history]
-    best = max(history, key=lambda row: row["val_miou"])
     print(
-        f"best val mIoU {100 * best['val_miou']:.2f}% (epoch {best['epoch']})"
+        f"val mIoU after the last epoch {100 * history[-1]['val_miou']:.2f}%"
         f"{' on ' + SYNTHETIC_NOTE if synthetic else ''} -> {args.out}; "
-        f"last -> {last_path(args.out)}"
+        f"to resume -> {last_path(args.out)}"
     )
     print(
         f"training time {sum(times) / 60:.1f} min, {sum(times) / len(times):.1f} s per epoch "
-        f"(including validation{' and the teacher' if with_teacher else ''})"
+        f"(including validation{' and the teacher' if with_teacher else ''}); log -> "
+        f"{' and '.join(map(str, history_paths(args.out, args.out_dir)))}"
     )
-    log, curves = history_paths(args.out, args.out_dir)
-    print(f"log -> {log} and {curves}")
 
 
 # ----------------------------------------------------------------------------- flags
@@ -409,7 +440,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         type=file_path(".pth"),
-        help="best checkpoint's path; none given: weights/student_<kd>.pth",
+        help="the trained model's path (its last epoch); none given: weights/student_<kd>.pth",
     )
     p.add_argument(
         "--out-dir", type=path_arg, default=OUTPUTS_DIR, help="folder of the CSV log and the plot"

@@ -42,6 +42,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 VOC_SPLIT_SIZES = {"train": 1464, "val": 1449}  # VOC 2012 segmentation, what --check expects
 SYNTHETIC_MARKER = "SYNTHETIC.txt"  # written by --fake-voc; scripts label their outputs with it
 SYNTHETIC_NOTE = "SYNTHETIC data, not a VOC result"  # how every output says so
+# How every output says that the teacher had random weights (--teacher-weights none).
+RANDOM_TEACHER = "RANDOM teacher (--teacher-weights none)"
 COMPLETE_MARKER = ".extracted"  # in Source.subdir, written once an extraction has finished
 # train.py --kd: each method and the loss terms its log holds as train_<term>, what a checkpoint
 # may name (distill.KD_MODES says what each takes from the teacher).

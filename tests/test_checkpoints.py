@@ -138,20 +138,24 @@ def test_a_damaged_training_state_is_refused_before_any_work_or_resumes_exactly(
     """What --resume reads: one UserError before anything is loaded (a momentum buffer of
     another shape would fail at the first step, an epoch later), or the very state saved."""
     ckpt, what = case
-    best, last = tmp_path / "s.pth", tmp_path / "s_last.pth"
-    torch.save(ORIGINAL, best)
+    last = tmp_path / "s_last.pth"
     torch.save(ckpt, last)
     trainee, optimizer, scaler = copy.deepcopy(FRESH)  # one copy: the optimizer's are its
     fixed = {"kd": "feature", "lr": 0.01}
     try:
-        history = resume(best, last, FLAGS, fixed, True, trainee, optimizer, scaler)
+        history = resume(last, FLAGS, fixed, True, trainee, optimizer, scaler)
     except UserError:
         return
     assert scores(history) == scores(ORIGINAL["history"]), what
     assert same_tensors(trainee.student.state_dict(), ORIGINAL["model"]), what
     assert same_tensors(trainee.adapters.state_dict(), ORIGINAL["adapters"]), what
     saved, loaded = ORIGINAL["optimizer"], optimizer.state_dict()
-    assert loaded["param_groups"] == saved["param_groups"], what
+    # a group's lr is the schedule's at the last step: the scheduler sets it again on resume
+    groups = [
+        [{k: v for k, v in g.items() if k != "lr"} for g in d["param_groups"]]
+        for d in (saved, loaded)
+    ]
+    assert groups[0] == groups[1], what
     assert all(same_tensors(loaded["state"][i], saved["state"][i]) for i in saved["state"]), what
 
 
@@ -247,12 +251,8 @@ def test_a_checkpoint_of_another_shape_or_kind_is_named(tmp_path):
         read_checkpoint(tmp_path / "c.pth")
 
 
-def test_resume_with_no_run_says_so_and_without_the_best_checkpoint_says_put_it_back(tmp_path):
+def test_resume_with_no_run_says_so(tmp_path):
     trainee, optimizer, scaler, _ = trained_state()
-    best, last = tmp_path / "s.pth", tmp_path / "s_last.pth"
     args = (FLAGS, {"kd": "feature"}, True, trainee, optimizer, scaler)
     with pytest.raises(UserError, match="there is no run to continue"):
-        resume(best, last, *args)
-    torch.save(ORIGINAL, last)
-    with pytest.raises(UserError, match="is missing: put it back"):
-        resume(best, last, *args)
+        resume(tmp_path / "s_last.pth", *args)

@@ -122,7 +122,8 @@ def test_median_ms_times_each_function_warm_and_in_turns(monkeypatch, device):
 
     fns = {"a": function("a", [0.001, 0.003, 0.002]), "b": function("b", [0.01, 0.05, 0.04])}
     times = median_ms(fns, torch.device(device), runs=3, warmup=1)
-    assert times == pytest.approx({"a": 2.0, "b": 40.0})
+    assert {k: t.median for k, t in times.items()} == pytest.approx({"a": 2.0, "b": 40.0})
+    assert (times["a"].low, times["a"].high) == pytest.approx((1.0, 3.0))  # quartiles of 1, 3, 2
     sync = ["sync"] if device != "cpu" else []
     turn = [f"pause {metrics.PAUSE_S}", "{}", *sync, "{}", *sync]
     assert calls == [c.format(name) for name in "ab" for c in turn] * 4
@@ -260,6 +261,7 @@ def test_the_printed_report_shows_the_numbers_in_percent():
         "pixel_acc": 0.6,
         "params": 1035733,
         "ms_per_image": 12.34,
+        "ms_quartiles": [12.0, 12.5],
         "input_size": 520,
         "num_images": 7,
         "split": "val",
@@ -269,7 +271,7 @@ def test_the_printed_report_shows_the_numbers_in_percent():
     text = metrics.format_report(result, "the title")
     assert "mIoU            44.44 %  (7 images, split val) SYNTHETIC" in text
     assert "pixel accuracy  60.00 %" in text and "parameters      1,035,733" in text
-    assert "ms/image        12.3  (batch 1, 520x520, a CPU)" in text
+    assert "ms/image        12.3  (quartiles 12.0-12.5; batch 1, 520x520, a CPU)" in text
     assert "\nbackground    50.00\naeroplane     33.33\n" in text
     assert text.startswith("== the title -- SYNTHETIC data")
 

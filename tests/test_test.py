@@ -81,6 +81,7 @@ def test_compare_times_together_and_lists_unreadable_inputs(trained, fake_voc, t
                 "miou": 0.5,
                 "params": 32957013,
                 "ms_per_image": 100.0,
+                "ms_quartiles": [95.0, 105.0],
                 "input_size": 520,
                 "num_images": 2,
                 "device_name": "some CPU",
@@ -114,6 +115,12 @@ def test_compare_times_together_and_lists_unreadable_inputs(trained, fake_voc, t
     data = json.loads((tmp_path / "kd_comparison.json").read_text(encoding="utf-8"))
     assert [s["checkpoint"] for s in data["students"]] == [str(trained["out"]), str(copy)]
     assert data["students"][0]["miou"] == data["students"][1]["miou"]  # same weights, same score
+    # one network, one time: the same architecture is timed once for every student
+    first, second = data["students"]
+    assert (first["ms_per_image"], first["ms_quartiles"]) == (
+        second["ms_per_image"],
+        second["ms_quartiles"],
+    )
 
 
 @pytest.mark.parametrize(
@@ -285,7 +292,7 @@ def test_comparison_table_names_each_kd_method():
         "split": "val",
         "num_images": 4,
     }
-    assert "| feature-based | 25.00 | 10 | 1.5 (64x64) | a CPU | w.pth |" in (
+    assert "| feature-based | 25.00 | 10 | 1.5 (1.5-1.5) | 64x64 | a CPU | w.pth |" in (
         test.comparison_markdown([row], None, [])
     )
 
