@@ -34,6 +34,7 @@ EPOCH = Number(1, integer=True)
 HISTORY_ROW = {
     "epoch": EPOCH,
     "data": str,
+    "device": str,  # the hardware it ran on
     "lr": AMOUNT,
     "train_ce": AMOUNT,
     "val_ce": AMOUNT,

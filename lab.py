@@ -18,9 +18,10 @@ import torch
 from PIL import Image
 
 from dataset import image_path
+from files import AMOUNT, COUNT, FRACTION, ListOf, Maybe, Number
 from metrics import best_and_worst
 from visualize import drawn_here, overlay_panel, save_png
-from voc import SYNTHETIC_NOTE
+from voc import NUM_CLASSES, SYNTHETIC_NOTE
 
 STEP1_RESULT = "step1_fcn_resnet50.json"  # test_pretrained.py writes it, test.py reads it
 COMPARISON = "kd_comparison"  # test.py --compare writes <out-dir>/kd_comparison.{md,json}
@@ -28,6 +29,33 @@ BENCHMARK_RESULT = "benchmark.json"
 REPORT = "report.md"
 OVERLAYS, PHOTOS = "overlays", "photos"  # folders under <out-dir>
 TEACHER_PREFIX = "fcn_resnet50"  # Step 1's overlay names
+
+# What test_pretrained.py and test.py write for a model and the report reads back.
+RESULT = {
+    "miou": FRACTION,
+    "iou": ListOf(Maybe(FRACTION), NUM_CLASSES),
+    "params": COUNT,
+    "ms_per_image": AMOUNT,
+    "ms_quartiles": ListOf(AMOUNT, 2),
+    "input_size": COUNT,
+    "device_name": str,
+    "num_images": COUNT,
+    "split": str,
+    "date": str,
+}
+# What benchmark.py writes and the report reads back.
+BENCHMARK = {
+    "models": ListOf({"model": str, "runtime": str, "params": COUNT, "gflops": AMOUNT,
+                      "ms_per_image": AMOUNT, "ms_quartiles": ListOf(AMOUNT, 2),
+                      "times_student": AMOUNT, "mb": AMOUNT}, min_length=1),
+    "train_steps": ListOf({"kd": str, "ms_per_step": AMOUNT, "overhead_vs_none": Number(-1)}),
+    "device_name": str,
+    "torch": str,
+    "date": str,
+    "size": COUNT,
+    "batch_size": COUNT,
+    "crop_size": COUNT,
+}  # fmt: skip
 
 
 def student_path(kd: str, weights_dir: str | Path = WEIGHTS_DIR) -> Path:

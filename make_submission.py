@@ -4,12 +4,13 @@
     python make_submission.py 12345678 87654321     # -> 12345678_87654321.zip
     python make_submission.py 12345678 --strict     # refuse when a deliverable is missing
 
-Packs the code (root *.py, tests/), train.txt, test.txt, README.md, requirements.txt, the
-trained weights (weights/student_<kd>.pth and any exported .onnx; the *_last.pth resume files
-are left out) and outputs/ (plots, overlays, tables, report), but not your own photos'
-results (outputs/photos/) unless --with-photos. Links, caches and hidden files are never
-packed; SYNTHETIC results get a warning. Only those are taken, so the dataset, caches
-and version-control folders never enter the zip.
+Packs what runs and reads on its own: the code (root *.py, tests/, dev/), its documents (README.md,
+docs/), train.txt, test.txt, requirements*.txt, pyproject.toml, the trained models
+(weights/student_<kd>.pth: weights and run record, no optimizer state; the *_last.pth resume
+files are left out) with their .onnx and .ort exports, and outputs/ (plots, panels, results,
+the report), but not your own photos' results (outputs/photos/) unless --with-photos. Links,
+caches, hidden files and files over MAX_FILE_MB are never packed. A submission with no trained
+model, or with SYNTHETIC results only, is refused with --strict and warned about otherwise.
 """
 
 from cli import OUTPUTS_DIR, WEIGHTS_DIR, UserError, parser, path_arg, run
@@ -19,10 +20,14 @@ import json
 import zipfile
 from pathlib import Path
 
-from files import atomic_path
-from lab import COMPARISON, PHOTOS, curves_path, student_path
+from files import atomic_path, exclusive, read_utf8
+from lab import COMPARISON, PHOTOS, REPORT, curves_path, student_path
 
-TOP_FILES = ("train.txt", "test.txt", "README.md", "requirements.txt", "pyproject.toml")
+TOP_FILES = ("train.txt", "test.txt", "README.md", "requirements.txt", "requirements-dev.txt")
+TOP_FILES += ("pyproject.toml",)
+# Far above any model or picture of the lab (a student model is 4 MB): a file this large in
+# outputs/ is something else (a video, a dataset) that would make the zip unmailable.
+MAX_FILE_MB = 100
 # What the lab asks for; a missing one is a warning, or an error with --strict.
 REQUIRED = tuple(
     p.as_posix()
@@ -30,6 +35,7 @@ REQUIRED = tuple(
         *(student_path(kd) for kd in ("none", "response", "feature")),
         curves_path(student_path("none"), OUTPUTS_DIR),
         Path(OUTPUTS_DIR, f"{COMPARISON}.md"),
+        Path(OUTPUTS_DIR, REPORT),
     )
 )
 MAX_DIGITS = 20  # longer than any student number, short enough for a file name
@@ -76,18 +82,24 @@ def packable(path: Path, root: Path) -> bool:
 
 def submission_files(root: Path, with_photos: bool = False) -> list:
     """Paths relative to root, sorted, of everything the zip holds. Links are never followed."""
-    files = list(root.glob("*.py"))
-    files += [root / name for name in TOP_FILES]
-    files += (root / "tests").rglob("*.py")
+    files = list(root.glob("*.py")) + [root / name for name in TOP_FILES]
+    for folder in ("tests", "dev"):
+        files += [p for p in (root / folder).rglob("*") if p.suffix in (".py", ".md", ".txt")]
+    files += (root / "docs").glob("*.md")
     weights = root / WEIGHTS_DIR
     files += [p for p in weights.glob("student_*.pth") if not p.stem.endswith("_last")]
-    files += weights.glob("student_*.onnx")
+    files += [*weights.glob("student_*.onnx"), *weights.glob("student_*.ort")]
     files += (root / OUTPUTS_DIR).rglob("*")
     if not with_photos:
         files = [p for p in files if not p.is_relative_to(root / OWN_PHOTOS)]
     for link in sorted({p for p in files if p.is_symlink()}):
         print(f"warning: skipped {link.relative_to(root)}: a symbolic link (never followed)")
-    return sorted({p.relative_to(root) for p in files if packable(p, root)})
+    found = sorted({p.relative_to(root) for p in files if packable(p, root)})
+    for path in [p for p in found if (root / p).stat().st_size > MAX_FILE_MB * 2**20]:
+        size = (root / path).stat().st_size / 2**20
+        print(f"warning: skipped {path}: {size:,.0f} MiB, larger than any file of the lab")
+        found.remove(path)
+    return found
 
 
 def synthetic_results(root: Path, files: list) -> list:
@@ -95,11 +107,17 @@ def synthetic_results(root: Path, files: list) -> list:
     found = []
     for path in (f for f in files if f.suffix == ".json"):
         try:
-            if json.loads((root / path).read_text(encoding="utf-8")).get("synthetic"):
+            if json.loads(read_utf8(root / path)).get("synthetic"):
                 found.append(path)
-        except (OSError, ValueError, AttributeError):
+        except (UserError, ValueError, AttributeError):
             continue
     return found
+
+
+def refuse_or_warn(problem: str, strict: bool) -> None:
+    if strict:
+        raise UserError(f"{problem}; nothing written (--strict)")
+    print(f"warning: {problem}")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -107,22 +125,33 @@ def main(args: argparse.Namespace) -> None:
     if not root.is_dir():
         raise UserError(f"--root {root} is not a folder")
     zip_path = root / ("_".join(args.students) + ".zip")
+    with exclusive([zip_path]):
+        if zip_path.exists() and not args.overwrite:
+            raise UserError(f"{zip_path} already exists; use --overwrite to replace it")
+        pack(args, root, zip_path)
+
+
+def pack(args: argparse.Namespace, root: Path, zip_path: Path) -> None:
+    """The checks, then the zip, written whole or not at all."""
     missing = [name for name in REQUIRED if not (root / name).is_file()]
-    for name in missing:
-        print(f"warning: missing {name}")
-    if missing and args.strict:
-        raise UserError(f"{len(missing)} deliverable(s) missing; nothing written (--strict)")
-    if zip_path.exists() and not args.overwrite:
-        raise UserError(f"{zip_path} already exists; use --overwrite to replace it")
+    if missing:
+        refuse_or_warn(f"{len(missing)} deliverable(s) missing: {', '.join(missing)}", args.strict)
     files = submission_files(root, args.with_photos)
+    if not any(p.parts[0] == WEIGHTS_DIR for p in files):
+        refuse_or_warn(f"no trained model in {WEIGHTS_DIR}/ (python run.py train.txt)", args.strict)
+    synthetic = synthetic_results(root, files)
+    results = [p for p in files if p.suffix == ".json" and p.parts[0] == OUTPUTS_DIR]
+    if results and len(synthetic) == len(results):
+        refuse_or_warn("every result is SYNTHETIC (dataset.py --fake-voc), none VOC's", args.strict)
+    for path in synthetic:
+        print(f"note: {path.as_posix()} holds SYNTHETIC results, not VOC ones")
     if (root / OWN_PHOTOS).exists() and not args.with_photos:
         print(f"note: {OWN_PHOTOS}/ (your own photos) is left out; --with-photos packs it")
-    for path in synthetic_results(root, files):
-        print(f"warning: {path} holds SYNTHETIC results, not VOC ones")
     with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in files:
             zf.write(root / path, path.as_posix())
-            print(f"  {path.as_posix():60s} {(root / path).stat().st_size / 1024:10.1f} KiB")
+    for path in files:
+        print(f"  {path.as_posix():60s} {(root / path).stat().st_size / 1024:10.1f} KiB")
     print(f"wrote {zip_path}: {len(files)} files, {zip_path.stat().st_size / 2**20:.1f} MiB")
 
 

@@ -33,17 +33,13 @@ from dataset import eval_loader, normalize
 from distill import KD_MODES
 from export import UNKNOWN_KD, OnnxModel, student_metadata
 from files import (
-    AMOUNT,
-    COUNT,
-    FRACTION,
-    ListOf,
     check_output,
     exclusive,
     read_json,
     write_json,
     write_text,
 )
-from lab import COMPARISON, OVERLAYS, PHOTOS, STEP1_RESULT, save_overlays
+from lab import COMPARISON, OVERLAYS, PHOTOS, RESULT, STEP1_RESULT, save_overlays
 from metrics import format_report, measure, model_logits, ms_per_image
 from model import TEACHER_RESIZE, count_params, load_student
 from visualize import colorize, photo_panel, save_png
@@ -280,24 +276,12 @@ def comparison_markdown(results: list, teacher: dict | None, failures: list) -> 
     return "\n".join(lines) + "\n"
 
 
-# What the comparison table takes from Step 1's result.
-TEACHER_KEYS = {
-    "miou": FRACTION,
-    "params": COUNT,
-    "ms_per_image": AMOUNT,
-    "ms_quartiles": ListOf(AMOUNT, 2),
-    "input_size": COUNT,
-    "num_images": COUNT,
-    "device_name": str,
-}
-
-
 def read_teacher(path: Path) -> tuple:
     """(Step 1's result or None, [a note when it exists but cannot be used])."""
     if not path.exists():
         return None, []
     try:
-        return read_json(path, TEACHER_KEYS), []
+        return read_json(path, RESULT), []
     except UserError as e:
         return None, [str(e)]
 

@@ -116,7 +116,7 @@ def train(args: argparse.Namespace, loaders: tuple, rank: int, world: int, devic
     scheduler = build_scheduler(
         optimizer, args.epochs, len(loader), args.warmup_epochs, len(history)
     )
-    tag = SYNTHETIC_NOTE if synthetic else "VOC 2012"
+    tag, hardware = SYNTHETIC_NOTE if synthetic else "VOC 2012", device_name(device)
     marks = [
         m for m, on in (("SYNTHETIC", synthetic), (RANDOM_TEACHER, random_teacher(args))) if on
     ]
@@ -125,7 +125,12 @@ def train(args: argparse.Namespace, loaders: tuple, rank: int, world: int, devic
             start, desc = time.perf_counter(), f"epoch {epoch}/{args.epochs}"
             batches = start_epoch(loader, args.seed, epoch, rank, world)
             # lr: the first step's, as the bar shows each step's (the schedule is per step)
-            row = {"epoch": epoch, "data": tag, "lr": scheduler.get_last_lr()[0]}
+            row = {
+                "epoch": epoch,
+                "data": tag,
+                "device": hardware,
+                "lr": scheduler.get_last_lr()[0],
+            }
             row |= train_one_epoch(
                 model, teacher_forward, batches, optimizer, scheduler, scaler, device, desc
             )

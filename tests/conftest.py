@@ -179,6 +179,7 @@ def load_script(name: str):
 HISTORY_ROW = {
     "epoch": 1,
     "data": "SYNTHETIC",
+    "device": "a CPU",
     "lr": 0.01,
     "train_loss": 1.0,
     "train_ce": 1.0,

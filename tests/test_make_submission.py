@@ -16,12 +16,16 @@ def repo(tmp_path):
         "README.md",
         "requirements.txt",
         "tests/test_model.py",
+        "dev/README.md",
+        "docs/design.md",
         "weights/student_none.pth",
         "weights/student_response.pth",
         "weights/student_feature.pth",
+        "weights/student_response.ort",
         "weights/student_none_last.pth",
         "outputs/student_none_curves.png",
         "outputs/kd_comparison.md",
+        "outputs/report.md",
         "outputs/overlays/a.png",
         "data/VOCdevkit/x.jpg",
         ".git/config",
@@ -46,11 +50,15 @@ def test_the_zip_holds_the_deliverables_and_nothing_else(repo):
         "README.md",
         "requirements.txt",
         "tests/test_model.py",
+        "dev/README.md",
+        "docs/design.md",
         "weights/student_none.pth",
         "weights/student_response.pth",
         "weights/student_feature.pth",
+        "weights/student_response.ort",
         "outputs/student_none_curves.png",
         "outputs/kd_comparison.md",
+        "outputs/report.md",
         "outputs/overlays/a.png",
     }
     assert "MiB" in proc.stdout and "warning" not in proc.stdout
@@ -67,7 +75,7 @@ def test_missing_deliverables_warn_and_fail_with_strict(repo):
     (repo / "weights/student_feature.pth").unlink()
     (repo / "outputs/kd_comparison.md").unlink()
     loose = run_script("make_submission.py", "12345678", "--root", repo)
-    assert loose.returncode == 0 and loose.stdout.count("warning: missing") == 2
+    assert loose.returncode == 0 and "warning: 2 deliverable(s) missing" in loose.stdout
     (repo / "12345678.zip").unlink()
     strict = run_script("make_submission.py", "12345678", "--strict", "--root", repo)
     assert strict.returncode == 1 and "missing" in strict.stderr
@@ -119,3 +127,19 @@ def test_links_caches_hidden_files_and_own_photos_stay_out(repo, tmp_path_factor
     assert "skipped outputs/link.txt: a symbolic link" in proc.stdout
     assert "outputs/photos/ (your own photos) is left out" in proc.stdout
     assert "test_student_none.json holds SYNTHETIC results" in proc.stdout
+    assert "warning: every result is SYNTHETIC" in proc.stdout
+    strict = run_script("make_submission.py", "1", "--root", repo, "--strict")
+    assert strict.returncode == 1 and "every result is SYNTHETIC" in strict.stderr
+
+
+def test_an_empty_submission_or_a_file_far_too_large_is_not_packed_without_a_word(repo):
+    for path in (repo / "weights").iterdir():
+        path.unlink()
+    with open(repo / "outputs" / "video.mp4", "wb") as f:
+        f.truncate(101 * 2**20)  # sparse: no disk used
+    strict = run_script("make_submission.py", "12345678", "--root", repo, "--strict")
+    assert strict.returncode == 1 and "3 deliverable(s) missing: weights/" in strict.stderr
+    loose = run_script("make_submission.py", "12345678", "--root", repo)
+    assert loose.returncode == 0 and "warning: no trained model" in loose.stdout
+    assert "skipped outputs/video.mp4: 101 MiB" in loose.stdout
+    assert "outputs/video.mp4" not in zipfile.ZipFile(repo / "12345678.zip").namelist()

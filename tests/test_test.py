@@ -86,6 +86,9 @@ def test_compare_times_together_and_lists_unreadable_inputs(trained, fake_voc, t
                 "num_images": 2,
                 "device_name": "some CPU",
                 "synthetic": True,
+                "iou": [0.5] * 21,
+                "split": "val",
+                "date": "2026-12-07",
             }
         ),
         encoding="utf-8",
