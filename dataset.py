@@ -450,6 +450,11 @@ def main(args: argparse.Namespace) -> None:
         voc = make_fake_voc(args.fake_voc, args.num_images, args.seed, args.with_sbd)
         print(f"wrote a SYNTHETIC dataset of {args.num_images} images in VOC layout at {voc}")
         return
+    if args.download and is_synthetic(args.data_root):
+        raise UserError(
+            f"{args.data_root} holds a SYNTHETIC tree made by --fake-voc, not VOC: download into "
+            "another --data-root, or delete its VOCdevkit/ first"
+        )
     if args.download:
         download_source(args.data_root, {"voc": VOC, "sbd": SBD}[args.download])
     tag = " (SYNTHETIC)" if is_synthetic(args.data_root) else ""
@@ -459,6 +464,7 @@ def main(args: argparse.Namespace) -> None:
         if problems:
             print(f"{len(problems)} problem(s):", *problems[:MAX_PROBLEMS], sep="\n  ")
             raise UserError(f"{args.data_root} has damaged files (listed above)")
+        print("no problems: every image and mask reads as the scripts read them")
         return
     for split in ("train", "val"):
         print(f"{split}: {len(voc_dataset(args.data_root, split, None))} images{tag}")

@@ -39,7 +39,6 @@ REQUIRED = tuple(
     )
 )
 MAX_DIGITS = 20  # longer than any student number, short enough for a file name
-OWN_PHOTOS = f"{OUTPUTS_DIR}/{PHOTOS}"  # where test.py --images writes
 
 
 def parse_args(argv: list | None = None) -> argparse.Namespace:
@@ -50,13 +49,18 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
         "--root",
         type=path_arg,
         default=".",
-        help="repository root to pack, also where the zip goes",
+        help="repository root, whose code and documents are packed",
     )
+    p.add_argument(
+        "--weights-dir", type=path_arg, help=f"the trained models; none: ROOT/{WEIGHTS_DIR}"
+    )
+    p.add_argument("--out-dir", type=path_arg, help=f"the results; none: ROOT/{OUTPUTS_DIR}")
+    p.add_argument("--zip-dir", type=path_arg, help="where the zip goes; none: ROOT")
     p.add_argument("--overwrite", action="store_true", help="replace an existing zip")
     p.add_argument(
         "--with-photos",
         action="store_true",
-        help=f"also pack your own photos' results ({OWN_PHOTOS}/)",
+        help=f"also pack your own photos' results ({OUTPUTS_DIR}/{PHOTOS}/)",
     )
     args = p.parse_args(argv)
     if len(args.students) > 2:
@@ -71,44 +75,61 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     return args
 
 
-def packable(path: Path, root: Path) -> bool:
-    """A regular file, neither a link nor inside one, no cache, nothing hidden ('.name')."""
-    parts = path.relative_to(root).parts
+def packable(path: Path, base: Path) -> bool:
+    """A regular file, neither a link nor inside one (below `base`), no cache, nothing hidden
+    ('.name')."""
+    parts = path.relative_to(base).parts
     if any(p.startswith(".") or p == "__pycache__" for p in parts):
         return False
-    linked = any(root.joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts) + 1))
+    linked = any(base.joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts) + 1))
     return not linked and path.is_file() and path.suffix != ".pyc"
 
 
-def submission_files(root: Path, with_photos: bool = False) -> list:
-    """Paths relative to root, sorted, of everything the zip holds. Links are never followed."""
-    files = list(root.glob("*.py")) + [root / name for name in TOP_FILES]
+def submission_files(root: Path, weights: Path, outputs: Path, with_photos: bool = False) -> dict:
+    """{name in the zip: the file} of everything the zip holds, sorted: the code and documents
+    from `root`, the models from `weights` as weights/..., the results from `outputs` as
+    outputs/.... Links are never followed; a file larger than MAX_FILE_MB is left out."""
+    found = {}
+
+    def take(paths, base: Path, prefix: str = "") -> None:
+        for path in paths:
+            name = prefix + path.relative_to(base).as_posix()
+            if path.is_symlink():
+                print(f"warning: skipped {name}: a symbolic link (never followed)")
+            elif packable(path, base):
+                found[name] = path
+
+    take([*root.glob("*.py"), *(root / name for name in TOP_FILES)], root)
     for folder in ("tests", "dev"):
-        files += [p for p in (root / folder).rglob("*") if p.suffix in (".py", ".md", ".txt")]
-    files += (root / "docs").glob("*.md")
-    weights = root / WEIGHTS_DIR
-    files += [p for p in weights.glob("student_*.pth") if not p.stem.endswith("_last")]
-    files += [*weights.glob("student_*.onnx"), *weights.glob("student_*.ort")]
-    files += (root / OUTPUTS_DIR).rglob("*")
-    if not with_photos:
-        files = [p for p in files if not p.is_relative_to(root / OWN_PHOTOS)]
-    for link in sorted({p for p in files if p.is_symlink()}):
-        print(f"warning: skipped {link.relative_to(root)}: a symbolic link (never followed)")
-    found = sorted({p.relative_to(root) for p in files if packable(p, root)})
-    for path in [p for p in found if (root / p).stat().st_size > MAX_FILE_MB * 2**20]:
-        size = (root / path).stat().st_size / 2**20
-        print(f"warning: skipped {path}: {size:,.0f} MiB, larger than any file of the lab")
-        found.remove(path)
-    return found
+        take([p for p in (root / folder).rglob("*") if p.suffix in (".py", ".md", ".txt")], root)
+    take((root / "docs").glob("*.md"), root)
+    models = [p for p in weights.glob("student_*.pth") if not p.stem.endswith("_last")]
+    take(
+        [*models, *weights.glob("student_*.onnx"), *weights.glob("student_*.ort")],
+        weights,
+        f"{WEIGHTS_DIR}/",
+    )
+    photos = outputs / PHOTOS
+    take(
+        [p for p in outputs.rglob("*") if with_photos or not p.is_relative_to(photos)],
+        outputs,
+        f"{OUTPUTS_DIR}/",
+    )
+    for name, path in list(found.items()):
+        if path.stat().st_size > MAX_FILE_MB * 2**20:
+            size = path.stat().st_size / 2**20
+            print(f"warning: skipped {name}: {size:,.0f} MiB, larger than any file of the lab")
+            del found[name]
+    return dict(sorted(found.items()))
 
 
-def synthetic_results(root: Path, files: list) -> list:
-    """The packed JSON results that say they were measured on SYNTHETIC data."""
+def synthetic_results(files: dict) -> list:
+    """The names of the packed JSON results that say they were measured on SYNTHETIC data."""
     found = []
-    for path in (f for f in files if f.suffix == ".json"):
+    for name, path in files.items():
         try:
-            if json.loads(read_utf8(root / path)).get("synthetic"):
-                found.append(path)
+            if name.endswith(".json") and json.loads(read_utf8(path)).get("synthetic"):
+                found.append(name)
         except (UserError, ValueError, AttributeError):
             continue
     return found
@@ -124,7 +145,7 @@ def main(args: argparse.Namespace) -> None:
     root = Path(args.root)
     if not root.is_dir():
         raise UserError(f"--root {root} is not a folder")
-    zip_path = root / ("_".join(args.students) + ".zip")
+    zip_path = Path(args.zip_dir or root) / ("_".join(args.students) + ".zip")
     with exclusive([zip_path]):
         if zip_path.exists() and not args.overwrite:
             raise UserError(f"{zip_path} already exists; use --overwrite to replace it")
@@ -133,25 +154,29 @@ def main(args: argparse.Namespace) -> None:
 
 def pack(args: argparse.Namespace, root: Path, zip_path: Path) -> None:
     """The checks, then the zip, written whole or not at all."""
-    missing = [name for name in REQUIRED if not (root / name).is_file()]
+    weights, outputs = (
+        Path(args.weights_dir or root / WEIGHTS_DIR),
+        Path(args.out_dir or root / OUTPUTS_DIR),
+    )
+    files = submission_files(root, weights, outputs, args.with_photos)
+    missing = [name for name in REQUIRED if name not in files]
     if missing:
         refuse_or_warn(f"{len(missing)} deliverable(s) missing: {', '.join(missing)}", args.strict)
-    files = submission_files(root, args.with_photos)
-    if not any(p.parts[0] == WEIGHTS_DIR for p in files):
-        refuse_or_warn(f"no trained model in {WEIGHTS_DIR}/ (python run.py train.txt)", args.strict)
-    synthetic = synthetic_results(root, files)
-    results = [p for p in files if p.suffix == ".json" and p.parts[0] == OUTPUTS_DIR]
+    if not any(name.startswith(f"{WEIGHTS_DIR}/") for name in files):
+        refuse_or_warn(f"no trained model in {weights}/ (python run.py train.txt)", args.strict)
+    synthetic = synthetic_results(files)
+    results = [n for n in files if n.endswith(".json") and n.startswith(f"{OUTPUTS_DIR}/")]
     if results and len(synthetic) == len(results):
         refuse_or_warn("every result is SYNTHETIC (dataset.py --fake-voc), none VOC's", args.strict)
-    for path in synthetic:
-        print(f"note: {path.as_posix()} holds SYNTHETIC results, not VOC ones")
-    if (root / OWN_PHOTOS).exists() and not args.with_photos:
-        print(f"note: {OWN_PHOTOS}/ (your own photos) is left out; --with-photos packs it")
+    for name in synthetic:
+        print(f"note: {name} holds SYNTHETIC results, not VOC ones")
+    if (outputs / PHOTOS).exists() and not args.with_photos:
+        print(f"note: {outputs / PHOTOS}/ (your own photos) is left out; --with-photos packs it")
     with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in files:
-            zf.write(root / path, path.as_posix())
-    for path in files:
-        print(f"  {path.as_posix():60s} {(root / path).stat().st_size / 1024:10.1f} KiB")
+        for name, path in files.items():
+            zf.write(path, name)
+    for name, path in files.items():
+        print(f"  {name:60s} {path.stat().st_size / 1024:10.1f} KiB")
     print(f"wrote {zip_path}: {len(files)} files, {zip_path.stat().st_size / 2**20:.1f} MiB")
 
 

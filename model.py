@@ -171,13 +171,16 @@ def with_decoder_bn_folded(student: Student) -> Student:
     return folded
 
 
-def torchvision_download(builder, weights, alternative: str, **kwargs) -> nn.Module:
-    """builder(weights=weights), with a UserError naming `alternative` when offline."""
+def torchvision_download(builder, weights, way_out: str, **kwargs) -> nn.Module:
+    """builder(weights=weights), with a UserError saying, when offline, where a file downloaded
+    by hand goes (torchvision looks there first) and `way_out`."""
     try:
         return builder(weights=weights, **kwargs)
     except OSError as e:  # urllib's URLError, refused connections and timeouts are OSErrors
+        place = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         raise UserError(
-            f"could not download torchvision weights {weights} ({e}); offline, {alternative}"
+            f"could not download torchvision's weights {weights} ({e}); put {weights.url}, "
+            f"downloaded elsewhere, at {place}, or {way_out}"
         ) from None
 
 
@@ -191,7 +194,7 @@ def build_student(
         encoder = torchvision_download(
             mobilenet_v3_small,
             MobileNet_V3_Small_Weights.IMAGENET1K_V1,
-            "train without them (no pretrained backbone)",
+            "pass --no-pretrained-backbone (the encoder then starts from random weights)",
             dilated=True,
         ).features
     return Student(config, encoder)
@@ -207,7 +210,7 @@ def build_teacher(weights: str = "default") -> nn.Module:
     """
     if weights == "default":
         model = torchvision_download(
-            fcn_resnet50, TEACHER_WEIGHTS, "give the path of a local state dict, or none"
+            fcn_resnet50, TEACHER_WEIGHTS, "pass the path of a local state dict as the weights"
         )
         model.aux_classifier = None
     else:

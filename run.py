@@ -6,8 +6,9 @@ fails: the same on Windows (PowerShell), macOS and Linux.
     python run.py test.txt --list       # number the commands, run nothing
 
 Each line of a .txt file that is neither blank nor a comment (#) is one command, `python
-<script>.py <flags>`, as you would paste it into a terminal; the scripts run with the Python
-that runs this one (your virtual environment's, whatever `python` or `bash` would find).
+<script>.py <flags>`, as you would paste it into a terminal; the script is the lab's (beside
+this one), run with the Python that runs this one (your virtual environment's, whatever
+`python` or `bash` would find); the paths in its flags are read from the current folder.
 Shell syntax (pipes, `&&`, `set -e`, `\\` continuations, variables) is refused: it means
 something else, or nothing, in each shell.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 from files import read_utf8
 
 SHELL_ONLY = tuple("|&;<>$`\\*?")  # what bash, zsh and PowerShell read differently, or at all
+HERE = Path(__file__).resolve().parent
 
 
 def commands(path: str | Path) -> list:
@@ -74,7 +76,8 @@ def main(args: argparse.Namespace) -> None:
             continue
         print(f"\n{shown}", flush=True)
         again = f"python run.py {' '.join(args.files)} --from {n}"
-        with subprocess.Popen([sys.executable, *argv[1:]]) as child:
+        script = HERE / argv[1]  # the lab's script, whatever the current folder
+        with subprocess.Popen([sys.executable, str(script), *argv[2:]]) as child:
             try:
                 code = child.wait()
             except KeyboardInterrupt:  # the console's Ctrl+C reached the command too

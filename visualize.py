@@ -21,6 +21,7 @@ from files import atomic_path
 from voc import IGNORE_INDEX, SYNTHETIC_NOTE, class_name, voc_palette
 
 MIN_PANEL_HEIGHT = 240  # small images are enlarged to this, so that labels stay readable
+MAX_PANEL_SIDE = 1024  # large photos are reduced to this in a panel (their mask keeps its size)
 FONT = ImageFont.load_default(size=14)
 SOFTWARE = "voc-kd-lab"  # the PNG metadata entry that marks the lab's pictures
 PALETTE = voc_palette()
@@ -92,13 +93,14 @@ def legend(labels: list) -> Image.Image:
     return image
 
 
-def enlarged(image: Image.Image, masks: list) -> tuple:
-    """Image (bilinear) and masks (nearest: labels are never blended) scaled up so the height
-    is at least MIN_PANEL_HEIGHT."""
-    scale = max(1.0, MIN_PANEL_HEIGHT / image.height)
+def sized(image: Image.Image, masks: list) -> tuple:
+    """Image (bilinear) and masks (nearest: labels are never blended) scaled so that the height
+    is at least MIN_PANEL_HEIGHT and the longer side at most MAX_PANEL_SIDE: the titles and
+    the legend, drawn at a fixed size, stay readable beside a tiny image or a 12 MP photo."""
+    scale = min(max(1.0, MIN_PANEL_HEIGHT / image.height), MAX_PANEL_SIDE / max(image.size))
     if scale == 1.0:
         return image, masks
-    size = (round(image.width * scale), round(image.height * scale))
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     return image.resize(size, Image.BILINEAR), [
         np.asarray(Image.fromarray(m.astype(np.uint8)).resize(size, Image.NEAREST)) for m in masks
     ]
@@ -113,7 +115,7 @@ def overlay_panel(
 ) -> Image.Image:
     """image | ground truth | prediction, the label maps in opaque class colours, a legend of
     the labels present, each panel titled, `title` (and the SYNTHETIC mark) above."""
-    image, (target, pred) = enlarged(image.convert("RGB"), [target, pred])
+    image, (target, pred) = sized(image.convert("RGB"), [target, pred])
     panels = [
         with_title(image, "image"),
         with_title(colorize(target), "ground truth"),
@@ -125,7 +127,7 @@ def overlay_panel(
 
 def photo_panel(image: Image.Image, pred: np.ndarray, title: str) -> Image.Image:
     """photo | prediction in opaque class colours | legend, under `title`."""
-    image, (pred,) = enlarged(image.convert("RGB"), [pred])
+    image, (pred,) = sized(image.convert("RGB"), [pred])
     panels = [
         with_title(image, "photo"),
         with_title(colorize(pred), "prediction"),

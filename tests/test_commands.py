@@ -3,13 +3,14 @@ script's own argument parser, so a renamed flag breaks CI."""
 
 from cli import UserError
 
-import json
+import re
 import shlex
+import zipfile
+from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from conftest import RESULT_KEYS, ROOT, load_script, run_python, run_script
+from conftest import ROOT, load_script, run_python, run_script
 
 runner = load_script("run")
 
@@ -117,56 +118,77 @@ def test_every_documented_example_parses_with_its_scripts_own_parser():
     assert any("--teacher-cache" in argv for argv in found)
 
 
-def readme_block(heading: str) -> list:
-    """The commands of the first bash block after `heading` in README.md, as argv lists."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8").split(heading, 1)[1]
-    block = text.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
-    return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+def demo_steps() -> tuple:
+    """(the data and the trainings, test.txt's commands) of demo.txt, as argv lists."""
+    found = commands("demo.txt")
+    first = next(i for i, argv in enumerate(found) if argv[1] == "test_pretrained.py")
+    return found[:first], found[first:]
 
 
-def demo_commands() -> list:
-    return readme_block("## Offline demo on synthetic data")
+def test_the_demo_runs_test_txt_in_its_order_with_its_flags():
+    """The demo rehearses test.txt: its later commands are test.txt's, in order, each with
+    every flag of test.txt's line (and those that point it at demo/)."""
+    _, rehearsed = demo_steps()
+    lab = commands("test.txt")
+    assert [argv[1] for argv in rehearsed] == [argv[1] for argv in lab]
+    for ours, theirs in zip(rehearsed, lab):
+        assert {a for a in theirs if a.startswith("--")} <= set(ours), theirs[1]
 
 
-def run_demo() -> list:
+def run_all(steps: list, **extra) -> list:
+    """Each command in this process (each interpreter's start costs seconds); its stdout."""
     printed = []
-    for argv in demo_commands():
-        assert argv[0] == "python", argv
-        proc = run_script(argv[1], *argv[2:])
+    for argv in steps:
+        proc = run_script(argv[1], *argv[2:], *extra.get(argv[1], ()))
         assert proc.returncode == 0, (argv, proc.stderr[-2000:])
         printed.append(proc.stdout)
     return printed
 
 
+def local_links(markdown: Path) -> list:
+    """The targets of a Markdown file's links and pictures that are files beside it."""
+    targets = re.findall(r"\]\(([^)\s]+)\)", markdown.read_text(encoding="utf-8"))
+    return [t.split("#")[0] for t in targets if not re.match(r"[a-z]+:|#", t)]
+
+
 @pytest.mark.slow
-def test_the_offline_demo_runs_twice_as_printed_in_its_own_folder(tmp_path, monkeypatch):
-    """Twice in a row, as a user reruns it: both succeed, every output made from the data says
-    SYNTHETIC (the benchmark reads none), and nothing lands in the lab's weights/ or outputs/."""
+def test_the_demo_trains_then_remakes_every_result_twice_and_its_zip_stands_alone(
+    tmp_path, monkeypatch
+):
+    """What a student does after a retrain: test.txt's commands, twice (the demo's, on
+    SYNTHETIC data). Each run makes every result, the report and the zip again, each says
+    SYNTHETIC; the zip, unpacked elsewhere, collects its tests and its links resolve."""
     monkeypatch.chdir(tmp_path)
-    run_demo()
-    printed = run_demo()
-    step1, train, test = printed[1:4]
-    from_data = [out for argv, out in zip(demo_commands(), printed) if argv[1] != "benchmark.py"]
-    assert len(from_data) == 5 and all("SYNTHETIC" in out for out in from_data)
-    assert not (tmp_path / "weights").exists() and not (tmp_path / "outputs").exists()
-    assert "SYNTHETIC" in step1.splitlines()[0] and "SYNTHETIC" in test
-    for text in ("mIoU", "32,957,013", "ms/image", "RANDOM weights"):  # Step 1's report
-        assert text in step1
-    epoch_lines = [line for line in train.splitlines() if line.startswith("epoch ")]
-    assert epoch_lines and all("SYNTHETIC" in line for line in epoch_lines)
-    outputs = tmp_path / "demo" / "outputs"
-    for name in ("step1_fcn_resnet50.json", "test_student_response.json"):
-        result = json.loads((outputs / name).read_text(encoding="utf-8"))
-        assert RESULT_KEYS <= set(result) and result["synthetic"] is True
-        assert result["num_images"] == (2 if name.startswith("step1") else 4)
-    step1_panels = sorted(p.name.split("_")[2] for p in outputs.glob("overlays/fcn_resnet50_*"))
-    assert step1_panels == ["best1", "worst1"]  # --limit 2: one of each
-    pictures = [outputs / "student_response_curves.png", *outputs.glob("overlays/*.png")]
-    assert len(pictures) > 3
-    assert all("SYNTHETIC" in Image.open(p).text["Title"] for p in pictures)
-    assert all(
-        "RANDOM weights" in Image.open(p).text["Title"]
-        for p in outputs.glob("overlays/fcn_resnet50_*")
-    )
-    report = (outputs / "report.md").read_text(encoding="utf-8")
-    assert "SYNTHETIC" in report and "RANDOM-weight FCN-ResNet50 on SYNTHETIC data" in report
+    setup, rehearsed = demo_steps()
+    run_all(setup)
+    pack = {"make_submission.py": ["--root", ROOT]}  # the code of this repository
+    run_all(rehearsed, **pack)
+    demo = tmp_path / "demo"
+    trained = {*demo.glob("weights/*.pth"), *demo.glob("outputs/student_*_[lc]*")}
+    made = {
+        p: p.stat().st_mtime_ns
+        for p in [*demo.rglob("*")]
+        if p.is_file() and p not in trained and "data" not in p.parts and p.name[0] != "."
+    }
+    printed = run_all(rehearsed, **pack)
+    assert [p for p, when in made.items() if p.stat().st_mtime_ns == when] == []
+    assert len(made) > 20 and demo / "12345678.zip" in made
+    from_data = [out for argv, out in zip(rehearsed, printed) if argv[1] != "benchmark.py"]
+    assert all("SYNTHETIC" in out for out in from_data[:-1])  # the zip warns, on stdout too
+    report = (demo / "outputs" / "report.md").read_text(encoding="utf-8")
+    assert "SYNTHETIC" in report and "RANDOM teacher" in report
+    missing = report.split("**Missing inputs**")[1].split("## 1.")[0].strip().splitlines()[1:]
+    assert len(missing) == 2 and all("feature" in m or "both" in m for m in missing)
+    unpacked = tmp_path / "unpacked"
+    zipfile.ZipFile(demo / "12345678.zip").extractall(unpacked)
+    assert (unpacked / "weights" / "student_response_int8.ort").is_file()
+    for doc in [
+        unpacked / "README.md",
+        *unpacked.glob("docs/*.md"),
+        unpacked / "outputs/report.md",
+    ]:
+        for target in local_links(doc):
+            assert (doc.parent / target).exists(), (doc.name, target)
+    collected = run_python("-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider",
+                           cwd=unpacked)  # fmt: skip
+    assert collected.returncode == 0 and "tests collected" in collected.stdout, collected.stdout

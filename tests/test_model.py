@@ -2,6 +2,7 @@ from cli import UserError
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,14 +154,16 @@ def test_pretrained_backbone_offline_names_the_flag_to_turn_it_off(monkeypatch):
     offline(monkeypatch)
     with pytest.raises(UserError) as e:
         build_student(pretrained_backbone=True)
-    assert "without them (no pretrained backbone)" in str(e.value)
+    hub = Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints"
+    assert f"at {hub / 'mobilenet_v3_small-047dcff4.pth'}, or" in str(e.value)
+    assert "pass --no-pretrained-backbone" in str(e.value)
 
 
 def test_default_teacher_offline_names_the_alternatives(monkeypatch):
     offline(monkeypatch)
     with pytest.raises(UserError) as e:
         build_teacher("default")
-    assert "a local state dict, or none" in str(e.value)
+    assert "fcn_resnet50_coco-1167a1af.pth, or pass the path of a local state dict" in str(e.value)
 
 
 def test_teacher_loads_a_local_state_dict_with_or_without_aux_head(tmp_path, teacher):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visualize import colorize, history_figure, legend, overlay_panel
+from visualize import colorize, history_figure, legend, overlay_panel, photo_panel
 from voc import IGNORE_INDEX, voc_palette
 
 PALETTE = np.array(voc_palette()).reshape(256, 3)
@@ -84,3 +84,12 @@ def test_train_and_val_curves_are_the_same_quantity():
 def test_without_distillation_the_middle_panel_says_so():
     _, kd, _ = history_figure(history(kd_terms=False), "t").axes[:3]
     assert not kd.get_lines() and "no distillation term" in kd.texts[0].get_text()
+
+
+def test_a_large_photos_panel_is_reduced_so_its_titles_read_and_a_tiny_one_enlarged():
+    """A 12 MP photo drawn at its size would put 14-pixel titles on a 6000-pixel-wide panel."""
+    big = Image.new("RGB", (4032, 3024))
+    panel = photo_panel(big, np.zeros((3024, 4032), np.uint8), "a photo")
+    assert max(panel.size) <= 3 * 1024 and panel.height <= 1024 + 50
+    tiny = photo_panel(Image.new("RGB", (40, 30)), np.zeros((30, 40), np.uint8), "tiny")
+    assert tiny.height >= 240
