@@ -50,11 +50,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
 from distill import KD_MODES, KDConfig, Trainee, teacher_outputs
-from export import INT8_VARIANT, OnnxModel, export_onnx, quantize_int8, write_mobile
+from export import INT8_VARIANT, export_onnx, quantize_int8, write_mobile
 from files import check_output, exclusive, write_json
 from lab import BENCHMARK_RESULT, OptimConfig, build_optimizer
 from metrics import device_name, machine_load, median_ms, model_logits
 from model import TEACHER_RESIZE, build_student, build_teacher, count_params
+from onnx_model import OnnxModel
 from teacher_cache import TeacherCache, teacher_stride8_logits
 from voc import NUM_CLASSES
 

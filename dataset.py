@@ -20,7 +20,6 @@ from cli import (
     number,
     parser,
     path_arg,
-    quiet_worker,
     run,
     seed_int,
 )
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 from torchvision import tv_tensors
 from torchvision.datasets import SBDataset, VOCSegmentation
 from torchvision.transforms import v2
@@ -131,23 +130,6 @@ class EvalTransform:
         if self.resize is not None:
             image = TF.resize(image, self.resize, antialias=True)
         return normalize(image), mask
-
-
-def collate_eval(batch: list) -> tuple:
-    """Batch images of different sizes for evaluation.
-
-    Returns (images N x 3 x H x W, zero-padded at the bottom and right to the largest image,
-    masks as a list at their original sizes, [(h, w)] of each image before padding). Zero is
-    the mean colour after normalisation. evaluate() crops the padding off the logits, so padded
-    pixels never reach the metric, but they can still shift predictions near the bottom/right
-    edge through the receptive field: published numbers use batch size 1.
-    """
-    sizes = [tuple(image.shape[-2:]) for image, _ in batch]
-    h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
-    images = torch.zeros(len(batch), 3, h, w)
-    for i, (image, _) in enumerate(batch):
-        images[i, :, : image.shape[-2], : image.shape[-1]] = image
-    return images, [torch.as_tensor(mask) for _, mask in batch], sizes
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -286,90 +268,6 @@ def train_aug_dataset(data_root: str | Path, transforms, limit: int | None = Non
         taken |= {Path(sbd.images[i]).stem for i in keep}
         parts.append(Subset(CheckedPairs(sbd, transforms), keep))
     return first(ConcatDataset(parts), limit)
-
-
-class EpochSampler(DistributedSampler):
-    """The training order, one shuffle per epoch drawn from (seed, epoch) alone, each index
-    yielded with its epoch: (epoch, index), which SeededSamples reads. Under torchrun
-    (world > 1) each process takes its share; alone, all of it."""
-
-    def __init__(self, dataset: Dataset, seed: int, rank: int = 0, world: int = 1):
-        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-
-    def __iter__(self):
-        return ((self.epoch, index) for index in super().__iter__())
-
-
-class SeededSamples(Dataset):
-    """dataset[index] with every random draw of its transforms (the crop, the scale, the flip)
-    seeded from (seed, epoch, index) alone, for an (epoch, index) key of EpochSampler: an
-    epoch's crops are the same in whichever worker, or in none, under fork or spawn, in a
-    resumed run or an uninterrupted one. The caller's random state is left as it was."""
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple):
-        epoch, index = key
-        state = np.random.SeedSequence((self.seed, epoch, index)).generate_state(1, np.uint64)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(state[0]))
-            return self.dataset[index]
-
-
-def training_loader(
-    dataset: Dataset,
-    batch_size: int,
-    num_workers: int,
-    seed: int,
-    shard: tuple = (0, 1),
-    pin_memory: bool = False,
-) -> DataLoader:
-    """Shuffled batches of the dataset's samples, seeded per sample (SeededSamples); call
-    loader.sampler.set_epoch(epoch) before each epoch. shard=(rank, world size) under torchrun.
-    The workers are started once per run (persistent), which costs a fresh interpreter and
-    torch's import per worker under spawn (Windows, macOS), and ignore the stop signals."""
-    rank, world = shard
-    return DataLoader(
-        SeededSamples(dataset, seed),
-        batch_size=batch_size,
-        sampler=EpochSampler(dataset, seed, rank, world),
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-        worker_init_fn=quiet_worker,
-    )
-
-
-def eval_loader(
-    data_root: str | Path,
-    split: str,
-    batch_size: int = 1,
-    num_workers: int = 0,
-    resize: int | None = None,
-    limit: int | None = None,
-    shard: tuple = (0, 1),
-    pin_memory: bool = False,
-) -> DataLoader:
-    """Loader of a VOC split for metrics.evaluate. shard=(rank, world size) keeps every
-    world-th image from the rank-th: disjoint shares that together are the split, each image
-    once (DistributedSampler would pad the shares with repeats, which would bias the mIoU).
-    pin_memory: for a CUDA device, where it speeds up the copies."""
-    dataset = voc_dataset(data_root, split, EvalTransform(resize), limit)
-    rank, world = shard
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=range(rank, len(dataset), world),
-        num_workers=num_workers,
-        collate_fn=collate_eval,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,  # train.py validates every epoch with this loader
-        worker_init_fn=quiet_worker,
-    )
 
 
 def image_path(dataset: Dataset, index: int) -> Path:

@@ -141,6 +141,16 @@ def main_process_first() -> Iterator[None]:
         dist.barrier(group=_long_waits)
 
 
+def stop_if_not_finite(value: torch.Tensor, what: str) -> None:
+    """A UserError on every process when `value` is NaN or infinite on any of them (they stop
+    together, or the others would wait forever). A sync point: it reads the value."""
+    if total((~torch.isfinite(value)).float()).item():
+        became = "NaN or infinite in another process" if torch.isfinite(value) else value.item()
+        raise UserError(
+            f"{what} became {became}; stopping without saving this epoch. Try a lower --lr."
+        )
+
+
 def total(tensor: torch.Tensor) -> torch.Tensor:
     """The tensor summed over every process, in place (and returned). A sync point."""
     if dist.is_initialized():

@@ -6,21 +6,34 @@ each other.
     from lab import OptimConfig, build_optimizer, student_path, last_path, save_overlays
 """
 
-from cli import WEIGHTS_DIR
+from cli import WEIGHTS_DIR, UserError
 
 import dataclasses
 import glob
 import re
+import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from checkpoints import TRAINING_STATE, read_checkpoint, save_epoch
 from dataset import image_path
-from files import AMOUNT, COUNT, FRACTION, ListOf, Maybe, Number
+from files import (
+    AMOUNT,
+    COUNT,
+    FRACTION,
+    FileInUse,
+    ListOf,
+    Maybe,
+    Number,
+    check_run_outputs,
+    write_csv,
+)
 from metrics import best_and_worst
-from visualize import drawn_here, overlay_panel, save_png
+from visualize import drawn_here, overlay_panel, plot_history, save_png
 from voc import NUM_CLASSES, SYNTHETIC_NOTE
 
 STEP1_RESULT = "step1_fcn_resnet50.json"  # test_pretrained.py writes it, test.py reads it
@@ -78,8 +91,41 @@ def curves_path(out: str | Path, out_dir: str | Path) -> Path:
 
 
 def history_paths(out: str | Path, out_dir: str | Path) -> tuple:
-    """(the CSV log, the curves' plot) of the run whose best checkpoint is `out`."""
+    """(the CSV log, the curves' plot) of the run whose model is `out`."""
     return log_path(out, out_dir), curves_path(out, out_dir)
+
+
+def run_outputs(out: str | Path, out_dir: str | Path) -> list:
+    """Every file a training run writes: the model, the training state, the log, the curves."""
+    return [Path(out), last_path(out), *history_paths(out, out_dir)]
+
+
+def check_run(out, out_dir, cache: str | None, resume: bool, overwrite: bool) -> None:
+    """Refuse a training run that would replace another's outputs, or could not write its own
+    (files.check_run_outputs); with --resume, the run to continue must be there."""
+    resumed = None
+    if resume and not overwrite:
+        last = last_path(out)
+        if not last.exists():
+            raise UserError(f"--resume: there is no run to continue ({last} does not exist)")
+        resumed = read_checkpoint(last, "checkpoint to resume", TRAINING_STATE)["history"]
+    check_run_outputs(run_outputs(out, out_dir), cache, overwrite, resumed)
+
+
+def save_run(state: dict, out, out_dir, title: str) -> None:
+    """An epoch's training state and model (checkpoints.save_epoch), then its log and curves;
+    a log or plot that another program holds open (Windows) is skipped with a warning, the
+    checkpoints being saved: the next epoch writes the whole history again."""
+    save_epoch(state, Path(out), last_path(out))
+    log, curves = history_paths(out, out_dir)
+    for write in (
+        partial(write_csv, state["history"], log),
+        partial(plot_history, state["history"], curves, title),
+    ):
+        try:
+            write()
+        except FileInUse as e:
+            print(f"warning: {e}; training goes on (the checkpoints are saved)", file=sys.stderr)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -95,7 +95,7 @@ def evaluate(
     progress: bool = True,
     keep_predictions: bool = False,
 ) -> dict:
-    """Run `model` over an evaluation loader (dataset.collate_eval) and score it.
+    """Run `model` over an evaluation loader (loaders.collate_eval) and score it.
 
     Each batch is (images N x 3 x H x W zero-padded at the bottom/right, masks as a list of
     h_i x w_i label maps, image sizes before padding). The logits of image i are cropped to its

@@ -25,7 +25,7 @@ from PIL import Image
 import files
 from checkpoints import read_checkpoint
 from distill import FEATURE_PAIRS, KD_MODES
-from files import check_output, exclusive
+from files import check_output, exclusive, write_text
 from lab import (
     BENCHMARK,
     BENCHMARK_RESULT,
@@ -429,7 +429,7 @@ def main(args: argparse.Namespace) -> None:
                 "(what you wrote in sections 6 and 7 is kept)"
             )
         text, synthetic = build_report(outputs, Path(args.weights_dir), kept_sections(path))
-        files.write_text(text, path)
+        write_text(text, path)
     print(f"wrote {path}{' (from SYNTHETIC inputs: no VOC result)' if synthetic else ''}")
 
 

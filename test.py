@@ -29,9 +29,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from dataset import eval_loader, normalize
+from dataset import normalize
 from distill import KD_MODES
-from export import UNKNOWN_KD, OnnxModel, student_metadata
 from files import (
     check_output,
     exclusive,
@@ -40,8 +39,10 @@ from files import (
     write_text,
 )
 from lab import COMPARISON, OVERLAYS, PHOTOS, RESULT, STEP1_RESULT, save_overlays
+from loaders import eval_loader
 from metrics import format_report, measure, model_logits, ms_per_image
 from model import TEACHER_RESIZE, count_params, load_student
+from onnx_model import UNKNOWN_KD, OnnxModel, student_metadata
 from visualize import colorize, photo_panel, save_png
 from voc import NUM_CLASSES, RANDOM_TEACHER, SYNTHETIC_NOTE, is_synthetic
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from dataset import eval_loader
 from files import check_output, exclusive, write_json
 from lab import OVERLAYS, STEP1_RESULT, TEACHER_PREFIX, save_overlays
+from loaders import eval_loader
 from metrics import format_report, measure
 from model import TEACHER_RESIZE, build_teacher, count_params
 from voc import is_synthetic
@@ -41,7 +41,7 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
         "--batch-size",
         type=number(int, 1, 256),
         default=1,
-        help="images per forward pass, zero-padded (see dataset.collate_eval); "
+        help="images per forward pass, zero-padded (see loaders.collate_eval); "
         "reported numbers use 1",
     )
     return p.parse_args(argv)

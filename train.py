@@ -8,17 +8,11 @@
     python train.py --kd response --train-set train_aug   # on the 10,582-image set (needs SBD)
     torchrun --nproc_per_node=4 train.py --kd response    # 4 GPUs, --batch-size per GPU
 
-Offline smoke run on SYNTHETIC data (no download, numbers mean nothing):
-    python dataset.py --fake-voc data_fake --num-images 8
-    python train.py --data-root data_fake --kd response --teacher-weights none \\
-        --no-pretrained-backbone --epochs 2 --batch-size 2 --crop-size 64 --device cpu
-
 Each epoch evaluates on val, then writes the training state (<out stem>_last.pth, for
---resume), the model (--out: the last epoch's, weights and run record, no optimizer state),
-the log <out-dir>/<out stem>_log.csv and the plot <out-dir>/<out stem>_curves.png. Ctrl+C
-leaves the last completed epoch's files, from which --resume continues exactly as if nothing
-had stopped. The model is the last epoch's, not the one with the best val mIoU: that choice
-would be made on the split the model is then scored on (docs/design.md).
+--resume), the model (--out: the last epoch's weights and run record, not the best epoch's by
+val mIoU, which would be chosen on the split it is scored on), the log
+<out-dir>/<out stem>_log.csv and the plot <out-dir>/<out stem>_curves.png. Ctrl+C leaves the
+last completed epoch's files, from which --resume continues as if nothing had stopped.
 """
 
 from cli import (
@@ -44,30 +38,32 @@ import contextlib
 import sys
 import time
 from functools import partial
-from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import distributed
-from checkpoints import TRAINING_STATE, read_checkpoint, resume, save_epoch, training_state
-from dataset import eval_loader, train_aug_dataset, train_transforms, training_loader, voc_dataset
+from checkpoints import resume, training_state
+from dataset import train_aug_dataset, train_transforms, voc_dataset
 from distill import KD_MODES, KDConfig, Trainee, teacher_outputs
-from files import FileInUse, check_run_outputs, exclusive, write_csv
+from files import exclusive
 from lab import (
     OPTIMIZERS,
     OptimConfig,
     build_optimizer,
     build_scheduler,
+    check_run,
     history_paths,
     last_path,
+    run_outputs,
+    save_run,
     student_path,
 )
+from loaders import epoch_batches, eval_loader, training_loader
 from metrics import device_name, evaluate
 from model import STUDENT_TAPS, StudentConfig, build_student, build_teacher
 from teacher_cache import TeacherCache, image_files, with_crop_boxes
-from visualize import plot_history
 from voc import IGNORE_INDEX, RANDOM_TEACHER, SYNTHETIC_NOTE, is_synthetic
 
 # Flags a --resume may change: they do not change what the saved state means.
@@ -76,9 +72,6 @@ RESUMABLE = set("epochs resume overwrite num_workers device out out_dir data_roo
 # mostly padding, and their BatchNorm statistics do not match full-size images.
 MIN_CROP = STUDENT_TAPS["high"][1] * (max(StudentConfig().rates) + 1)
 DEFAULT_OPTIM = OptimConfig()
-# Training images seen (epochs x images) from which a CPU run is warned about: about an hour
-# here at the default crop (docs/measurements.md), where the full recipe sees 146,400.
-LONG_ON_A_CPU = 20_000
 
 
 def main(args: argparse.Namespace) -> None:
@@ -86,8 +79,8 @@ def main(args: argparse.Namespace) -> None:
     with distributed.one_line_errors(), contextlib.ExitStack() as held:
         with distributed.together():  # a process that cannot start stops every process
             if distributed.is_main():  # one run at a time per output, every output checked
-                held.enter_context(exclusive(run_outputs(args)))
-                check_outputs(args)
+                held.enter_context(exclusive(run_outputs(args.out, args.out_dir)))
+                check_run(args.out, args.out_dir, args.teacher_cache, args.resume, args.overwrite)
             loaders = build_loaders(args, rank, world, device)
         # Processes that would take different numbers of steps would wait for each other forever.
         distributed.agree("numbers of images", [len(loader.dataset) for loader in loaders])
@@ -123,7 +116,7 @@ def train(args: argparse.Namespace, loaders: tuple, rank: int, world: int, devic
     try:
         for epoch in range(len(history) + 1, args.epochs + 1):
             start, desc = time.perf_counter(), f"epoch {epoch}/{args.epochs}"
-            batches = start_epoch(loader, args.seed, epoch, rank, world)
+            batches = epoch_batches(loader, args.seed, epoch, rank, world)
             # lr: the first step's, as the bar shows each step's (the schedule is per step)
             row = {
                 "epoch": epoch,
@@ -141,9 +134,8 @@ def train(args: argparse.Namespace, loaders: tuple, rank: int, world: int, devic
                 state = training_state(
                     model_without_ddp, optimizer, scaler, vars(args), history, synthetic
                 )
-                save_outputs(
-                    args, state, f"student, --kd {args.kd} ({', '.join([tag] + marks[1:])})"
-                )
+                title = f"student, --kd {args.kd} ({', '.join([tag] + marks[1:])})"
+                save_run(state, args.out, args.out_dir, title)
                 print_epoch(row, marks)
     except KeyboardInterrupt:
         # The last completed epoch is on disk already; the interrupted one is dropped, so that
@@ -154,11 +146,11 @@ def train(args: argparse.Namespace, loaders: tuple, rank: int, world: int, devic
 
 
 def train_one_epoch(model, teacher_forward, batches, optimizer, scheduler, scaler, device, desc):
-    """One pass over the epoch's batches (start_epoch), one optimizer and scheduler step per
-    batch; returns the mean of each loss term as {"train_<term>": x}, averaged over processes
-    under torchrun. The bar shows the running loss and the lr of the step just taken. A batch
-    is (images, masks) and, under --teacher-cache, each crop's box and image index, which
-    teacher_forward reads."""
+    """One pass over the epoch's batches (loaders.epoch_batches), a step of the optimizer and
+    the scheduler per batch; returns the mean of each loss term as {"train_<term>": x},
+    averaged over processes under torchrun. The bar shows the running loss and the lr of the
+    step just taken. A batch is (images, masks) and, under --teacher-cache, each crop's box and
+    image index, which teacher_forward reads."""
     model.train()
     sums, steps, labelled = {}, 0, 0
     bar = tqdm(batches, desc=desc, dynamic_ncols=True, disable=not distributed.is_main())
@@ -168,7 +160,7 @@ def train_one_epoch(model, teacher_forward, batches, optimizer, scheduler, scale
         with torch.autocast(device.type, dtype=torch.float16, enabled=mixed_precision(device)):
             teacher_out = teacher_forward(images, *crops)  # None for --kd none
             loss, terms = model(images, masks, teacher_out)  # the student's forward and loss
-        stop_if_not_finite(loss.detach(), f"the loss, at step {steps + 1} of {desc},")
+        distributed.stop_if_not_finite(loss.detach(), f"the loss, at step {steps + 1} of {desc},")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         lr = optimizer.param_groups[0]["lr"]
@@ -186,16 +178,6 @@ def train_one_epoch(model, teacher_forward, batches, optimizer, scheduler, scale
     return {f"train_{name}": value for name, value in zip(sums, means.tolist())}
 
 
-def stop_if_not_finite(value: torch.Tensor, what: str) -> None:
-    """A UserError on every process when `value` is NaN or infinite on any of them (they stop
-    together, or the others would wait forever). A sync point: it reads the value."""
-    if distributed.total((~torch.isfinite(value)).float()).item():
-        became = "NaN or infinite in another process" if torch.isfinite(value) else value.item()
-        raise UserError(
-            f"{what} became {became}; stopping without saving this epoch. Try a lower --lr."
-        )
-
-
 def validate(student, loader, device: torch.device, epoch: int) -> dict:
     """The val columns of the epoch's row: val_ce (the same pixel cross-entropy as train_ce,
     on val), val_miou (a fraction, as in every file; the console shows %). Under torchrun
@@ -203,7 +185,7 @@ def validate(student, loader, device: torch.device, epoch: int) -> dict:
     those of the model rank 0 saves."""
     distributed.share_buffers(student)
     val = evaluate(student, loader, device, "val", distributed.is_main())
-    stop_if_not_finite(
+    distributed.stop_if_not_finite(
         torch.tensor(val["loss"], device=device), f"the val CE, after epoch {epoch},"
     )
     return {"val_ce": val["loss"], "val_miou": val["miou"]}
@@ -263,47 +245,9 @@ def resumed_history(args: argparse.Namespace, trainee: Trainee, optimizer, scale
     return history
 
 
-def start_epoch(loader, seed: int, epoch: int, rank: int, world: int):
-    """The epoch's batches, which a resumed run sees exactly as an uninterrupted one does: the
-    shuffle and every crop from the seed and the epoch alone (dataset.EpochSampler,
-    SeededSamples), whatever the workers; then the dropout from the seed, the epoch and the
-    process: process `rank` of `world` in epoch e draws from seed + e * world + rank."""
-    loader.sampler.set_epoch(epoch)
-    batches = iter(loader)  # it draws from the random state: before the dropout is seeded
-    torch.manual_seed(seed + epoch * world + rank)
-    return batches
-
-
-def save_outputs(args: argparse.Namespace, state: dict, title: str) -> None:
-    """The epoch's checkpoints (checkpoints.save_epoch), then its log and curves; a log or plot
-    that another program holds open (Windows) is skipped with a warning, the checkpoints being
-    saved: the next epoch writes the whole history again."""
-    save_epoch(state, Path(args.out), last_path(args.out))
-    log, curves = history_paths(args.out, args.out_dir)
-    for write in (
-        partial(write_csv, state["history"], log),
-        partial(plot_history, state["history"], curves, title),
-    ):
-        try:
-            write()
-        except FileInUse as e:
-            print(f"warning: {e}; training goes on (the checkpoints are saved)", file=sys.stderr)
-
-
-def run_outputs(args: argparse.Namespace) -> list:
-    """Every file the run writes: the model, the training state, the log, the curves."""
-    return [Path(args.out), last_path(args.out), *history_paths(args.out, args.out_dir)]
-
-
-def check_outputs(args: argparse.Namespace) -> None:
-    """Refuse a run that would replace another's outputs, or could not write its own."""
-    resumed = None
-    if args.resume and not args.overwrite:
-        last = last_path(args.out)
-        if not last.exists():
-            raise UserError(f"--resume: there is no run to continue ({last} does not exist)")
-        resumed = read_checkpoint(last, "checkpoint to resume", TRAINING_STATE)["history"]
-    check_run_outputs(run_outputs(args), args.teacher_cache, args.overwrite, resumed)
+# Training images (epochs x images) from which a CPU run is warned about: about an hour on the
+# development machine's CPU at the default crop, going by benchmark.py's step; the lab's 146,400.
+LONG_ON_A_CPU = 20_000
 
 
 def announce(args: argparse.Namespace, device: torch.device, images: int) -> None:

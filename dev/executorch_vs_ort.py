@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from export import OnnxModel, export_onnx, quantize_int8  # noqa: E402
+from export import export_onnx, quantize_int8  # noqa: E402
 from metrics import device_name, median_ms  # noqa: E402
 from model import TEACHER_RESIZE, build_student  # noqa: E402
+from onnx_model import OnnxModel  # noqa: E402
 
 CPU = torch.device("cpu")
 

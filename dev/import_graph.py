@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = {"train", "test", "test_pretrained", "report", "benchmark", "make_submission"}
+SCRIPTS = {"train", "test", "test_pretrained", "report", "benchmark", "make_submission", "run"}
 
 
 def graph() -> dict:

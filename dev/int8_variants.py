@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from export import (  # noqa: E402
     INT8_OPS,
     INT8_VARIANT,
-    OnnxModel,
     calibration_reader,
     export_onnx,
     int8_ready,
@@ -35,6 +34,7 @@ from export import (  # noqa: E402
 )
 from metrics import device_name, median_ms  # noqa: E402
 from model import TEACHER_RESIZE, build_student  # noqa: E402
+from onnx_model import OnnxModel  # noqa: E402
 
 CONV_ONLY = {"op_types_to_quantize": ["Conv"]}
 # name: (gates rewritten by export.int8_ready first, quantize_static's options)

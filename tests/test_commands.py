@@ -110,8 +110,8 @@ def documented_commands() -> list:
 
 
 def test_every_documented_example_parses_with_its_scripts_own_parser():
-    found = documented_commands()
-    assert len(found) >= 20
+    found = documented_commands() + commands("demo.txt")
+    assert len(found) >= 25
     for argv in found:
         load_script(argv[1].removesuffix(".py")).parse_args(argv[2:])
     assert any("--train-set" in argv for argv in found)  # the train_aug and torchrun examples

@@ -15,7 +15,7 @@ from PIL import Image
 import dataset
 import voc
 from conftest import run_script
-from dataset import EvalTransform, eval_loader, image_path, train_transforms, voc_dataset
+from dataset import EvalTransform, image_path, train_transforms, voc_dataset
 from synthetic import make_fake_voc
 from voc import IMAGENET_MEAN, IMAGENET_STD, VOC
 
@@ -415,84 +415,6 @@ def test_an_image_linked_out_of_the_data_root_is_not_followed_one_inside_is(tmp_
         voc_dataset(tmp_path / "data", "val", None)
 
 
-def test_the_eval_loader_gives_the_split_in_its_order_and_shards_it_disjointly(fake_voc):
-    """The panels pair the i-th score with the i-th image: no shuffle. Under torchrun the
-    shares are disjoint and together the split, each image once."""
-    split = voc_dataset(fake_voc, "val", None)
-    ordered = [image_path(split, i).stem for i in range(len(split))]
-    assert ordered == read_ids(fake_voc, "val")
-
-    def masks(loader) -> list:
-        return [mask for _, batch, _ in loader for mask in batch]
-
-    whole = masks(eval_loader(fake_voc, "val"))
-    assert all(torch.equal(m, torch.as_tensor(np.array(split[i][1]))) for i, m in enumerate(whole))
-    shares = [masks(eval_loader(fake_voc, "val", shard=(rank, 2))) for rank in range(2)]
-    assert [len(s) for s in shares] == [2, 2]
-    assert all(torch.equal(a, b) for a, b in zip(shares[0] + shares[1], whole[0::2] + whole[1::2]))
-
-
-def test_image_path_names_the_file_behind_every_train_aug_sample(tmp_path):
-    make_fake_voc(tmp_path, num_images=8, with_sbd=True)
-    data = dataset.train_aug_dataset(tmp_path, None)
-    for i in range(len(data)):
-        with Image.open(image_path(data, i)) as photo:
-            assert np.array_equal(np.asarray(photo), np.asarray(data[i][0])), i
-
-
-class Draws(torch.utils.data.Dataset):
-    """Sample i is (i, a number drawn from torch's random state, as an augmentation draws)."""
-
-    def __len__(self) -> int:
-        return 6
-
-    def __getitem__(self, index: int) -> tuple:
-        return torch.tensor(index), torch.rand(())
-
-
-def epochs_of(loader, epochs=(1, 2)) -> list:
-    """[(indices, draws)] of each epoch, with the sampler's epoch set as train.py sets it."""
-    seen = []
-    for epoch in epochs:
-        loader.sampler.set_epoch(epoch)
-        batches = list(loader)
-        seen.append((torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])))
-    return seen
-
-
-def test_under_torchrun_each_process_trains_on_its_own_share():
-    shares = [dataset.training_loader(Draws(), 1, 0, seed=0, shard=(r, 2)) for r in range(2)]
-    indices = [epochs_of(loader, [1])[0][0].tolist() for loader in shares]
-    assert len(indices[0]) == len(indices[1]) == 3 and sorted(sum(indices, [])) == list(range(6))
-
-
-def test_an_epochs_samples_depend_on_the_seed_and_epoch_alone_not_on_the_workers():
-    """The same shuffle and the same draws with 0 or 2 worker processes, started once for the
-    run (persistent); another epoch, another shuffle and other draws; the caller's random
-    state untouched by what the samples draw."""
-    runs = []
-    for workers in (0, 2):
-        loader = dataset.training_loader(Draws(), 2, workers, seed=5)
-        torch.manual_seed(0)
-        runs.append(epochs_of(loader))
-        if workers:
-            assert loader.persistent_workers and loader.worker_init_fn is not None
-    (first, second), (first_w, second_w) = runs
-    assert all(torch.equal(a, b) for a, b in zip(first + second, first_w + second_w))
-    assert not torch.equal(first[0], second[0]) and not torch.equal(first[1], second[1])
-    after = []
-    for samples in (Draws(), NoDraws()):
-        torch.manual_seed(0)
-        epochs_of(dataset.training_loader(samples, 2, 0, seed=5))
-        after.append(torch.rand(()))
-    assert after[0] == after[1]
-
-
-class NoDraws(Draws):
-    def __getitem__(self, index: int) -> tuple:
-        return torch.tensor(index), torch.zeros(())
-
-
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -511,7 +433,7 @@ def test_fake_voc_flags_out_of_range_or_contradictory_are_refused(argv, message,
 
 def test_dataset_py_writes_counts_and_downloads_through_its_command_line(tmp_path):
     """What the README's commands print: the synthetic tree written, the images of each split
-    (and of train_aug with SBD), and --download on a tree already extracted whole."""
+    (and of train_aug with SBD), and --download refused there: the tree is not VOC."""
     made = run_script("dataset.py", "--fake-voc", tmp_path, "--num-images", "6", "--with-sbd")
     assert made.returncode == 0 and "wrote a SYNTHETIC dataset of 6 images" in made.stdout
     counted = run_script("dataset.py", "--data-root", tmp_path)
@@ -522,4 +444,14 @@ def test_dataset_py_writes_counts_and_downloads_through_its_command_line(tmp_pat
         == f"train_aug: {len(dataset.train_aug_dataset(tmp_path, None))} images (SYNTHETIC)"
     )
     fetched = run_script("dataset.py", "--download", "--data-root", tmp_path)
-    assert fetched.returncode == 0 and "nothing to do" in fetched.stdout
+    assert fetched.returncode == 1 and "holds a SYNTHETIC tree" in fetched.stderr
+    checked = run_script("dataset.py", "--check", "--data-root", tmp_path)
+    assert checked.returncode == 0 and checked.stdout.splitlines()[-1].startswith("no problems")
+
+
+def test_image_path_names_the_file_behind_every_train_aug_sample(tmp_path):
+    make_fake_voc(tmp_path, num_images=8, with_sbd=True)
+    data = dataset.train_aug_dataset(tmp_path, None)
+    for i in range(len(data)):
+        with Image.open(image_path(data, i)) as photo:
+            assert np.array_equal(np.asarray(photo), np.asarray(data[i][0])), i

@@ -18,22 +18,17 @@ from hypothesis import HealthCheck, given, settings
 import export
 from conftest import damaged_json, documented_defaults, load_script, run_script, visible
 from distill import KD_MODES
-from export import (
+from export import INT8_VARIANT, argmax_agreement, export_onnx, images, parity, parse_args
+from model import load_student
+from onnx_model import (
     INPUT,
-    INT8_VARIANT,
     METADATA_KEY,
     OUTPUT,
     UNKNOWN_KD,
     OnnxModel,
-    argmax_agreement,
-    export_onnx,
-    images,
-    parity,
-    parse_args,
     require,
     student_metadata,
 )
-from model import load_student
 
 
 def test_the_export_matches_pytorch_at_several_sizes_and_carries_the_metadata(trained, export_run):

@@ -5,7 +5,8 @@ import torch
 from PIL import Image
 
 import lab
-from dataset import EvalTransform, eval_loader, voc_dataset
+from dataset import EvalTransform, voc_dataset
+from loaders import eval_loader
 from metrics import evaluate
 from voc import voc_palette
 

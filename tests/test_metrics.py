@@ -12,8 +12,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import metrics
-from dataset import collate_eval, eval_loader
 from files import write_json
+from loaders import collate_eval, eval_loader
 from metrics import ConfusionMatrix, evaluate, format_iou_table, median_ms
 from model import build_student
 from voc import VOC_CLASSES

@@ -126,7 +126,7 @@ def test_random_models_touch_no_network(monkeypatch):
     build_student(pretrained_backbone=False)
     build_teacher("none")
     assert calls == []
-    with pytest.raises(UserError, match="could not download torchvision weights"):
+    with pytest.raises(UserError, match="could not download torchvision.s weights"):
         build_student(pretrained_backbone=True)
     assert len(calls) == 1 and "mobilenet_v3_small" in calls[0]
 

@@ -79,17 +79,19 @@ def lab_tree(trained, tmp_path):
         shutil.copy(
             trained["logs"] / "student_none_curves.png", outputs / f"student_{kd}_curves.png"
         )
-        (outputs / f"test_student_{kd}.json").write_text(json.dumps(result(miou, kd)), "utf-8")
+        (outputs / f"test_student_{kd}.json").write_text(
+            json.dumps(result(miou, kd)), encoding="utf-8"
+        )
         for panel in ("best1_fake_000004", "worst1_fake_000005"):
             save_png(
                 Image.new("RGB", (8, 8)),
                 outputs / "overlays" / f"student_{kd}_{panel}.png",
                 f"{kd} {panel}",
             )
-    (outputs / "step1_fcn_resnet50.json").write_text(json.dumps(result(0.6875)), "utf-8")
+    (outputs / "step1_fcn_resnet50.json").write_text(json.dumps(result(0.6875)), encoding="utf-8")
     onnx = result(0.3, "response", runtime="onnxruntime", ms_per_image=6.5)
-    (outputs / "test_student_response_onnx.json").write_text(json.dumps(onnx), "utf-8")
-    (outputs / "benchmark.json").write_text(json.dumps(BENCHMARK), "utf-8")
+    (outputs / "test_student_response_onnx.json").write_text(json.dumps(onnx), encoding="utf-8")
+    (outputs / "benchmark.json").write_text(json.dumps(BENCHMARK), encoding="utf-8")
     return outputs, weights, model
 
 
@@ -164,7 +166,7 @@ def test_unusable_inputs_are_listed_with_their_reason_and_links_are_not_followed
     weights.mkdir()
     (outputs / "step1_fcn_resnet50.json").write_text("{broken", encoding="utf-8")
     secret = tmp_path / "secret.json"
-    secret.write_text(json.dumps(BENCHMARK | {"device_name": "a private file"}), "utf-8")
+    secret.write_text(json.dumps(BENCHMARK | {"device_name": "a private file"}), encoding="utf-8")
     (outputs / "benchmark.json").symlink_to(secret)
     torch.save({"model": {}}, weights / "student_none.pth")  # nothing else
     (weights / "student_response.pth").mkdir()  # a folder where a checkpoint goes
@@ -192,10 +194,10 @@ def test_a_damaged_result_is_listed_as_unusable_or_drafted_never_an_exception(la
         )
     )
     damaged, what = data.draw(damaged_json(original))
-    (outputs / name).write_text(json.dumps(damaged), "utf-8")
+    (outputs / name).write_text(json.dumps(damaged), encoding="utf-8")
     try:
         text, _ = report.build_report(outputs, weights)
     finally:
-        (outputs / name).write_text(json.dumps(original), "utf-8")
+        (outputs / name).write_text(json.dumps(original), encoding="utf-8")
     listed = f"{name}`" in text.split("## 1.")[0]
     assert listed or (damaged.get("miou") is None or f"{100 * damaged['miou']:.2f}" in text), what

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 import distributed
 import files
 import lab
+import loaders
 from checkpoints import load_file, save_file, training_state
 from conftest import (
     GUARD,
@@ -38,9 +39,10 @@ from conftest import (
     run_script,
     train_tiny,
 )
-from dataset import eval_loader, image_path, read_split
+from dataset import image_path, read_split
 from distill import KDConfig, Trainee, teacher_outputs
 from files import exclusive
+from loaders import eval_loader
 from metrics import evaluate
 from model import build_student, build_teacher, load_student
 from synthetic import make_fake_voc
@@ -426,21 +428,21 @@ def test_warmup_then_poly_decay():
 
 
 def test_each_epoch_and_process_draws_from_its_own_seed_and_shuffle():
-    """start_epoch: process r of w in epoch e seeds torch with seed + e w + r (one seed per
-    epoch and process, none repeated), and under torchrun reshuffles the sampler each epoch,
-    in the same order each time an epoch starts again (a resumed run)."""
+    """loaders.epoch_batches: process r of w in epoch e seeds torch with seed + e w + r (one
+    seed per epoch and process, none repeated), and under torchrun reshuffles the sampler each
+    epoch, in the same order each time an epoch starts again (a resumed run)."""
     for world in (1, 2, 3):
         seeds = {}
         for epoch, rank in itertools.product(range(1, 6), range(world)):
             sampler = DistributedSampler(range(12), num_replicas=world, rank=rank, seed=0)
-            train.start_epoch(DataLoader(range(12), sampler=sampler), 5, epoch, rank, world)
+            loaders.epoch_batches(DataLoader(range(12), sampler=sampler), 5, epoch, rank, world)
             seeds[epoch, rank] = torch.initial_seed()
         assert len(set(seeds.values())) == len(seeds)
         assert seeds[3, world - 1] == 5 + 3 * world + world - 1
     orders = []
     for epoch in (1, 2, 2):
         sampler = DistributedSampler(range(12), num_replicas=2, rank=0, seed=0)
-        train.start_epoch(DataLoader(range(12), sampler=sampler), 0, epoch, 0, 2)
+        loaders.epoch_batches(DataLoader(range(12), sampler=sampler), 0, epoch, 0, 2)
         orders.append(list(sampler))
     assert orders[0] != orders[1] == orders[2]
 
@@ -570,7 +572,7 @@ def test_the_model_kept_is_the_last_epochs_not_the_best_on_val(tmp_path, fake_vo
         with torch.no_grad():
             next(model.parameters()).fill_(epoch)  # which epoch's weights were saved
         ckpt = training_state(model, optimizer, scaler, vars(args), history, True)
-        train.save_outputs(args, ckpt, "title")
+        lab.save_run(ckpt, args.out, args.out_dir, "title")
     kept, last = load_file(args.out, "c"), load_file(train.last_path(args.out), "c")
     assert kept["miou"] == 0.4 and kept["epoch"] == 3 == last["epoch"]
     assert (next(iter(kept["model"].values())) == 3).all()
@@ -659,7 +661,7 @@ def test_short_runs_learn_what_eval_mode_shows(tmp_path):
     )
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     for epoch in range(1, args.epochs + 1):
-        batches = train.start_epoch(train_loader, args.seed, epoch, 0, 1)
+        batches = loaders.epoch_batches(train_loader, args.seed, epoch, 0, 1)
         train.train_one_epoch(model, NO_TEACHER, batches, optimizer, scheduler, scaler, CPU, "e")
     learned = evaluate(model.student, val_loader, CPU, progress=False)["miou"]
     background = evaluate(AllBackground(), val_loader, CPU, progress=False)["miou"]
@@ -812,7 +814,7 @@ def test_non_finite_batchnorm_statistics_are_never_saved(fake_voc, tmp_path):
     ]
     ckpt = training_state(model, optimizer, torch.amp.GradScaler("cpu"), vars(args), history, True)
     with pytest.raises(UserError, match="aspp.project.1.running_var became NaN or infinite"):
-        train.save_outputs(args, ckpt, "title")
+        lab.save_run(ckpt, args.out, args.out_dir, "title")
     assert not list(tmp_path.glob("*.pth"))
 
 
@@ -820,7 +822,7 @@ def test_a_second_run_on_the_same_outputs_is_refused_while_the_first_lives(fake_
     """Each output is locked, the log in --out-dir too (two runs whose --out differ only in
     folder share it); once the first run ends, its locks are let go."""
     args = tiny_args(fake_voc, tmp_path, "--epochs", "1")
-    for output in train.run_outputs(args):
+    for output in lab.run_outputs(args.out, args.out_dir):
         with exclusive([output]):  # another run, writing this one output
             with pytest.raises(UserError, match=f"another run is writing {output}"):
                 train.main(args)
