@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> None:
             continue
         print(f"\n{shown}", flush=True)
         again = f"python run.py {' '.join(args.files)} --from {n}"
-        script = HERE / argv[1]  # the lab's script, whatever the current folder
+        script = HERE / argv[1] if (HERE / argv[1]).is_file() else Path(argv[1])  # the lab's
         with subprocess.Popen([sys.executable, str(script), *argv[2:]]) as child:
             try:
                 code = child.wait()

@@ -252,31 +252,53 @@ def trained(fake_voc, tmp_path_factory) -> dict:
     return {"out": out, "logs": work, "proc": proc}
 
 
+def demo_commands() -> tuple:
+    """(the data and the trainings, test.txt's commands) of demo.txt, as run.py reads them."""
+    found = [argv for _, argv in load_script("run").commands(ROOT / "demo.txt")]
+    first = next(i for i, argv in enumerate(found) if argv[1] == "test_pretrained.py")
+    return found[:first], found[first:]
+
+
+def run_all(steps: list) -> list:
+    """Each command in this process (an interpreter's start costs seconds), the zip packing
+    this repository's code; their CompletedProcess."""
+    done = []
+    for argv in steps:
+        extra = ["--root", ROOT] if argv[1] == "make_submission.py" else []
+        done.append(run_script(argv[1], *argv[2:], *extra))
+        assert done[-1].returncode == 0, (argv, done[-1].stderr[-2000:])
+    return done
+
+
 @pytest.fixture(scope="session")
-def export_run(trained, fake_voc, tmp_path_factory) -> dict:
-    """export.py on the trained checkpoint: --int8 calibrated on 2 SYNTHETIC images, --mobile."""
-    out = tmp_path_factory.mktemp("exported") / "student_none.onnx"
-    proc = run_script(
-        "export.py",
-        "--checkpoint",
-        trained["out"],
-        "--out",
-        out,
-        "--int8",
-        "--mobile",
-        "--calib",
-        "2",
-        "--data-root",
-        fake_voc,
-    )
-    assert proc.returncode == 0, proc.stderr
-    int8 = out.with_name("student_none_int8.onnx")
+def lab_demo(tmp_path_factory) -> dict:
+    """demo.txt run once in its own folder (the lab on SYNTHETIC data: two tiny trainings, then
+    test.txt's commands): the folder, and each command's CompletedProcess by script."""
+    work, here = tmp_path_factory.mktemp("lab_demo"), os.getcwd()
+    setup, rehearsed = demo_commands()
+    os.chdir(work)  # contextlib.chdir is Python 3.11's
+    try:
+        run_all(setup)
+        done = run_all(rehearsed)
+    finally:
+        os.chdir(here)
+    return {"work": work, "demo": work / "demo", "proc": {a[1]: p for a, p in zip(rehearsed, done)}}
+
+
+@pytest.fixture(scope="session")
+def export_run(lab_demo) -> dict:
+    """The demo's export.py run: --int8 calibrated on 2 SYNTHETIC images, --mobile, of the
+    --kd response student (its teacher random)."""
+    weights = lab_demo["demo"] / "weights"
     return {
-        "onnx": out,
-        "int8": int8,
-        "ort": out.with_suffix(".ort"),
-        "int8 ort": int8.with_suffix(".ort"),
-        "proc": proc,
+        "checkpoint": weights / "student_response.pth",
+        "onnx": weights / "student_response.onnx",
+        "int8": weights / "student_response_int8.onnx",
+        "ort": weights / "student_response.ort",
+        "int8 ort": weights / "student_response_int8.ort",
+        "data": lab_demo["demo"] / "data",
+        "proc": lab_demo["proc"]["export.py"],
+        "work": lab_demo["work"],  # the folder it ran in: it printed paths relative to it
     }
 
 
@@ -287,7 +309,7 @@ def exported(export_run) -> Path:
 
 # What makes a test slow (seconds, not milliseconds): a real training run, a script in its own
 # interpreter, or a fixture that trains or exports. `python -m pytest -m "not slow"` skips them.
-SLOW_FIXTURES = {"trained", "export_run", "exported", "person_checkpoint"}
+SLOW_FIXTURES = {"trained", "lab_demo", "export_run", "exported", "person_checkpoint"}
 SLOW_CALLS = (
     "run_subprocess(",
     "run_python(",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, load_script, run_python, run_script
+from conftest import ROOT, demo_commands, load_script, run_all, run_python
 
 runner = load_script("run")
 
@@ -118,31 +118,14 @@ def test_every_documented_example_parses_with_its_scripts_own_parser():
     assert any("--teacher-cache" in argv for argv in found)
 
 
-def demo_steps() -> tuple:
-    """(the data and the trainings, test.txt's commands) of demo.txt, as argv lists."""
-    found = commands("demo.txt")
-    first = next(i for i, argv in enumerate(found) if argv[1] == "test_pretrained.py")
-    return found[:first], found[first:]
-
-
 def test_the_demo_runs_test_txt_in_its_order_with_its_flags():
     """The demo rehearses test.txt: its later commands are test.txt's, in order, each with
     every flag of test.txt's line (and those that point it at demo/)."""
-    _, rehearsed = demo_steps()
+    _, rehearsed = demo_commands()
     lab = commands("test.txt")
     assert [argv[1] for argv in rehearsed] == [argv[1] for argv in lab]
     for ours, theirs in zip(rehearsed, lab):
         assert {a for a in theirs if a.startswith("--")} <= set(ours), theirs[1]
-
-
-def run_all(steps: list, **extra) -> list:
-    """Each command in this process (each interpreter's start costs seconds); its stdout."""
-    printed = []
-    for argv in steps:
-        proc = run_script(argv[1], *argv[2:], *extra.get(argv[1], ()))
-        assert proc.returncode == 0, (argv, proc.stderr[-2000:])
-        printed.append(proc.stdout)
-    return printed
 
 
 def local_links(markdown: Path) -> list:
@@ -153,42 +136,37 @@ def local_links(markdown: Path) -> list:
 
 @pytest.mark.slow
 def test_the_demo_trains_then_remakes_every_result_twice_and_its_zip_stands_alone(
-    tmp_path, monkeypatch
+    lab_demo, monkeypatch
 ):
     """What a student does after a retrain: test.txt's commands, twice (the demo's, on
-    SYNTHETIC data). Each run makes every result, the report and the zip again, each says
-    SYNTHETIC; the zip, unpacked elsewhere, collects its tests and its links resolve."""
-    monkeypatch.chdir(tmp_path)
-    setup, rehearsed = demo_steps()
-    run_all(setup)
-    pack = {"make_submission.py": ["--root", ROOT]}  # the code of this repository
-    run_all(rehearsed, **pack)
-    demo = tmp_path / "demo"
+    SYNTHETIC data). The second run makes every result, the report and the zip again, each
+    says SYNTHETIC; the zip, unpacked elsewhere, collects its tests and its links resolve."""
+    monkeypatch.chdir(lab_demo["work"])
+    demo = lab_demo["demo"]
     trained = {*demo.glob("weights/*.pth"), *demo.glob("outputs/student_*_[lc]*")}
     made = {
         p: p.stat().st_mtime_ns
-        for p in [*demo.rglob("*")]
+        for p in demo.rglob("*")
         if p.is_file() and p not in trained and "data" not in p.parts and p.name[0] != "."
     }
-    printed = run_all(rehearsed, **pack)
+    _, rehearsed = demo_commands()
+    printed = [proc.stdout for proc in run_all(rehearsed)]
     assert [p for p, when in made.items() if p.stat().st_mtime_ns == when] == []
     assert len(made) > 20 and demo / "12345678.zip" in made
     from_data = [out for argv, out in zip(rehearsed, printed) if argv[1] != "benchmark.py"]
-    assert all("SYNTHETIC" in out for out in from_data[:-1])  # the zip warns, on stdout too
+    assert all("SYNTHETIC" in out for out in from_data)
     report = (demo / "outputs" / "report.md").read_text(encoding="utf-8")
     assert "SYNTHETIC" in report and "RANDOM teacher" in report
-    missing = report.split("**Missing inputs**")[1].split("## 1.")[0].strip().splitlines()[1:]
+    missing = [m for m in report.split("## 1.")[0].splitlines() if m.startswith("- ")]
     assert len(missing) == 2 and all("feature" in m or "both" in m for m in missing)
-    unpacked = tmp_path / "unpacked"
+    unpacked = lab_demo["work"] / "unpacked"
     zipfile.ZipFile(demo / "12345678.zip").extractall(unpacked)
     assert (unpacked / "weights" / "student_response_int8.ort").is_file()
-    for doc in [
-        unpacked / "README.md",
-        *unpacked.glob("docs/*.md"),
-        unpacked / "outputs/report.md",
-    ]:
+    docs = [unpacked / "README.md", *unpacked.glob("docs/*.md"), unpacked / "outputs/report.md"]
+    for doc in docs:
         for target in local_links(doc):
             assert (doc.parent / target).exists(), (doc.name, target)
-    collected = run_python("-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider",
-                           cwd=unpacked)  # fmt: skip
+    collected = run_python(
+        "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider", cwd=unpacked
+    )
     assert collected.returncode == 0 and "tests collected" in collected.stdout, collected.stdout

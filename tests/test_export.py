@@ -31,12 +31,13 @@ from onnx_model import (
 )
 
 
-def test_the_export_matches_pytorch_at_several_sizes_and_carries_the_metadata(trained, export_run):
-    student, _ = load_student(trained["out"])
+def test_the_export_matches_pytorch_at_several_sizes_and_carries_the_metadata(export_run):
+    student, _ = load_student(export_run["checkpoint"])
     model = OnnxModel(export_run["onnx"])
     rows = parity(student, model, sizes=((64, 64), (45, 77)))
     assert all(diff < tol and agree == 1.0 and decided for _, _, diff, tol, agree, decided in rows)
-    assert model.metadata["kd"] == "none" and model.metadata["synthetic"] is True
+    assert model.metadata["kd"] == "response" and model.metadata["synthetic"] is True
+    assert model.metadata["args"]["teacher_weights"] == "none"  # the random teacher, marked
     assert model.metadata["params"] == sum(p.numel() for p in student.parameters())
     printed = re.findall(
         r"(\d+)x(\d+): max \|ONNX Runtime - PyTorch\| = ([\d.e+-]+)", export_run["proc"].stdout
@@ -44,7 +45,7 @@ def test_the_export_matches_pytorch_at_several_sizes_and_carries_the_metadata(tr
     assert len(printed) == 6 and all(float(diff) < 1e-4 for *_, diff in printed)  # .onnx, .ort
 
 
-def test_int8_is_written_and_reports_its_agreement(export_run, fake_voc):
+def test_int8_is_written_and_reports_its_agreement(export_run):
     stdout = export_run["proc"].stdout
     agreement = float(
         re.search(
@@ -54,11 +55,11 @@ def test_int8_is_written_and_reports_its_agreement(export_run, fake_voc):
         ).group(1)
     )
     fp32, int8 = OnnxModel(export_run["onnx"]), OnnxModel(export_run["int8"])
-    expected = argmax_agreement(fp32, int8, images(fake_voc, "val", 2))
+    expected = argmax_agreement(fp32, int8, images(export_run["data"], "val", 2))
     assert agreement == pytest.approx(100 * expected, abs=0.005)  # as printed, 2 decimals
     assert "calibrating int8 on 2 train images (SYNTHETIC data)" in stdout
     int8 = OnnxModel(export_run["int8"])
-    assert int8.metadata["kd"] == "none"  # carried over from the fp32 file
+    assert int8.metadata["kd"] == "response"  # carried over from the fp32 file
     assert export_run["int8"].stat().st_size < 0.5 * export_run["onnx"].stat().st_size
     assert int8(torch.randn(1, 3, 40, 56)).shape == (1, 21, 40, 56)
 
@@ -101,8 +102,8 @@ def test_a_missing_package_names_the_install_command():
         require("no_such_package_for_the_deployment")
 
 
-def test_the_mobile_files_load_and_match_what_they_were_converted_from(trained, export_run):
-    student, _ = load_student(trained["out"])
+def test_the_mobile_files_load_and_match_what_they_were_converted_from(export_run):
+    student, _ = load_student(export_run["checkpoint"])
     ort, int8_ort = OnnxModel(export_run["ort"]), OnnxModel(export_run["int8 ort"])
     rows = parity(student, ort, sizes=((64, 64), (45, 77)))
     assert all(diff < tolerance for _, _, diff, tolerance, *_ in rows)
@@ -112,7 +113,8 @@ def test_the_mobile_files_load_and_match_what_they_were_converted_from(trained, 
     assert ort.metadata == OnnxModel(export_run["onnx"]).metadata  # kd, params, SYNTHETIC
     assert int8_ort.metadata["int8"] == INT8_VARIANT
     stdout = export_run["proc"].stdout
-    assert all(f"wrote {export_run[k]} (" in stdout for k in ("ort", "int8 ort"))
+    shown = {k: export_run[k].relative_to(export_run["work"]) for k in ("ort", "int8 ort")}
+    assert all(f"wrote {path} (" in stdout for path in shown.values())
     assert "int8 mobile argmax agreement with fp32 on 2 val images (SYNTHETIC data)" in stdout
 
 
@@ -123,13 +125,13 @@ def test_a_truncated_mobile_file_is_one_clear_error(export_run, tmp_path):
         OnnxModel(cut)
 
 
-def test_int8_ready_rewrites_the_gates_and_means_without_changing_the_function(exported):
+def test_int8_ready_rewrites_the_gates_and_means_without_changing_the_function(exported, tmp_path):
     model = onnx.load(exported)
     export.int8_ready(model)
     ops = collections.Counter(node.op_type for node in model.graph.node)
     assert ops["HardSigmoid"] == ops["ReduceMean"] == 0 and ops["GlobalAveragePool"] == 10
     assert ops["Clip"] > 0
-    rewritten = exported.with_name("rewritten.onnx")
+    rewritten = tmp_path / "rewritten.onnx"
     onnx.save_model(model, rewritten)
     x = torch.randn(1, 3, 75, 64, generator=torch.Generator().manual_seed(1))
     before, after = OnnxModel(exported)(x), OnnxModel(rewritten)(x)
@@ -147,7 +149,7 @@ def test_the_metadata_is_json_of_the_run(export_run):
     import onnx
 
     props = {p.key: p.value for p in onnx.load(str(export_run["onnx"])).metadata_props}
-    assert json.loads(props["student"])["args"]["kd"] == "none"
+    assert json.loads(props["student"])["args"]["kd"] == "response"
 
 
 def test_int8_without_calibration_data_is_one_error_and_writes_nothing(trained, tmp_path):
@@ -320,7 +322,7 @@ def test_export_prints_the_agreement_and_the_size_it_wrote(export_run):
     stdout = export_run["proc"].stdout
     agreements = [float(a) for a in re.findall(r"argmax agreement ([\d.]+)%", stdout)]
     assert len(agreements) == 6 and all(99.0 <= a <= 100.0 for a in agreements)  # .onnx, .ort
-    mb = float(re.search(r"wrote \S+student_none.onnx \(([\d.]+) MB\)", stdout).group(1))
+    mb = float(re.search(r"wrote \S+student_response.onnx \(([\d.]+) MB\)", stdout).group(1))
     assert mb == pytest.approx(export_run["onnx"].stat().st_size / 1e6, abs=0.005)
     int8, fp32 = re.search(
         r"wrote \S+_int8.onnx \(([\d.]+) MB, fp32 ([\d.]+) MB\)", stdout

@@ -255,16 +255,14 @@ def test_own_photos_give_masks_of_the_predicted_class_in_display_orientation(
     assert colours == {tuple(voc_palette()[3 * PERSON : 3 * PERSON + 3])}
 
 
-def test_test_py_on_the_onnx_and_mobile_files_scores_like_the_pth(
-    trained, export_run, fake_voc, tmp_path
-):
-    for path in (trained["out"], export_run["onnx"], export_run["ort"]):
+def test_test_py_on_the_onnx_and_mobile_files_scores_like_the_pth(export_run, tmp_path):
+    for path in (export_run["checkpoint"], export_run["onnx"], export_run["ort"]):
         proc = run_script(
             "test.py",
             "--checkpoint",
             path,
             "--data-root",
-            fake_voc,
+            export_run["data"],
             "--num-overlays",
             "1",
             "--out-dir",
@@ -273,13 +271,14 @@ def test_test_py_on_the_onnx_and_mobile_files_scores_like_the_pth(
         )
         assert proc.returncode == 0, proc.stderr
     pth, onnx, ort = (
-        json.loads((tmp_path / f"test_student_none{end}.json").read_text(encoding="utf-8"))
+        json.loads((tmp_path / f"test_student_response{end}.json").read_text(encoding="utf-8"))
         for end in ("", "_onnx", "_ort")
     )
     assert onnx["runtime"] == ort["runtime"] == "onnxruntime" and pth["runtime"] == "pytorch"
     for exported in (onnx, ort):
         assert exported["miou"] == pytest.approx(pth["miou"], abs=1e-9)
-        assert exported["params"] == pth["params"] and exported["kd"] == "none"
+        assert exported["params"] == pth["params"] and exported["kd"] == "response"
+        assert exported["teacher_weights"] == pth["teacher_weights"] == "none"  # marked RANDOM
 
 
 def test_comparison_table_names_each_kd_method():
