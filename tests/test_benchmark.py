@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
-from conftest import load_script, run_script
+from conftest import load_script
 from model import Decoder, build_student, build_teacher
 
 benchmark = load_script("benchmark")
@@ -42,25 +42,13 @@ def test_gflops_match_a_hand_count_on_a_single_convolution():
     assert benchmark.gflops(conv, 10, torch.device("cpu")) * 1e9 == 2 * 3 * 8 * 9 * 10 * 10
 
 
-def test_benchmark_reports_parameters_flops_and_ratios_against_the_eager_student(tmp_path):
-    proc = run_script(
-        "benchmark.py",
-        "--device",
-        "cpu",
-        "--size",
-        "64",
-        "--runs",
-        "1",
-        "--batch-size",
-        "2",
-        "--crop-size",
-        "64",
-        "--no-onnx",
-        "--out-dir",
-        tmp_path,
-    )
+def test_benchmark_reports_parameters_flops_and_ratios_against_the_eager_student(lab_demo):
+    """The demo's benchmark.py run (--no-onnx, 64 px, one run, batches of 2 crops of 64)."""
+    proc = lab_demo["proc"]["benchmark.py"]
     assert proc.returncode == 0, proc.stderr
-    result = json.loads((tmp_path / "benchmark.json").read_text(encoding="utf-8"))
+    result = json.loads(
+        (lab_demo["demo"] / "outputs" / "benchmark.json").read_text(encoding="utf-8")
+    )
     models = {
         "student": build_student(),
         "FCN-ResNet50 (teacher)": build_teacher("none"),

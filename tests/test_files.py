@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import files
-from conftest import ROOT, load_script, run_python
+from conftest import ROOT, load_script, run_python, run_script
 from files import (
     AMOUNT,
     COUNT,
@@ -351,13 +351,12 @@ def test_any_json_value_is_either_what_the_schema_says_or_a_problem_never_an_exc
         assert all(x is None or 0 <= x <= 1 for x in data["iou"])
 
 
-@pytest.mark.slow
 def test_a_damaged_result_json_is_one_line_through_the_script_that_reads_it(tmp_path):
     """What a user sees: report.py reading a hand-edited Step 1 result lists it as unusable."""
     out = tmp_path / "outputs"
     out.mkdir()
     (out / "step1_fcn_resnet50.json").write_text('{"miou": NaN}', encoding="utf-8")
-    proc = run_python(ROOT / "report.py", "--out-dir", out, "--weights-dir", tmp_path / "w")
+    proc = run_script("report.py", "--out-dir", out, "--weights-dir", tmp_path / "w")
     assert proc.returncode == 0 and "Traceback" not in proc.stderr
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "step1_fcn_resnet50.json`: not what the lab's commands write (entry 'miou'" in report

@@ -2,9 +2,11 @@
 each process's share), the evaluation splits in order and sharded."""
 
 import numpy as np
+import pytest
 import torch
 
 import loaders
+from conftest import run_python
 from dataset import image_path, voc_dataset
 from loaders import eval_loader
 from voc import VOC
@@ -83,3 +85,34 @@ def test_an_epochs_samples_depend_on_the_seed_and_epoch_alone_not_on_the_workers
 class NoDraws(Draws):
     def __getitem__(self, index: int) -> tuple:
         return torch.tensor(index), torch.zeros(())
+
+
+UNDER_SPAWN = """
+import multiprocessing, os, sys
+import torch
+multiprocessing.set_start_method("spawn", force=True)  # as on Windows and macOS
+starts, start = [], multiprocessing.process.BaseProcess.start
+multiprocessing.process.BaseProcess.start = lambda self: starts.append(1) or start(self)
+from dataset import train_transforms, voc_dataset
+from loaders import training_loader
+
+crops = voc_dataset(sys.argv[1], "train", train_transforms(32))
+batches = {}
+for workers in (0, 1):
+    loader = training_loader(crops, 2, workers, seed=3)
+    for epoch in (1, 2, 3):
+        loader.sampler.set_epoch(epoch)
+        batches[workers, epoch] = [images for images, _ in loader]
+same = all(torch.equal(a, b) for e in (1, 2, 3) for a, b in zip(batches[0, e], batches[1, e]))
+print(len(starts), same, not torch.equal(batches[0, 1][0], batches[0, 2][0]))
+"""
+
+
+@pytest.mark.slow
+def test_under_spawn_a_worker_starts_once_per_run_and_gives_the_crops_of_no_worker(fake_voc):
+    """Windows and macOS start workers with spawn: a fresh interpreter and torch's import each,
+    once for the run, not once per epoch; three epochs of crops read by a worker are those
+    read without one, and each epoch's differ."""
+    proc = run_python("-c", UNDER_SPAWN, fake_voc)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["1", "True", "True"]
