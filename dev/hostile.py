@@ -28,6 +28,7 @@ import io
 import json
 import os
 import pickle
+import re
 import resource
 import signal
 import subprocess
@@ -56,7 +57,7 @@ TINY = (
     "--crop-size 64 --num-workers 0 --limit-val 2"
 ).split()
 FAST_TEST = "--runs 1 --size 64 --device cpu".split()
-OUTCOMES = ("clear error", "handled", "traceback", "silent accept", "loss", "hang")
+OUTCOMES = ("clear error", "handled", "traceback", "silent accept", "loss", "hang", "misleading")
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GUARD), str(ROOT)]), PYTHONUNBUFFERED="1")
 
 
@@ -75,6 +76,8 @@ class Case:
     file_limit: int | None = None  # bytes: RLIMIT_FSIZE, a file-size limit
     close_stdout: bool = False  # the reader of its output went away (`| head`)
     setup: Callable = lambda: None  # run first, when the case is selected
+    to_group: bool = False  # `sig` goes to the whole process group (workers, torchrun's ranks)
+    says: str = ""  # what the last line of stderr must hold
 
 
 def run(case: Case) -> tuple:
@@ -92,12 +95,13 @@ def run(case: Case) -> tuple:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         preexec_fn=limits,
+        start_new_session=case.to_group,
     )
     if case.close_stdout:
         proc.stdout.close()
     if case.stop_after is not None:
         time.sleep(case.stop_after)
-        proc.send_signal(case.sig)
+        os.killpg(proc.pid, case.sig) if case.to_group else proc.send_signal(case.sig)
     try:
         out, err = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -106,11 +110,22 @@ def run(case: Case) -> tuple:
     return proc.returncode, out or "", err
 
 
+def ours(err: str) -> str:
+    """stderr without torchrun's own report of a failed run (its log lines, E1207 ..., and
+    the traceback of its ChildFailedError), which no script of the lab prints."""
+    lines = err.splitlines()
+    launcher = next((i for i, line in enumerate(lines) if re.match(r"[EW]\d{4} ", line)), None)
+    return "\n".join(lines[:launcher])
+
+
 def classify(case: Case, code, err: str, check_ok: bool, kept: bool) -> str:
     if code is None:
         return "hang"
-    if "Traceback" in err:
+    err = ours(err)
+    if "Traceback" in err or "Exception ignored" in err:
         return "traceback"
+    if case.says and case.says not in (err.strip().splitlines() or [""])[-1]:
+        return "misleading"
     if not kept:
         return "loss"
     if case.expect == "error":
@@ -118,7 +133,7 @@ def classify(case: Case, code, err: str, check_ok: bool, kept: bool) -> str:
         last = lines[-1] if lines else ""
         # cli.run's "error: ..." or "interrupted...", or argparse's "<script>: error: ..."
         clear = last.startswith(("error:", "interrupted")) or ": error: " in last
-        ok_code = code in (1, 2, 130, -signal.SIGINT)
+        ok_code = code in (1, 2, 130, -signal.SIGINT) or code != 0 and case.to_group
         return "clear error" if ok_code and clear and check_ok else "silent accept"
     quiet_ok = case.expect == "quiet" and code in (0, 1)
     return "handled" if (code == 0 or quiet_ok) and check_ok else "silent accept"
@@ -1324,6 +1339,171 @@ def acceptance_cases(lab: Lab) -> list:
     return cases
 
 
+def background(argv: list, ready: str, held: list) -> Callable:
+    """A setup that starts `argv` and returns once its output holds `ready` (the run is at
+    work, its outputs locked); the process goes into `held`, for the check to wait on."""
+
+    def start():
+        proc = subprocess.Popen(
+            [sys.executable, *map(str, argv)],
+            cwd=ROOT,
+            env=ENV,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        held.append(proc)
+        seen = ""
+        while ready not in seen and (line := proc.stdout.readline()):
+            seen += line
+
+    return start
+
+
+def finished(held: list) -> int:
+    return held[0].wait(timeout=TIMEOUT) if held else -1
+
+
+def round5_cases(lab: Lab) -> list:
+    """What no generator reaches: signals to a process group with workers, runs at the same
+    time, a closed stdout mid-export, torchrun's processes, a full disk under an export."""
+    cases = []
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        out = lab.folder(f"group {sig.name}") / "s.pth"
+        argv = lab.train(out, "--epochs", "1000", "--num-workers", "2")
+
+        def kept(out=out):
+            return out.with_name("s_last.pth").is_file() and no_temporaries(out.parent)()
+
+        name = f"{sig.name} to the group, 2 workers"
+        cases.append(
+            Case("signals", name, argv, "error", kept, 20, sig, to_group=True, says="interrupted")
+        )
+    out = lab.folder("term imports") / "s.pth"
+    name = "SIGTERM while the imports load"
+    cases.append(Case("signals", name, lab.train(out), "error", stop_after=0.5, says="interrupted"))
+    cases += concurrent_cases(lab)
+    piped = lab.folder("export piped") / "m.onnx"
+    argv = ["export.py", "--checkpoint", lab.ckpt, "--out", piped, "--mobile"]
+
+    def both_written():
+        return piped.is_file() and piped.with_suffix(".ort").is_file()
+
+    cases.append(
+        Case("closed stdout", "export.py | head -1", argv, "quiet", both_written, close_stdout=True)
+    )
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    taken = lab.folder("torchrun taken") / "s.pth"
+    argv = [*torchrun, *lab.train(taken, "--epochs", "1")]
+    cases.append(
+        Case(
+            "torchrun",
+            "an output taken, two processes",
+            argv,
+            "error",
+            lambda: taken.read_bytes() == b"theirs",
+            setup=lambda: taken.write_bytes(b"theirs"),
+            says="already exist",
+        )
+    )
+    stopped = lab.folder("torchrun interrupted") / "s.pth"
+    argv = [*torchrun, *lab.train(stopped, "--epochs", "1000")]
+    cases.append(
+        Case(
+            "torchrun",
+            "Ctrl+C to the group, two processes",
+            argv,
+            "error",
+            no_temporaries(stopped.parent),
+            30,
+            signal.SIGINT,
+            to_group=True,
+        )
+    )
+    disk = lab.full_disk("export disk", 3)
+    if disk:
+        argv = ["export.py", "--checkpoint", lab.ckpt, "--out", disk / "m.onnx"]
+        cases.append(
+            Case(
+                "full disk",
+                "export.py onto a full disk names the user's file",
+                argv,
+                "error",
+                no_temporaries(disk),
+                setup=lambda: fill(disk, 100_000),
+                says=f"cannot write {disk / 'm.onnx'}",
+            )
+        )
+    return cases
+
+
+def concurrent_cases(lab: Lab) -> list:
+    """Two runs at once on shared outputs, and a resume into another run's --out-dir."""
+    logs, held = lab.folder("concurrent logs"), []
+    first, second = lab.folder("concurrent a") / "s.pth", lab.folder("concurrent b") / "s.pth"
+    start = background(lab.train(first, "--epochs", "3", out_dir=logs), "epoch 1:", held)
+
+    def log_whole():
+        return finished(held) == 0 and len(read_lines(logs / "s_log.csv")) == 4
+
+    cases = [
+        Case(
+            "concurrency",
+            "two trainings, other --out folders, one --out-dir",
+            lab.train(second, "--epochs", "1", out_dir=logs),
+            "error",
+            log_whole,
+            setup=start,
+            says="another run is writing",
+        )
+    ]
+    theirs, resumed = lab.folder("their logs"), lab.folder("resumed") / "s.pth"
+
+    def two_runs():
+        for argv in (
+            lab.train(resumed, "--epochs", "1"),
+            lab.train(lab.folder("their run") / "s.pth", "--epochs", "1", out_dir=theirs),
+        ):
+            code, _, err = run(Case("", "", argv, "ok"))
+            assert code == 0, err
+        (theirs / "kept.csv").write_bytes((theirs / "s_log.csv").read_bytes())
+
+    def kept_log():
+        return (theirs / "s_log.csv").read_bytes() == (theirs / "kept.csv").read_bytes()
+
+    argv = lab.train(resumed, "--epochs", "2", "--resume", out_dir=theirs)
+    cases.append(
+        Case(
+            "concurrency",
+            "--resume into another run's --out-dir",
+            argv,
+            "error",
+            kept_log,
+            setup=two_runs,
+            says="not the log of the run",
+        )
+    )
+    onnx, held2 = lab.folder("two exports") / "m.onnx", []
+    export = ["export.py", "--checkpoint", lab.ckpt, "--out", onnx]
+    int8 = [*export, "--int8", "--calib", "1", "--data-root", lab.data]
+    cases.append(
+        Case(
+            "concurrency",
+            "two export.py of one --out at once",
+            export,
+            "error",
+            lambda: finished(held2) == 0 and onnx.is_file(),
+            setup=background(int8, "exporting", held2),
+            says="another run is writing",
+        )
+    )
+    return cases
+
+
+def read_lines(path: Path) -> list:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
 MAKERS = (
     checkpoint_cases,
     onnx_cases,
@@ -1341,6 +1521,7 @@ MAKERS = (
     shared_output_cases,
     mid_write_cases,
     acceptance_cases,
+    round5_cases,
 )
 
 

@@ -37,11 +37,24 @@ def test_each_runs_panels_replace_the_previous_runs(fake_voc, tmp_path):
     second = lab.save_overlays(data, [0.9, 0.1, 0.5, 0.3], kept, 1, tmp_path, "p", "a model", True)
     assert set(first) != set(second)
     assert sorted(tmp_path.iterdir()) == sorted(second)
+
     panel = Image.open(second[0])
     assert "a model" in panel.text["Title"] and "SYNTHETIC" in panel.text["Title"]
     person = tuple(voc_palette()[45:48])
     assert person in {tuple(c) for c in np.asarray(panel).reshape(-1, 3)}
     assert all(np.array_equal(k.array(), np.full(k.shape, 15)) for k in kept)
+
+
+def test_a_users_picture_named_like_a_panel_is_never_deleted(fake_voc, tmp_path):
+    """Only the lab's panels (named so, and marked by save_png) of a previous run go."""
+    data = voc_dataset(fake_voc, "val", EvalTransform())
+    loader = eval_loader(fake_voc, "val")
+    kept = evaluate(Everywhere(15), loader, CPU, progress=False, keep_predictions=True)
+    kept = kept["predictions"]
+    mine = tmp_path / "p_best1_holiday.png"
+    Image.new("RGB", (4, 4)).save(mine)
+    lab.save_overlays(data, [0.1, 0.9, 0.5, 0.3], kept, 1, tmp_path, "p", "a model", True)
+    assert mine.is_file()
 
 
 def test_the_scripts_share_one_optimizer_with_the_documented_defaults():

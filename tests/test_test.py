@@ -309,3 +309,14 @@ def test_a_16_bit_grey_photo_is_scaled_not_clipped_to_white(tmp_path):
     Image.fromarray(np.full((20, 30), 32768, np.uint16)).save(path)
     photo = load_script("test").read_photo(path)
     assert photo.mode == "RGB" and set(np.asarray(photo).flat) == {127}
+
+
+def test_two_checkpoints_that_would_share_their_results_are_refused(trained, tmp_path):
+    """a/s.pth and b/s.pth would both write test_s.json and its panels."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "s.pth").write_bytes(trained["out"].read_bytes())
+    argv = ["--compare", tmp_path / "a" / "s.pth", tmp_path / "b" / "s.pth", "--out-dir", tmp_path]
+    proc = run_script("test.py", *argv, *FAST)
+    assert proc.returncode == 1 and "would both write" in proc.stderr
+    assert not list(tmp_path.glob("*.json"))
