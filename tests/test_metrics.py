@@ -1,18 +1,14 @@
 from cli import UserError
 
 import io
-import json
 import math
 import platform
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import metrics
-from files import write_json
 from loaders import collate_eval, eval_loader
 from metrics import ConfusionMatrix, evaluate, format_iou_table, median_ms
 from model import build_student
@@ -140,37 +136,6 @@ def test_padded_batches_score_exactly_like_batch_of_one():
     padded = evaluate(model, [collate_eval(samples)], torch.device("cpu"))
     assert one["miou"] == padded["miou"] and one["per_image_miou"] == padded["per_image_miou"]
     assert one["loss"] == pytest.approx(padded["loss"])
-
-
-def evaluate_shard(rank: int, world: int, store: str, data_root: str, results: str) -> None:
-    """One process of a 2-process gloo group: evaluate its share of the val split."""
-    import netguard
-
-    netguard.install()
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    model = build_student()
-    loader = eval_loader(data_root, "val", num_workers=0, shard=(rank, world))
-    result = evaluate(model, loader, torch.device("cpu"), progress=False)
-    if rank == 0:
-        write_json({k: result[k] for k in ("miou", "iou", "loss")}, results)
-    dist.destroy_process_group()
-
-
-def test_distributed_evaluation_equals_the_single_process_one(fake_voc, tmp_path):
-    torch.manual_seed(0)
-    model = build_student()
-    single = evaluate(model, eval_loader(fake_voc, "val", num_workers=0), torch.device("cpu"))
-    results = tmp_path / "distributed.json"
-    mp.spawn(
-        evaluate_shard, args=(2, str(tmp_path / "store"), str(fake_voc), str(results)), nprocs=2
-    )
-    distributed = json.loads(results.read_text(encoding="utf-8"))
-    assert distributed["miou"] == pytest.approx(single["miou"], abs=1e-12)
-    assert distributed["iou"] == [
-        None if math.isnan(x) else pytest.approx(x) for x in single["iou"]
-    ]
-    assert distributed["loss"] == pytest.approx(single["loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -178,7 +178,7 @@ def test_unusable_inputs_are_listed_with_their_reason_and_links_are_not_followed
     assert "student_response.pth`: unusable" in missing and "is a folder" in missing
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=15)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=10)
 @given(st.data())
 def test_a_damaged_result_is_listed_as_unusable_or_drafted_never_an_exception(lab_tree, data):
     """Any entry of Step 1's, a student's or the benchmark's JSON, at any depth, dropped, made

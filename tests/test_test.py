@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import RESULT_KEYS, checkpoint_of, load_script, run_script, run_subprocess, visible
+from conftest import RESULT_KEYS, checkpoint_of, load_script, run_script, visible
 from model import build_student
 from voc import voc_palette
 
@@ -129,12 +129,7 @@ def test_compare_times_together_and_lists_unreadable_inputs(trained, fake_voc, t
 @pytest.mark.parametrize(
     "content, message, run",
     [
-        pytest.param(  # a fresh interpreter, where a warning Python shows once is a 2nd line
-            b"not a checkpoint",
-            "corrupt or not a PyTorch file (UnpicklingError)",
-            run_subprocess,
-            marks=pytest.mark.slow,
-        ),
+        (b"not a checkpoint", "corrupt or not a PyTorch file (UnpicklingError)", run_script),
         (
             {**checkpoint_of(build_student()), "model": {"x": torch.zeros(1)}},
             "different architecture (Missing key(s)",
