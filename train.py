@@ -268,7 +268,8 @@ def print_epoch(row: dict, marks: list) -> None:
     note = f" ({', '.join(marks)})" if marks else ""
     print(
         f"epoch {row['epoch']}: train CE {row['train_ce']:.4f}, val CE {row['val_ce']:.4f}, "
-        f"val mIoU {100 * row['val_miou']:.2f}%, {row['epoch_time_s']:.1f} s{note}"
+        f"val mIoU {100 * row['val_miou']:.2f}%, {row['epoch_time_s']:.1f} s{note}",
+        flush=True,  # a line an epoch, also into a file or a pipe
     )
 
 
