@@ -774,16 +774,16 @@ def signal_cases(lab: Lab) -> list:
     return cases
 
 
+def script(argv: list, **streams) -> subprocess.Popen:
+    """A script of the lab started in the background, offline, its output to `streams`."""
+    return subprocess.Popen(
+        [sys.executable, *map(str, argv)], cwd=ROOT, env=ENV, text=True, **streams
+    )
+
+
 def interrupt_mid_epoch(argv: list, epoch: str) -> None:
     """Run train.py and press Ctrl+C once a step of `epoch` is done (its bar shows a loss)."""
-    proc = subprocess.Popen(
-        [sys.executable, *map(str, argv)],
-        cwd=ROOT,
-        env=ENV,
-        text=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = script(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen, started = [], threading.Event()
 
     def read():  # tqdm draws with \r: characters, not lines
@@ -1344,14 +1344,7 @@ def background(argv: list, ready: str, held: list) -> Callable:
     work, its outputs locked); the process goes into `held`, for the check to wait on."""
 
     def start():
-        proc = subprocess.Popen(
-            [sys.executable, *map(str, argv)],
-            cwd=ROOT,
-            env=ENV,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        proc = script(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         held.append(proc)
         seen = ""
         while ready not in seen and (line := proc.stdout.readline()):

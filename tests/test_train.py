@@ -679,26 +679,20 @@ def test_train_aug_trains_on_voc_and_sbd(tmp_path):
     assert load_file(out, "checkpoint")["args"]["train_set"] == "train_aug"
 
 
+def torchrun_tiny(fake_voc, out, *flags):
+    """train.py under torchrun, two gloo processes, one tiny epoch, beside `out`."""
+    return run_python(
+        *("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
+        *(ROOT / "train.py", "--data-root", fake_voc, "--out", out, "--out-dir", out.parent),
+        *TINY_TRAIN,
+        *("--epochs", 1, *flags),
+        timeout=180,
+    )
+
+
 def test_torchrun_with_two_gloo_processes_writes_one_loadable_checkpoint(fake_voc, tmp_path):
     out = tmp_path / "student_response.pth"
-    proc = run_python(
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        ROOT / "train.py",
-        "--data-root",
-        fake_voc,
-        "--out",
-        out,
-        "--out-dir",
-        tmp_path,
-        *TINY_TRAIN,
-        "--kd",
-        "response",
-        "--epochs",
-        1,
-    )
+    proc = torchrun_tiny(fake_voc, out, "--kd", "response")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("epoch 1: train CE") == 1  # only rank 0 reports
     assert proc.stdout.count("training time") == 1  # the summary too, before the group ends
@@ -983,23 +977,7 @@ def test_under_torchrun_a_process_that_cannot_start_stops_them_all_with_one_line
     ours (torchrun reports the failed run after it)."""
     out = tmp_path / "s.pth"
     out.write_bytes(b"another run's checkpoint")
-    proc = run_python(
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        ROOT / "train.py",
-        "--data-root",
-        fake_voc,
-        "--out",
-        out,
-        "--out-dir",
-        tmp_path,
-        *TINY_TRAIN,
-        "--epochs",
-        1,
-        timeout=120,
-    )
+    proc = torchrun_tiny(fake_voc, out)
     ours = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert proc.returncode != 0 and ours == [
         f"error: {out} already exist(s); use --resume to continue that run or --overwrite to "
