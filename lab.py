@@ -72,7 +72,7 @@ BENCHMARK = {
 
 
 def student_path(kd: str, weights_dir: str | Path = WEIGHTS_DIR) -> Path:
-    """The best checkpoint of train.py --kd <kd>: weights/student_<kd>.pth."""
+    """The model train.py --kd <kd> keeps (its last epoch): weights/student_<kd>.pth."""
     return Path(weights_dir) / f"student_{kd}.pth"
 
 

@@ -141,6 +141,12 @@ def ms(result: dict) -> str:
     return f"{result['ms_per_image']:.1f} ({low:.1f}-{high:.1f})"
 
 
+def load(result: dict) -> str:
+    """The machine's 1-minute load average when a time was measured ("?" where unknown)."""
+    value = result.get("load")
+    return f"{value:.2f}" if isinstance(value, (int, float)) else "?"
+
+
 def random_teacher(ckpt: dict) -> bool:
     return ckpt["args"]["kd"] != "none" and ckpt["args"].get("teacher_weights") == "none"
 
@@ -250,7 +256,7 @@ def training_section(inputs: Inputs) -> list:
             (
                 f"--kd {kd}",
                 len(times),
-                f"{sum(times) / 3600:.2f} h",
+                f"{sum(times) / 60:.1f} min",
                 f"{sum(times) / len(times):.1f} s",
                 hardware,
             )
@@ -271,27 +277,30 @@ def results_section(inputs: Inputs) -> list:
     students = {kd: r for kd, r in inputs.results.items() if r is not None}
     rows = []
     if inputs.step1:
-        weights = " (RANDOM weights)" if inputs.step1.get("weights") == "none" else ""
-        rows.append([f"FCN-ResNet50 teacher (Step 1){weights}", inputs.step1])
+        weights = ", RANDOM weights" if inputs.step1.get("weights") == "none" else ""
+        rows.append([f"FCN-ResNet50 teacher (Step 1{weights})", inputs.step1])
     for kd, r in students.items():
         mark = (
             f", {RANDOM_TEACHER}" if kd in inputs.runs and random_teacher(inputs.runs[kd]) else ""
         )
         rows.append([f"student, {KD_MODES[kd].label}{mark}", r])
-    rows += [[f"student `{name}` (ONNX Runtime)", r] for name, r in inputs.deployed.items() if r]
+    rows += [
+        [f"`{Path(r['checkpoint']).name}` (ONNX Runtime)", r] for r in inputs.deployed.values() if r
+    ]
     if rows:
-        first = rows[0][1]
+        data = "SYNTHETIC" if inputs.synthetic() else "VOC 2012"
         lines += [
-            f"mIoU on VOC 2012 {first['split']} ({first['num_images']} images), each label at its "
-            "original resolution, void pixels ignored. ms/image: batch 1, the median of the "
-            "timed passes and their quartiles, on the hardware named; the students of one "
-            "architecture were timed once for all (test.py --compare).",
+            f"mIoU on {data} {rows[0][1]['split']}, each label at its original resolution, void "
+            "pixels ignored. ms/image: batch 1, the median of the timed passes and their "
+            "quartiles, on the hardware named; the students of one architecture were timed "
+            "once for all (test.py --compare).",
             "",
         ]
+        header = ["model", "mIoU (%)", "images", "parameters", "ms/image (quartiles)", "input"]
         lines += table(
-            ["model", "mIoU (%)", "parameters", "ms/image (quartiles)", "input", "hardware"],
+            header + ["hardware"],
             [
-                [label, percent(r["miou"]), f"{r['params']:,d}", ms(r),
+                [label, percent(r["miou"]), r["num_images"], f"{r['params']:,d}", ms(r),
                  f"{r['input_size']}x{r['input_size']}", r["device_name"]]
                 for label, r in rows
             ],
@@ -306,7 +315,7 @@ def results_section(inputs: Inputs) -> list:
     bench = inputs.bench
     if bench:
         lines += [
-            f"Speed and size on one machine ({bench['device_name']}, load {bench.get('load')}, "
+            f"Speed and size on one machine ({bench['device_name']}, load {load(bench)}, "
             f"torch {bench['torch']}, {bench['date']}; `python benchmark.py`, random weights):",
             "",
         ]

@@ -89,7 +89,7 @@ def lab_tree(trained, tmp_path):
                 f"{kd} {panel}",
             )
     (outputs / "step1_fcn_resnet50.json").write_text(json.dumps(result(0.6875)), encoding="utf-8")
-    onnx = result(0.3, "response", runtime="onnxruntime", ms_per_image=6.5)
+    onnx = result(0.3, "response", runtime="onnxruntime", checkpoint="w/student_response.onnx")
     (outputs / "test_student_response_onnx.json").write_text(json.dumps(onnx), encoding="utf-8")
     (outputs / "benchmark.json").write_text(json.dumps(BENCHMARK), encoding="utf-8")
     return outputs, weights, model
@@ -120,9 +120,10 @@ def test_the_draft_holds_every_section_with_the_numbers_of_the_files(lab_tree):
     hardware = model["history"][0]["device"]
     assert f"| --kd response | {epochs} |" in training and hardware in training
     results = part["## 4. Results"]
-    assert "| FCN-ResNet50 teacher (Step 1) | 68.75 | 32,957,013 | 12.5 (12.0-13.0) |" in results
-    assert "| student, response-based | 31.25 | 1,035,733 | 12.5 (12.0-13.0) |" in results
-    assert "| student `student_response_onnx` (ONNX Runtime) | 30.00 |" in results
+    teacher = "| FCN-ResNet50 teacher (Step 1) | 68.75 | 4 | 32,957,013 | 12.5 (12.0-13.0) |"
+    assert teacher in results and "mIoU on SYNTHETIC val" in results
+    assert "| student, response-based | 31.25 | 4 | 1,035,733 | 12.5 (12.0-13.0) |" in results
+    assert "| `student_response.onnx` (ONNX Runtime) | 30.00 |" in results
     assert (
         "| aeroplane | 68.75 | 25.00 | 31.25 |" in results
         and "| tvmonitor | - | - | - |" in results
