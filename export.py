@@ -24,6 +24,11 @@ last instead of converting to float and back around each gate (docs/deployment.m
 --mobile also writes each file in ONNX Runtime's mobile format (.ort, converted by
 onnxruntime.tools.convert_onnx_models_to_ort with the optimisations fixed for ARM), loads it
 back and checks it as the .onnx is checked.
+
+Each file records what it was made from (made_from): the checkpoint's bytes, the torch and
+ONNX Runtime versions, for int8 the calibration images. With --overwrite, files that record
+the same are kept as they are (rebuilt they would be the same), so test.txt reruns quickly and
+still re-exports after a retrain.
 """
 
 from cli import UserError, add_data_root, file_path, number, parser, path_arg, run
@@ -31,6 +36,7 @@ from cli import UserError, add_data_root, file_path, number, parser, path_arg, r
 import argparse
 import collections
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -186,13 +192,13 @@ def calibration_reader(calibration: list):
     return Reader()
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: list) -> None:
+def quantize_int8(fp32: Path, out: Path, calibration: list, metadata: dict | None = None) -> None:
     """Static int8 quantisation of an .onnx file, calibrated on `calibration` arrays, by the
     recipe INT8_VARIANT names: QDQ, uint8 activations and int8 weights per tensor (the fast
     pair on x86 and ARM), only INT8_OPS, the graph made int8_ready first, the first
     convolution left in float (quantising it would convert the whole image, and the image's
     shape, read for the output size, from int8 too). ONNX Runtime's quantiser keeps the fp32
-    file's metadata; the recipe's name is added to it."""
+    file's metadata; the recipe's name and `metadata` are added to it."""
     q, onnx = require("onnxruntime.quantization"), require("onnx")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -215,8 +221,9 @@ def quantize_int8(fp32: Path, out: Path, calibration: list) -> None:
         )
         quantized = onnx.load(str(tmp))
         props = {p.key: p.value for p in quantized.metadata_props}
-        metadata = {**json.loads(props.get(METADATA_KEY, "{}")), "int8": INT8_VARIANT}
-        onnx.helper.set_model_props(quantized, {**props, METADATA_KEY: json.dumps(metadata)})
+        found = json.loads(props.get(METADATA_KEY, "{}"))
+        found |= {"int8": INT8_VARIANT, **(metadata or {})}
+        onnx.helper.set_model_props(quantized, {**props, METADATA_KEY: json.dumps(found)})
         onnx.save_model(quantized, str(tmp))
 
 
@@ -289,7 +296,11 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
         help="training images that calibrate --int8 (and val images that check it)",
     )
     add_data_root(p)
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files, unless all are up to date (made from this checkpoint)",
+    )
     args = p.parse_args(argv)
     args.out = args.out or str(Path(args.checkpoint).with_suffix(".onnx"))
     return args
@@ -321,15 +332,48 @@ def export(args: argparse.Namespace, paths: dict) -> None:
     # Everything --int8 needs is read before any file is written.
     calibration = images(args.data_root, "train", args.calib) if args.int8 else None
     held_out = images(args.data_root, "val", args.calib) if args.int8 else None
+    sources = {"fp32": made_from(args.checkpoint)}
+    sources["int8"] = made_from(args.checkpoint, calibration) if args.int8 else None
+    if up_to_date({path: sources[what.split()[0]] for what, path in paths.items()}):
+        names = ", ".join(map(str, paths.values()))
+        tag = " (a student trained on SYNTHETIC data)" if ckpt["synthetic"] else ""
+        print(f"{names}: up to date (made from this checkpoint, with these versions); kept{tag}")
+        return
     saved = ckpt["args"]  # the training flags, as train.py stored them
     metadata = {"kd": saved["kd"], "params": count_params(student), "synthetic": ckpt["synthetic"]}
     metadata |= {"epoch": ckpt["epoch"], "checkpoint": str(args.checkpoint), "args": saved}
+    metadata["made_from"] = sources["fp32"]
     print(f"exporting {args.checkpoint} to ONNX ...", flush=True)
     write_checked(paths["fp32"], student, lambda tmp: export_onnx(student, tmp, metadata))
     if args.mobile:
         write_checked(paths["fp32 mobile"], student, partial(write_mobile, paths["fp32"]))
     if args.int8:
-        write_int8(args, paths, calibration, held_out)
+        write_int8(args, paths, calibration, held_out, sources["int8"])
+
+
+def made_from(checkpoint: str, calibration: list | None = None) -> dict:
+    """What an exported file is made of, as its metadata records it: the checkpoint's SHA-256,
+    the torch and ONNX Runtime versions that export and convert, and for an int8 file the
+    SHA-256 of its calibration arrays. Equal records make equal files."""
+    found = {"checkpoint_sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()}
+    found |= {"torch": torch.__version__, "onnxruntime": require("onnxruntime").__version__}
+    if calibration is not None:
+        digest = hashlib.sha256()
+        for x in calibration:
+            digest.update(repr(x.shape).encode() + x.tobytes())
+        found["calibration_sha256"] = digest.hexdigest()
+    return found
+
+
+def up_to_date(wanted: dict) -> bool:
+    """Whether every {path: made_from record} exists as a model file recording it."""
+    for path, record in wanted.items():
+        try:
+            if OnnxModel(path).metadata.get("made_from") != record:
+                return False
+        except UserError:  # missing, damaged or not ours: made again
+            return False
+    return True
 
 
 def write_checked(out: Path, student: torch.nn.Module, write) -> None:
@@ -352,11 +396,11 @@ def write_checked(out: Path, student: torch.nn.Module, write) -> None:
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
 
 
-def write_int8(args, paths: dict, calibration: list, held_out: list) -> None:
+def write_int8(args, paths: dict, calibration: list, held_out: list, source: dict) -> None:
     fp32, int8 = paths["fp32"], paths["int8"]
     tag = " (SYNTHETIC data)" if is_synthetic(args.data_root) else ""
     print(f"calibrating int8 on {len(calibration)} train images{tag} ...", flush=True)
-    quantize_int8(fp32, int8, calibration)
+    quantize_int8(fp32, int8, calibration, {"made_from": source})
     if args.mobile:
         write_mobile(int8, paths["int8 mobile"])
     for what in [k for k in ("int8", "int8 mobile") if k in paths]:

@@ -140,10 +140,12 @@ def test_the_demo_trains_then_remakes_every_result_twice_and_its_zip_stands_alon
 ):
     """What a student does after a retrain: test.txt's commands, twice (the demo's, on
     SYNTHETIC data). The second run makes every result, the report and the zip again, each
-    says SYNTHETIC; the zip, unpacked elsewhere, collects its tests and its links resolve."""
+    says SYNTHETIC, and keeps the exported files, made from the same checkpoint; the zip,
+    unpacked elsewhere, collects its tests and its links resolve."""
     monkeypatch.chdir(lab_demo["work"])
     demo = lab_demo["demo"]
     trained = {*demo.glob("weights/*.pth"), *demo.glob("outputs/student_*_[lc]*")}
+    exported = {*demo.glob("weights/*.onnx"), *demo.glob("weights/*.ort")}
     made = {
         p: p.stat().st_mtime_ns
         for p in demo.rglob("*")
@@ -151,7 +153,9 @@ def test_the_demo_trains_then_remakes_every_result_twice_and_its_zip_stands_alon
     }
     _, rehearsed = demo_commands()
     printed = [proc.stdout for proc in run_all(rehearsed)]
-    assert [p for p, when in made.items() if p.stat().st_mtime_ns == when] == []
+    assert {p for p, when in made.items() if p.stat().st_mtime_ns == when} == exported
+    by_script = {argv[1]: out for argv, out in zip(rehearsed, printed)}
+    assert len(exported) == 4 and "up to date" in by_script["export.py"]
     assert len(made) > 20 and demo / "12345678.zip" in made
     from_data = [out for argv, out in zip(rehearsed, printed) if argv[1] != "benchmark.py"]
     assert all("SYNTHETIC" in out for out in from_data)

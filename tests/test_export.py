@@ -145,6 +145,25 @@ def test_export_refuses_to_replace_an_onnx_file_without_asking(trained, tmp_path
     assert (tmp_path / "s.onnx").read_text(encoding="utf-8") == "mine"
 
 
+def test_a_rerun_keeps_only_the_files_made_from_this_checkpoint_and_these_images(
+    export_run, tmp_path
+):
+    """What lets test.txt rerun without exporting again, and re-export after a retrain:
+    another checkpoint, other calibration images, another ONNX Runtime or a missing file each
+    make the files again."""
+    ckpt, calibration = export_run["checkpoint"], images(export_run["data"], "train", 2)
+    fp32, int8 = export.made_from(ckpt), export.made_from(ckpt, calibration)
+    wanted = {export_run["onnx"]: fp32, export_run["ort"]: fp32}
+    wanted |= {export_run["int8"]: int8, export_run["int8 ort"]: int8}
+    assert export.up_to_date(wanted)
+    retrained = export.made_from(ckpt.with_name("student_none.pth"))
+    assert not export.up_to_date({export_run["onnx"]: retrained})
+    assert not export.up_to_date({export_run["int8"]: export.made_from(ckpt, calibration[:1])})
+    assert not export.up_to_date({export_run["ort"]: fp32 | {"onnxruntime": "0.0"}})
+    assert not export.up_to_date({export_run["onnx"]: int8})
+    assert not export.up_to_date({**wanted, tmp_path / "student_response.onnx": fp32})
+
+
 def test_the_metadata_is_json_of_the_run(export_run):
     import onnx
 
@@ -337,6 +356,7 @@ def stand_in_export(monkeypatch, parity_rows: list) -> None:
     argmax agrees where decided)]."""
     monkeypatch.setattr(export, "export_onnx", lambda student, path, metadata: path.touch())
     monkeypatch.setattr(export, "OnnxModel", lambda path: None)
+    monkeypatch.setattr(export, "up_to_date", lambda wanted: False)
     monkeypatch.setattr(export, "parity", lambda student, model: parity_rows)
 
 
@@ -362,7 +382,7 @@ def test_the_printed_agreements_are_percentages_of_what_was_measured(
     that agrees on half of the pixels (a real export agrees on all, where x 100 and / 100
     print alike)."""
     stand_in_export(monkeypatch, [(64, 64, 0.0, 1e-4, 0.5, True)])
-    monkeypatch.setattr(export, "quantize_int8", lambda fp32, out, calib: out.touch())
+    monkeypatch.setattr(export, "quantize_int8", lambda fp32, out, calib, metadata: out.touch())
     monkeypatch.setattr(export, "argmax_agreement", lambda a, b, inputs: 0.5)
     monkeypatch.setattr(export, "runtime_ops", lambda path: collections.Counter())
     argv = ["--checkpoint", str(trained["out"]), "--out", str(tmp_path / "s.onnx"), "--int8"]
