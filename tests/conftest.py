@@ -9,6 +9,7 @@ import copy
 import importlib.util
 import inspect
 import io
+import json
 import math
 import os
 import re
@@ -17,6 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from filelock import FileLock
 from hypothesis import settings
 from hypothesis import strategies as st
 
@@ -25,6 +28,11 @@ from hypothesis import strategies as st
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
 settings.register_profile("long", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+# Under pytest-xdist (`-n auto`, README.md) each worker is one process on one core: torch's own
+# threads would only compete with the other workers for the cores.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 GUARD = Path(__file__).resolve().parent / "netguard"
@@ -273,16 +281,28 @@ def run_all(steps: list) -> list:
 @pytest.fixture(scope="session")
 def lab_demo(tmp_path_factory) -> dict:
     """demo.txt run once in its own folder (the lab on SYNTHETIC data: two tiny trainings, then
-    test.txt's commands): the folder, and each command's CompletedProcess by script."""
-    work, here = tmp_path_factory.mktemp("lab_demo"), os.getcwd()
-    setup, rehearsed = demo_commands()
-    os.chdir(work)  # contextlib.chdir is Python 3.11's
-    try:
-        run_all(setup)
-        done = run_all(rehearsed)
-    finally:
-        os.chdir(here)
-    return {"work": work, "demo": work / "demo", "proc": {a[1]: p for a, p in zip(rehearsed, done)}}
+    test.txt's commands): the folder, and each command's CompletedProcess by script. The
+    xdist workers share one run: the first to take the lock makes it, the others read its
+    record. Tests read the folder; one that changes it works on a copy."""
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if WORKER else shared  # the folder of every worker's own
+    work, record = shared / "lab_demo", shared / "lab_demo.json"
+    with FileLock(shared / "lab_demo.lock"):
+        if not record.exists():
+            work.mkdir()
+            setup, rehearsed = demo_commands()
+            here = os.getcwd()
+            os.chdir(work)  # contextlib.chdir is Python 3.11's
+            try:
+                run_all(setup)
+                done = run_all(rehearsed)
+            finally:
+                os.chdir(here)
+            outcome = {a[1]: [p.returncode, p.stdout, p.stderr] for a, p in zip(rehearsed, done)}
+            record.write_text(json.dumps(outcome), encoding="utf-8")
+    outcome = json.loads(record.read_text(encoding="utf-8"))
+    proc = {script: subprocess.CompletedProcess(script, *o) for script, o in outcome.items()}
+    return {"work": work, "demo": work / "demo", "proc": proc}
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from cli import UserError
 
 import re
 import shlex
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -136,14 +137,15 @@ def local_links(markdown: Path) -> list:
 
 @pytest.mark.slow
 def test_the_demo_trains_then_remakes_every_result_twice_and_its_zip_stands_alone(
-    lab_demo, monkeypatch
+    lab_demo, tmp_path, monkeypatch
 ):
     """What a student does after a retrain: test.txt's commands, twice (the demo's, on
     SYNTHETIC data). The second run makes every result, the report and the zip again, each
     says SYNTHETIC, and keeps the exported files, made from the same checkpoint; the zip,
     unpacked elsewhere, collects its tests and its links resolve."""
-    monkeypatch.chdir(lab_demo["work"])
-    demo = lab_demo["demo"]
+    shutil.copytree(lab_demo["demo"], tmp_path / "demo")  # other tests read the demo's
+    monkeypatch.chdir(tmp_path)
+    demo = tmp_path / "demo"
     trained = {*demo.glob("weights/*.pth"), *demo.glob("outputs/student_*_[lc]*")}
     exported = {*demo.glob("weights/*.onnx"), *demo.glob("weights/*.ort")}
     made = {
@@ -163,7 +165,7 @@ def test_the_demo_trains_then_remakes_every_result_twice_and_its_zip_stands_alon
     assert "SYNTHETIC" in report and "RANDOM teacher" in report
     missing = [m for m in report.split("## 1.")[0].splitlines() if m.startswith("- ")]
     assert len(missing) == 2 and all("feature" in m or "both" in m for m in missing)
-    unpacked = lab_demo["work"] / "unpacked"
+    unpacked = tmp_path / "unpacked"
     zipfile.ZipFile(demo / "12345678.zip").extractall(unpacked)
     assert (unpacked / "weights" / "student_response_int8.ort").is_file()
     docs = [unpacked / "README.md", *unpacked.glob("docs/*.md"), unpacked / "outputs/report.md"]
