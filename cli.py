@@ -13,7 +13,7 @@ SIGHUP), the processes that may handle them (a script, never its DataLoader work
 console in another encoding or closed early, and the devices (CUDA, the Apple GPU, the CPU).
 Every module imports cli first (pyproject.toml's isort sections), and cli imports nothing slow
 (torch is imported where it is used), so its signal handlers are in place before the heavy
-imports: a Ctrl+C or a `kill` while a script loads is one line too.
+imports: a Ctrl+C or a `kill` while a script loads ends it at once with one line too.
 """
 
 import argparse
@@ -54,6 +54,16 @@ def is_first_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def leave_now(signum: int, frame) -> None:
+    """A stop signal before `run` starts, while the imports load: one line and exit 130 at
+    once. Raising there, as `interrupt` does, can leave a module half-made: an import run by
+    C code may swallow the exception and go on (seen: numpy without np.subtract, then a
+    traceback from matplotlib). Nothing is written before `run`, so nothing is lost."""
+    if is_first_process():
+        os.write(2, b"\ninterrupted\n")  # not sys.stderr: it may be mid-write
+    os._exit(EXIT_INTERRUPTED)
+
+
 def interrupt(signum: int, frame) -> None:
     """A termination signal, raised as Ctrl+C is, where the program is, so that every
     temporary file is removed on the way out."""
@@ -81,8 +91,8 @@ def one_line_interrupt(kind: type, value: BaseException, traceback) -> None:
 
 if multiprocessing.parent_process() is None:  # a script (each torchrun process is one)
     sys.excepthook = one_line_interrupt
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, interrupt)
+    for sig in (signal.SIGINT, *STOP_SIGNALS):
+        signal.signal(sig, leave_now)  # until `run` starts
 else:  # a worker started by spawn (Windows, macOS) imports cli before its worker_init_fn
     quiet_worker()
 
@@ -131,6 +141,9 @@ def run(main: Callable, parse_args: Callable) -> None:
     `error: ...` line and exit 1; Ctrl+C, SIGTERM and SIGHUP one `interrupted` line (with what
     was saved, when main says so in the KeyboardInterrupt) and exit 130, printed by the first
     process only under torchrun; an operation the device lacks one line saying the way out."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, raised where the
+    for sig in STOP_SIGNALS:  # program is, so that every temporary file is removed on the way
+        signal.signal(sig, interrupt)
     sys.stdout, sys.stderr = Console(sys.stdout), Console(sys.stderr)
     try:
         main(parse_args())

@@ -111,11 +111,15 @@ def run(case: Case) -> tuple:
 
 
 def ours(err: str) -> str:
-    """stderr without torchrun's own report of a failed run (its log lines, E1207 ..., and
-    the traceback of its ChildFailedError), which no script of the lab prints."""
-    lines = err.splitlines()
-    launcher = next((i for i, line in enumerate(lines) if re.match(r"[EW]\d{4} ", line)), None)
-    return "\n".join(lines[:launcher])
+    """stderr without what torchrun itself prints, which no script of the lab does: its log
+    lines (E1207 ..., W1207 ...) wherever they fall, and from its own traceback on (a failed
+    run's ChildFailedError and report, a Ctrl+C's SignalException)."""
+    lines = [line for line in err.splitlines() if not re.match(r"[EW]\d{4} ", line)]
+    for i, line in enumerate(lines):
+        frames = lines[i : i + 8]
+        if line.startswith("Traceback") and any("distributed/run.py" in f for f in frames):
+            return "\n".join(lines[:i])
+    return "\n".join(lines)
 
 
 def classify(case: Case, code, err: str, check_ok: bool, kept: bool) -> str:
@@ -1434,10 +1438,11 @@ def concurrent_cases(lab: Lab) -> list:
     """Two runs at once on shared outputs, and a resume into another run's --out-dir."""
     logs, held = lab.folder("concurrent logs"), []
     first, second = lab.folder("concurrent a") / "s.pth", lab.folder("concurrent b") / "s.pth"
-    start = background(lab.train(first, "--epochs", "3", out_dir=logs), "epoch 1:", held)
+    # Long enough to be at work while the second starts (its imports take seconds).
+    start = background(lab.train(first, "--epochs", "60", out_dir=logs), "epoch 1:", held)
 
     def log_whole():
-        return finished(held) == 0 and len(read_lines(logs / "s_log.csv")) == 4
+        return finished(held) == 0 and len(read_lines(logs / "s_log.csv")) == 61
 
     cases = [
         Case(

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,10 @@ import netguard  # noqa: E402
 netguard.install()
 
 import cli  # noqa: E402
+
+# cli ends a script at once on Ctrl+C until `run` starts; pytest's own process is no script:
+# Ctrl+C stops the tests as pytest does.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from synthetic import make_fake_voc  # noqa: E402
 
