@@ -334,7 +334,8 @@ def exported(export_run) -> Path:
 
 # What makes a test slow (seconds, not milliseconds): a real training run, a script in its own
 # interpreter, or a fixture that trains or exports. `python -m pytest -m "not slow"` skips them.
-SLOW_FIXTURES = {"trained", "lab_demo", "export_run", "exported", "person_checkpoint"}
+DEMO_FIXTURES = {"lab_demo", "export_run", "exported"}
+SLOW_FIXTURES = {"trained", "person_checkpoint", *DEMO_FIXTURES}
 SLOW_CALLS = (
     "run_subprocess(",
     "run_python(",
@@ -369,6 +370,7 @@ def pytest_collection_modifyitems(items):
     """Mark slow the tests that use a slow fixture or make a slow call (read off their source,
     spaces and line breaks removed), besides those marked by hand; on a system that is not
     POSIX, skip those that need it."""
+    first, readers = [], []
     for item in items:
         source = inspect.getsource(item.function) if hasattr(item, "function") else ""
         source = "".join(source.split())
@@ -376,3 +378,8 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
         if os.name != "posix" and any(c in source for c in POSIX_ONLY):
             item.add_marker(pytest.mark.skip(reason="needs a POSIX system"))
+        if DEMO_FIXTURES & set(item.fixturenames):
+            (first if "run_all(" in source and not first else readers).append(item)
+    # The demo's longest test first, its other readers last: under pytest-xdist one worker
+    # makes the demo while the others run the rest, and none waits for it.
+    items[:] = first + [item for item in items if item not in first + readers] + readers
