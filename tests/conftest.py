@@ -28,7 +28,16 @@ from hypothesis import strategies as st
 # drawn anew, with HYPOTHESIS_PROFILE=long (dev/README.md).
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
 settings.register_profile("long", max_examples=2000, deadline=None)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+settings.load_profile(PROFILE)
+
+
+def examples(count: int) -> int:
+    """A generated test's own example count in the suite (`count`, where its examples are
+    slow or it needs more than 25); under the long profile, the profile's."""
+    return settings.default.max_examples if PROFILE == "long" else count
+
+
 # Under pytest-xdist (`-n auto`, README.md) each worker is one process on one core: torch's own
 # threads would only compete with the other workers for the cores.
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import checkpoints
 from checkpoints import load_file, load_state, read_checkpoint, resume, save_file, training_state
-from conftest import HISTORY_ROW
+from conftest import HISTORY_ROW, examples
 from lab import OptimConfig, build_optimizer
 
 FIXTURES = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
@@ -114,7 +114,7 @@ def same_tensors(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@settings(suppress_health_check=FIXTURES, max_examples=100)
+@settings(suppress_health_check=FIXTURES, max_examples=examples(100))
 @given(damaged())
 def test_a_damaged_checkpoint_is_refused_or_loads_exactly_what_was_saved(tmp_path, case):
     """What test.py and export.py read: one UserError, never another exception, and never a
@@ -133,7 +133,7 @@ def test_a_damaged_checkpoint_is_refused_or_loads_exactly_what_was_saved(tmp_pat
     assert loaded["args"]["kd"] == "feature", what
 
 
-@settings(suppress_health_check=FIXTURES, max_examples=100)
+@settings(suppress_health_check=FIXTURES, max_examples=examples(100))
 @given(damaged())
 def test_a_damaged_training_state_is_refused_before_any_work_or_resumes_exactly(tmp_path, case):
     """What --resume reads: one UserError before anything is loaded (a momentum buffer of
@@ -167,7 +167,7 @@ def saved(tmp_path_factory) -> Path:
     return path
 
 
-@settings(suppress_health_check=FIXTURES, max_examples=60)
+@settings(suppress_health_check=FIXTURES, max_examples=examples(60))
 @given(st.integers(0, 10**9), st.integers(0, 7))
 def test_a_flipped_bit_anywhere_in_the_file_is_refused_or_changes_nothing(
     saved, tmp_path, position, bit

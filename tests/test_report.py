@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from checkpoints import load_file
-from conftest import damaged_json, load_script, run_script
+from conftest import damaged_json, examples, load_script, run_script
 from visualize import save_png
 
 report = load_script("report")
@@ -179,7 +179,7 @@ def test_unusable_inputs_are_listed_with_their_reason_and_links_are_not_followed
     assert "student_response.pth`: unusable" in missing and "is a folder" in missing
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=10)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=examples(10))
 @given(st.data())
 def test_a_damaged_result_is_listed_as_unusable_or_drafted_never_an_exception(lab_tree, data):
     """Any entry of Step 1's, a student's or the benchmark's JSON, at any depth, dropped, made

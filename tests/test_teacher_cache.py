@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import teacher_cache
-from conftest import TINY_TRAIN, damaged_json, load_script, train_tiny
+from conftest import TINY_TRAIN, damaged_json, examples, load_script, train_tiny
 from dataset import EvalTransform, RandomScaleCropFlip, image_path, voc_dataset
 from distill import teacher_outputs
 from model import build_teacher, teacher_features
@@ -294,7 +294,7 @@ def test_a_damaged_index_is_one_error_saying_how_to_rebuild_or_changes_nothing(
         assert torch.equal(opened.stored(i), cache.stored(i)), what
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=10)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=examples(10))
 @given(st.integers(0, 10**9), st.integers(0, 7), st.integers(-3, 3))
 def test_damaged_logits_are_refused(fake_voc, teacher, cache, tmp_path_factory, at, bit, length):
     """A flipped bit anywhere in logits.f16 (another teacher value, silently), or a file cut
