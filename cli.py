@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import torch
 
 WEIGHTS_DIR, OUTPUTS_DIR = "weights", "outputs"  # where the lab's scripts write by default
+CLOSED_OUTPUT = "the standard output was closed (its reader, such as | head, went away)"
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130  # 130 = 128 + SIGINT, what shells report for Ctrl+C
 # More loader processes than cores only contend for them (and PyTorch warns about it).
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
@@ -131,9 +132,6 @@ class Console:
 
     def __getattr__(self, name: str):
         return getattr(self.stream, name)
-
-
-CLOSED_OUTPUT = "the standard output was closed (its reader, such as | head, went away)"
 
 
 def run(main: Callable, parse_args: Callable) -> None:

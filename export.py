@@ -332,9 +332,11 @@ def export(args: argparse.Namespace, paths: dict) -> None:
     # Everything --int8 needs is read before any file is written.
     calibration = images(args.data_root, "train", args.calib) if args.int8 else None
     held_out = images(args.data_root, "val", args.calib) if args.int8 else None
-    sources = {"fp32": made_from(args.checkpoint)}
-    sources["int8"] = made_from(args.checkpoint, calibration) if args.int8 else None
-    if up_to_date({path: sources[what.split()[0]] for what, path in paths.items()}):
+    source = made_from(args.checkpoint)
+    int8_source = source | {"calibration_sha256": digest(calibration)} if args.int8 else None
+    if up_to_date(
+        {path: int8_source if "int8" in what else source for what, path in paths.items()}
+    ):
         names = ", ".join(map(str, paths.values()))
         tag = " (a student trained on SYNTHETIC data)" if ckpt["synthetic"] else ""
         print(f"{names}: up to date (made from this checkpoint, with these versions); kept{tag}")
@@ -342,27 +344,29 @@ def export(args: argparse.Namespace, paths: dict) -> None:
     saved = ckpt["args"]  # the training flags, as train.py stored them
     metadata = {"kd": saved["kd"], "params": count_params(student), "synthetic": ckpt["synthetic"]}
     metadata |= {"epoch": ckpt["epoch"], "checkpoint": str(args.checkpoint), "args": saved}
-    metadata["made_from"] = sources["fp32"]
+    metadata["made_from"] = source
     print(f"exporting {args.checkpoint} to ONNX ...", flush=True)
     write_checked(paths["fp32"], student, lambda tmp: export_onnx(student, tmp, metadata))
     if args.mobile:
         write_checked(paths["fp32 mobile"], student, partial(write_mobile, paths["fp32"]))
     if args.int8:
-        write_int8(args, paths, calibration, held_out, sources["int8"])
+        write_int8(args, paths, calibration, held_out, int8_source)
 
 
-def made_from(checkpoint: str, calibration: list | None = None) -> dict:
-    """What an exported file is made of, as its metadata records it: the checkpoint's SHA-256,
-    the torch and ONNX Runtime versions that export and convert, and for an int8 file the
-    SHA-256 of its calibration arrays. Equal records make equal files."""
+def made_from(checkpoint: str) -> dict:
+    """What an exported file is made of, as its metadata records it: the checkpoint's SHA-256
+    and the torch and ONNX Runtime versions that export and convert (an int8 file adds its
+    calibration's digest). Equal records make equal files."""
     found = {"checkpoint_sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()}
-    found |= {"torch": torch.__version__, "onnxruntime": require("onnxruntime").__version__}
-    if calibration is not None:
-        digest = hashlib.sha256()
-        for x in calibration:
-            digest.update(repr(x.shape).encode() + x.tobytes())
-        found["calibration_sha256"] = digest.hexdigest()
-    return found
+    return found | {"torch": torch.__version__, "onnxruntime": require("onnxruntime").__version__}
+
+
+def digest(arrays: list) -> str:
+    """SHA-256 of a list of arrays, their shapes included."""
+    found = hashlib.sha256()
+    for x in arrays:
+        found.update(repr(x.shape).encode() + x.tobytes())
+    return found.hexdigest()
 
 
 def up_to_date(wanted: dict) -> bool:

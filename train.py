@@ -110,9 +110,7 @@ def train(args: argparse.Namespace, loaders: tuple, rank: int, world: int, devic
         optimizer, args.epochs, len(loader), args.warmup_epochs, len(history)
     )
     tag, hardware = SYNTHETIC_NOTE if synthetic else "VOC 2012", device_name(device)
-    marks = [
-        m for m, on in (("SYNTHETIC", synthetic), (RANDOM_TEACHER, random_teacher(args))) if on
-    ]
+    title, marks = curves_title(args, tag), ["SYNTHETIC"] * synthetic + teacher_marks(args)
     try:
         for epoch in range(len(history) + 1, args.epochs + 1):
             start, desc = time.perf_counter(), f"epoch {epoch}/{args.epochs}"
@@ -134,7 +132,6 @@ def train(args: argparse.Namespace, loaders: tuple, rank: int, world: int, devic
                 state = training_state(
                     model_without_ddp, optimizer, scaler, vars(args), history, synthetic
                 )
-                title = f"student, --kd {args.kd} ({', '.join([tag] + marks[1:])})"
                 save_run(state, args.out, args.out_dir, title)
                 print_epoch(row, marks)
     except KeyboardInterrupt:
@@ -275,6 +272,15 @@ def print_epoch(row: dict, marks: list) -> None:
 
 def random_teacher(args: argparse.Namespace) -> bool:
     return args.kd != "none" and args.teacher_weights == "none"
+
+
+def teacher_marks(args: argparse.Namespace) -> list:
+    return [RANDOM_TEACHER] if random_teacher(args) else []
+
+
+def curves_title(args: argparse.Namespace, data: str) -> str:
+    """The curves' title: the run, its data, and its teacher when that had random weights."""
+    return f"student, --kd {args.kd} ({', '.join([data, *teacher_marks(args)])})"
 
 
 def print_summary(args: argparse.Namespace, history: list, with_teacher: bool, synthetic: bool):

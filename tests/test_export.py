@@ -152,13 +152,15 @@ def test_a_rerun_keeps_only_the_files_made_from_this_checkpoint_and_these_images
     another checkpoint, other calibration images, another ONNX Runtime or a missing file each
     make the files again."""
     ckpt, calibration = export_run["checkpoint"], images(export_run["data"], "train", 2)
-    fp32, int8 = export.made_from(ckpt), export.made_from(ckpt, calibration)
+    fp32 = export.made_from(ckpt)
+    int8 = fp32 | {"calibration_sha256": export.digest(calibration)}
     wanted = {export_run["onnx"]: fp32, export_run["ort"]: fp32}
     wanted |= {export_run["int8"]: int8, export_run["int8 ort"]: int8}
     assert export.up_to_date(wanted)
     retrained = export.made_from(ckpt.with_name("student_none.pth"))
     assert not export.up_to_date({export_run["onnx"]: retrained})
-    assert not export.up_to_date({export_run["int8"]: export.made_from(ckpt, calibration[:1])})
+    one_image = fp32 | {"calibration_sha256": export.digest(calibration[:1])}
+    assert not export.up_to_date({export_run["int8"]: one_image})
     assert not export.up_to_date({export_run["ort"]: fp32 | {"onnxruntime": "0.0"}})
     assert not export.up_to_date({export_run["onnx"]: int8})
     assert not export.up_to_date({**wanted, tmp_path / "student_response.onnx": fp32})

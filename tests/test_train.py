@@ -45,7 +45,7 @@ from loaders import eval_loader
 from metrics import evaluate
 from model import build_student, build_teacher, load_student
 from synthetic import make_fake_voc
-from voc import SYNTHETIC_MARKER, VOC
+from voc import RANDOM_TEACHER, SYNTHETIC_MARKER, SYNTHETIC_NOTE, VOC
 
 train = load_script("train")
 CPU = torch.device("cpu")
@@ -148,6 +148,15 @@ def test_a_long_run_on_the_cpu_and_a_random_teacher_are_said_before_it_starts(ca
     train.announce(train.parse_args(["--epochs", "2"]), torch.device("cpu"), images=1464)
     out, err = capsys.readouterr()
     assert "RANDOM" not in out and err == ""
+
+
+@pytest.mark.parametrize("data", ["VOC 2012", SYNTHETIC_NOTE])
+def test_the_curves_title_says_the_data_and_a_random_teacher(data):
+    random = train.parse_args(["--kd", "both", "--teacher-weights", "none"])
+    assert train.curves_title(random, data) == f"student, --kd both ({data}, {RANDOM_TEACHER})"
+    assert train.curves_title(train.parse_args(["--kd", "both"]), data) == (
+        f"student, --kd both ({data})"
+    )
 
 
 def test_the_logged_lr_follows_warmup_then_poly_stepped_every_iteration(trained):
