@@ -1,9 +1,9 @@
 """The loaders: the training set's batches, seeded per sample so that they do not depend on
 the workers, and the evaluation splits' batches of images of every size.
 
-    from loaders import training_loader, eval_loader
+    from loaders import training_loader, epoch_batches, eval_loader
     loader = training_loader(train_set, batch_size=16, num_workers=4, seed=0)
-    loader.sampler.set_epoch(epoch)   # before each epoch, as train.py does
+    for images, masks in epoch_batches(loader, seed=0, epoch=1): ...
 
 Workers are started once per run (persistent): under spawn (Windows, macOS) each start costs a
 fresh interpreter and torch's import. They leave Ctrl+C, `kill` and a closed terminal to their
@@ -61,10 +61,9 @@ def training_loader(
     shard: tuple = (0, 1),
     pin_memory: bool = False,
 ) -> DataLoader:
-    """Shuffled batches of the dataset's samples, seeded per sample (SeededSamples); call
-    loader.sampler.set_epoch(epoch) before each epoch. shard=(rank, world size) under torchrun.
-    The workers are started once per run (persistent), which costs a fresh interpreter and
-    torch's import per worker under spawn (Windows, macOS), and ignore the stop signals."""
+    """Shuffled batches of the dataset's samples, seeded per sample (SeededSamples), each
+    epoch's taken with epoch_batches; shard=(rank, world size) under torchrun. Its workers
+    start once per run and ignore the stop signals (the module's docstring says why)."""
     rank, world = shard
     return DataLoader(
         SeededSamples(dataset, seed),

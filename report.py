@@ -47,7 +47,7 @@ from model import (
     count_params,
     describe_layers,
 )
-from voc import RANDOM_TEACHER, VOC_CLASSES
+from voc import RANDOM_TEACHER, VOC_CLASSES, random_teacher
 
 # The training flags the report's table shows, in this order (paths and devices apart).
 HYPER_PARAMETERS = (
@@ -145,10 +145,6 @@ def load(result: dict) -> str:
     """The machine's 1-minute load average when a time was measured ("?" where unknown)."""
     value = result.get("load")
     return f"{value:.2f}" if isinstance(value, (int, float)) else "?"
-
-
-def random_teacher(ckpt: dict) -> bool:
-    return ckpt["args"]["kd"] != "none" and ckpt["args"].get("teacher_weights") == "none"
 
 
 # ----------------------------------------------------------------------------- sections
@@ -280,9 +276,8 @@ def results_section(inputs: Inputs) -> list:
         weights = ", RANDOM weights" if inputs.step1.get("weights") == "none" else ""
         rows.append([f"FCN-ResNet50 teacher (Step 1{weights})", inputs.step1])
     for kd, r in students.items():
-        mark = (
-            f", {RANDOM_TEACHER}" if kd in inputs.runs and random_teacher(inputs.runs[kd]) else ""
-        )
+        random = kd in inputs.runs and random_teacher(inputs.runs[kd]["args"])
+        mark = f", {RANDOM_TEACHER}" if random else ""
         rows.append([f"student, {KD_MODES[kd].label}{mark}", r])
     rows += [
         [f"`{Path(r['checkpoint']).name}` (ONNX Runtime)", r] for r in inputs.deployed.values() if r
@@ -419,7 +414,7 @@ def build_report(outputs: Path, weights: Path, kept: dict | None = None) -> tupl
     if synthetic:
         head += ["> **SYNTHETIC data**: some results were measured on `dataset.py --fake-voc` "
                  "data. None of their numbers is a VOC result.", ""]  # fmt: skip
-    if any(random_teacher(ck) for ck in inputs.runs.values()):
+    if any(random_teacher(ck["args"]) for ck in inputs.runs.values()):
         head += [f"> **{RANDOM_TEACHER}**: a student was distilled from a teacher with random "
                  "weights; its distillation means nothing.", ""]  # fmt: skip
     if inputs.missing:

@@ -44,7 +44,7 @@ from metrics import format_report, measure, model_logits, ms_per_image
 from model import TEACHER_RESIZE, count_params, load_student
 from onnx_model import UNKNOWN_KD, OnnxModel, student_metadata
 from visualize import colorize, photo_panel, save_png
-from voc import NUM_CLASSES, RANDOM_TEACHER, SYNTHETIC_NOTE, is_synthetic
+from voc import NUM_CLASSES, RANDOM_TEACHER, SYNTHETIC_NOTE, is_synthetic, random_teacher
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SYNTHETIC_TAG = "_SYNTHETIC"  # in own-photo file names when the model never saw VOC
@@ -234,8 +234,7 @@ def unique(name: str, taken: set) -> str:
 
 def random_mark(result: dict) -> str:
     """', RANDOM teacher ...' for a student distilled from a teacher with random weights."""
-    random = result.get("kd") not in ("none", None) and result.get("teacher_weights") == "none"
-    return f", {RANDOM_TEACHER}" if random else ""
+    return f", {RANDOM_TEACHER}" if random_teacher(result) else ""
 
 
 def comparison_markdown(results: list, teacher: dict | None, failures: list) -> str:

@@ -64,7 +64,7 @@ from loaders import epoch_batches, eval_loader, training_loader
 from metrics import device_name, evaluate
 from model import STUDENT_TAPS, StudentConfig, build_student, build_teacher
 from teacher_cache import TeacherCache, image_files, with_crop_boxes
-from voc import IGNORE_INDEX, RANDOM_TEACHER, SYNTHETIC_NOTE, is_synthetic
+from voc import IGNORE_INDEX, RANDOM_TEACHER, SYNTHETIC_NOTE, is_synthetic, random_teacher
 
 # Flags a --resume may change: they do not change what the saved state means.
 RESUMABLE = set("epochs resume overwrite num_workers device out out_dir data_root".split())
@@ -250,7 +250,7 @@ LONG_ON_A_CPU = 20_000
 def announce(args: argparse.Namespace, device: torch.device, images: int) -> None:
     """Where the run trains, said before it starts (a laptop whose GPU PyTorch cannot use
     trains on its CPU), with a warning when that is the CPU and the run is long."""
-    teacher = f", with a {RANDOM_TEACHER}" if random_teacher(args) else ""
+    teacher = f", with a {RANDOM_TEACHER}" if random_teacher(vars(args)) else ""
     print(f"training on {device_name(device)} ({device}){teacher}")
     if device.type == "cpu" and args.epochs * images >= LONG_ON_A_CPU:
         print(
@@ -270,12 +270,8 @@ def print_epoch(row: dict, marks: list) -> None:
     )
 
 
-def random_teacher(args: argparse.Namespace) -> bool:
-    return args.kd != "none" and args.teacher_weights == "none"
-
-
 def teacher_marks(args: argparse.Namespace) -> list:
-    return [RANDOM_TEACHER] if random_teacher(args) else []
+    return [RANDOM_TEACHER] if random_teacher(vars(args)) else []
 
 
 def curves_title(args: argparse.Namespace, data: str) -> str:

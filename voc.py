@@ -152,3 +152,9 @@ def check_present(source: Source, data_root: str | Path) -> None:
 
 def is_synthetic(data_root: str | Path) -> bool:
     return (Path(data_root) / VOC.subdir / SYNTHETIC_MARKER).exists()
+
+
+def random_teacher(flags: dict) -> bool:
+    """Whether a run distilled from a teacher with random weights, by its train.py flags (as
+    train.py parsed them, or as a checkpoint or a result records them)."""
+    return flags.get("kd") not in ("none", None) and flags.get("teacher_weights") == "none"
